@@ -1,0 +1,456 @@
+//! `#[service]`: from a trait to a client stub, a server dispatcher and a method table.
+
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote, ToTokens};
+use syn::{
+    Attribute, FnArg, Ident, ItemTrait, LitStr, Pat, ReturnType, TraitItem, TraitItemFn, Type,
+};
+
+/// One RPC method, validated.
+struct Method {
+    ident: Ident,
+    /// Attributes kept on the trait method and copied to the client method (docs, lints).
+    attrs: Vec<Attribute>,
+    doc: String,
+    args: Vec<(Ident, Type)>,
+    output: Type,
+    oneway: bool,
+    idempotent: bool,
+}
+
+pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
+    let name = parse_name(attr)?;
+    let item: ItemTrait = syn::parse2(item)?;
+    check_trait(&item)?;
+    let mut errors: Option<syn::Error> = None;
+    let mut methods = Vec::new();
+    for trait_item in &item.items {
+        let parsed = match trait_item {
+            TraitItem::Fn(f) => parse_method(f),
+            other => Err(syn::Error::new_spanned(
+                other,
+                "a #[service] trait may only contain `async fn` methods; move other items elsewhere",
+            )),
+        };
+        match parsed {
+            Ok(m) => methods.push(m),
+            Err(e) => match &mut errors {
+                Some(all) => all.combine(e),
+                None => errors = Some(e),
+            },
+        }
+    }
+    if let Some(e) = errors {
+        return Err(e);
+    }
+    let name = name.unwrap_or_else(|| item.ident.to_string());
+    Ok(generate(&item, &name, &methods))
+}
+
+fn parse_name(attr: TokenStream) -> syn::Result<Option<String>> {
+    if attr.is_empty() {
+        return Ok(None);
+    }
+    let mut name = None;
+    let parser = syn::meta::parser(|meta| {
+        if meta.path.is_ident("name") {
+            let lit: LitStr = meta.value()?.parse()?;
+            if lit.value().is_empty() || lit.value().len() > 255 {
+                return Err(syn::Error::new_spanned(lit, "a service name has 1 to 255 bytes"));
+            }
+            name = Some(lit.value());
+            Ok(())
+        } else {
+            Err(meta.error("unknown #[service] argument; the only one is `name = \"...\"`"))
+        }
+    });
+    syn::parse::Parser::parse2(parser, attr)?;
+    Ok(name)
+}
+
+fn check_trait(item: &ItemTrait) -> syn::Result<()> {
+    if !item.generics.params.is_empty() || item.generics.where_clause.is_some() {
+        return Err(syn::Error::new_spanned(
+            &item.generics,
+            "a #[service] trait cannot be generic: every call's types must be known to both ends",
+        ));
+    }
+    if let Some(unsafety) = &item.unsafety {
+        return Err(syn::Error::new_spanned(unsafety, "a #[service] trait cannot be unsafe"));
+    }
+    if let Some(auto) = &item.auto_token {
+        return Err(syn::Error::new_spanned(auto, "a #[service] trait cannot be an auto trait"));
+    }
+    if !item.supertraits.is_empty() {
+        return Err(syn::Error::new_spanned(
+            &item.supertraits,
+            "a #[service] trait cannot have supertraits; the macro adds `Send + Sync + 'static` itself",
+        ));
+    }
+    Ok(())
+}
+
+fn parse_method(f: &TraitItemFn) -> syn::Result<Method> {
+    let sig = &f.sig;
+    if let Some(body) = &f.default {
+        return Err(syn::Error::new_spanned(
+            body,
+            "a #[service] method cannot have a default body; implement it in the server's impl",
+        ));
+    }
+    if sig.asyncness.is_none() {
+        return Err(syn::Error::new_spanned(
+            sig.fn_token,
+            "a #[service] method must be `async fn` (calls cross the network)",
+        ));
+    }
+    if let Some(c) = &sig.constness {
+        return Err(syn::Error::new_spanned(c, "a #[service] method cannot be const"));
+    }
+    if let Some(u) = &sig.unsafety {
+        return Err(syn::Error::new_spanned(u, "a #[service] method cannot be unsafe"));
+    }
+    if let Some(abi) = &sig.abi {
+        return Err(syn::Error::new_spanned(abi, "a #[service] method cannot declare an ABI"));
+    }
+    if let Some(v) = &sig.variadic {
+        return Err(syn::Error::new_spanned(v, "a #[service] method cannot be variadic"));
+    }
+    if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
+        return Err(syn::Error::new_spanned(
+            &sig.generics,
+            "a #[service] method cannot be generic: its argument and return types must be concrete",
+        ));
+    }
+    let mut inputs = sig.inputs.iter();
+    match inputs.next() {
+        Some(FnArg::Receiver(r)) if r.reference.is_some() && r.mutability.is_none() && r.colon_token.is_none() => {}
+        Some(FnArg::Receiver(r)) => {
+            return Err(syn::Error::new_spanned(
+                r,
+                "a #[service] method takes `&self`: handlers run concurrently and share the service",
+            ))
+        }
+        _ => {
+            return Err(syn::Error::new(
+                sig.paren_token.span.join(),
+                "a #[service] method takes `&self` as its first argument",
+            ))
+        }
+    }
+    let mut args = Vec::new();
+    for input in inputs {
+        let FnArg::Typed(pt) = input else { continue };
+        let ident = match &*pt.pat {
+            Pat::Ident(p) if p.by_ref.is_none() && p.subpat.is_none() => p.ident.clone(),
+            other => {
+                return Err(syn::Error::new_spanned(
+                    other,
+                    "a #[service] argument must be a plain name such as `id: u64`, not a pattern",
+                ))
+            }
+        };
+        check_owned(&pt.ty, "argument")?;
+        args.push((ident, (*pt.ty).clone()));
+    }
+    let output = match &sig.output {
+        ReturnType::Default => syn::parse_quote!(()),
+        ReturnType::Type(_, ty) => {
+            check_owned(ty, "return type")?;
+            (**ty).clone()
+        }
+    };
+    let mut oneway = false;
+    let mut idempotent = false;
+    let mut attrs = Vec::new();
+    for attr in &f.attrs {
+        let flag = if attr.path().is_ident("oneway") {
+            &mut oneway
+        } else if attr.path().is_ident("idempotent") {
+            &mut idempotent
+        } else {
+            attrs.push(attr.clone());
+            continue;
+        };
+        attr.meta.require_path_only()?;
+        *flag = true;
+    }
+    if oneway && !matches!(sig.output, ReturnType::Default) {
+        return Err(syn::Error::new_spanned(
+            &sig.output,
+            "a #[oneway] method gets no reply, so it cannot return a value; remove the return type",
+        ));
+    }
+    Ok(Method { ident: sig.ident.clone(), doc: doc_string(&f.attrs), attrs, args, output, oneway, idempotent })
+}
+
+/// Rejects types that cannot cross the network by value.
+fn check_owned(ty: &Type, what: &str) -> syn::Result<()> {
+    match ty {
+        Type::Reference(r) => Err(syn::Error::new_spanned(
+            r,
+            format!("a #[service] {what} must be an owned type (it crosses the network); use `String` for `&str`, `Vec<T>` for `&[T]`"),
+        )),
+        Type::ImplTrait(t) => {
+            Err(syn::Error::new_spanned(t, format!("a #[service] {what} cannot be `impl Trait`; name a concrete type")))
+        }
+        Type::TraitObject(t) => {
+            Err(syn::Error::new_spanned(t, format!("a #[service] {what} cannot be a trait object; name a concrete type")))
+        }
+        Type::Infer(t) => Err(syn::Error::new_spanned(t, format!("a #[service] {what} must be spelled out"))),
+        Type::Paren(p) => check_owned(&p.elem, what),
+        Type::Group(g) => check_owned(&g.elem, what),
+        _ => Ok(()),
+    }
+}
+
+fn doc_string(attrs: &[Attribute]) -> String {
+    let lines: Vec<String> = attrs
+        .iter()
+        .filter(|a| a.path().is_ident("doc"))
+        .filter_map(|a| match &a.meta {
+            syn::Meta::NameValue(nv) => match &nv.value {
+                syn::Expr::Lit(syn::ExprLit { lit: syn::Lit::Str(s), .. }) => Some(s.value()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .map(|line| line.strip_prefix(' ').unwrap_or(&line).to_owned())
+        .collect();
+    lines.join("\n").trim().to_owned()
+}
+
+/// A type as source text without the token spacing `quote` adds (`Result<T, E>`).
+fn type_text(ty: &Type) -> String {
+    let raw = ty.to_token_stream().to_string();
+    let mut out = String::with_capacity(raw.len());
+    for (i, c) in raw.char_indices() {
+        if c == ' ' {
+            let prev = raw[..i].chars().next_back();
+            let next = raw[i + 1..].chars().next();
+            if matches!(prev, Some('<' | '&' | '(' | '[' | ':')) || matches!(next, Some('<' | '>' | ',' | ')' | ']' | ':'))
+            {
+                continue;
+            }
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn upper_camel(ident: &Ident) -> String {
+    ident
+        .to_string()
+        .split('_')
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            let mut chars = part.chars();
+            chars.next().map(|c| c.to_uppercase().chain(chars).collect::<String>()).unwrap_or_default()
+        })
+        .collect()
+}
+
+fn generate(item: &ItemTrait, name: &str, methods: &[Method]) -> TokenStream {
+    let vis = &item.vis;
+    let trait_ident = &item.ident;
+    let trait_attrs = &item.attrs;
+    let client = format_ident!("{}Client", trait_ident);
+    let server = format_ident!("{}Server", trait_ident);
+    let info = format_ident!("__{}_RPC_SERVICE_INFO", trait_ident.to_string().to_uppercase());
+    let rpc = quote!(::rpc_core);
+    let private = quote!(::rpc_core::__private);
+    let service_doc = doc_string(&item.attrs);
+    let args_struct = |m: &Method| format_ident!("__{}{}Args", trait_ident, upper_camel(&m.ident));
+
+    let trait_methods = methods.iter().map(|m| {
+        let Method { ident, attrs, args, output, .. } = m;
+        let params = args.iter().map(|(a, t)| quote!(#a: #t));
+        quote! {
+            #(#attrs)*
+            fn #ident(&self, #(#params),*) -> impl ::core::future::Future<Output = #output> + ::core::marker::Send;
+        }
+    });
+
+    let arg_structs = methods.iter().map(|m| {
+        let s = args_struct(m);
+        let fields = m.args.iter().map(|(a, t)| quote!(#a: #t));
+        quote! {
+            #[doc(hidden)]
+            #[allow(non_camel_case_types)]
+            #[derive(#private::serde::Serialize, #private::serde::Deserialize)]
+            #[serde(crate = "::rpc_core::__private::serde")]
+            struct #s { #(#fields),* }
+        }
+    });
+
+    let method_infos = methods.iter().map(|m| {
+        let method_name = m.ident.to_string();
+        let doc = &m.doc;
+        let arg_infos = m.args.iter().map(|(a, t)| {
+            let (a, t) = (a.to_string(), type_text(t));
+            quote!((#a, #t))
+        });
+        let returns = type_text(&m.output);
+        let (oneway, idempotent) = (m.oneway, m.idempotent);
+        quote! {
+            #private::MethodInfo {
+                name: #method_name,
+                doc: #doc,
+                args: &[#(#arg_infos),*],
+                returns: #returns,
+                oneway: #oneway,
+                idempotent: #idempotent,
+            }
+        }
+    });
+
+    let client_methods = methods.iter().map(|m| {
+        let Method { ident, attrs, args, output, oneway, idempotent, .. } = m;
+        let s = args_struct(m);
+        let method_name = ident.to_string();
+        let params = args.iter().map(|(a, t)| quote!(#a: #t));
+        let names = args.iter().map(|(a, _)| a);
+        quote! {
+            #(#attrs)*
+            pub fn #ident(&self, #(#params),*) -> #rpc::Call<S, #output> {
+                #rpc::Call::new(
+                    ::core::clone::Clone::clone(&self.inner),
+                    #private::request(#name, #method_name, #s { #(#names),* }, #idempotent, #oneway),
+                )
+            }
+        }
+    });
+
+    let dispatch_arms = methods.iter().map(|m| {
+        let Method { ident, args, oneway, .. } = m;
+        let s = args_struct(m);
+        let method_name = ident.to_string();
+        let names: Vec<_> = args.iter().map(|(a, _)| a).collect();
+        let finish = if *oneway {
+            quote!(::core::result::Result::Ok(#rpc::ServerResponse::default()))
+        } else {
+            quote!(request.reply(&ret))
+        };
+        quote! {
+            #method_name => {
+                let inner = ::std::sync::Arc::clone(&self.inner);
+                ::std::boxed::Box::pin(async move {
+                    let #s { #(#names),* } = request.decode::<#s>()?;
+                    #[allow(clippy::let_unit_value)]
+                    let ret = inner.#ident(#(#names),*).await;
+                    #finish
+                })
+            }
+        }
+    });
+
+    let client_doc = format!("Client of the [`{trait_ident}`] service, generic over the tower service `S` that carries its requests.");
+    let server_doc = format!("Server side of the [`{trait_ident}`] service: dispatches calls to a `T: {trait_ident}`.");
+
+    quote! {
+        #(#trait_attrs)*
+        #vis trait #trait_ident: ::core::marker::Send + ::core::marker::Sync + 'static {
+            #(#trait_methods)*
+        }
+
+        #(#arg_structs)*
+
+        #[doc(hidden)]
+        #[allow(non_upper_case_globals)]
+        const #info: #private::ServiceInfo = #private::ServiceInfo {
+            name: #name,
+            doc: #service_doc,
+            methods: &[#(#method_infos),*],
+        };
+
+        #[doc = #client_doc]
+        #[derive(Clone, Debug)]
+        #vis struct #client<S = #rpc::Channel> {
+            inner: S,
+        }
+
+        impl<S> #client<S> {
+            /// The service's name and method table.
+            pub const INFO: &'static #private::ServiceInfo = &#info;
+
+            /// A client that sends its calls through `inner` (a `Channel` or layers around one).
+            pub fn new(inner: S) -> Self {
+                Self { inner }
+            }
+
+            /// The service that carries the calls.
+            pub fn inner(&self) -> &S {
+                &self.inner
+            }
+
+            /// Returns the service that carries the calls.
+            pub fn into_inner(self) -> S {
+                self.inner
+            }
+        }
+
+        impl<S> #client<S>
+        where
+            S: #private::tower::Service<#rpc::Request, Response = #rpc::Response, Error = #rpc::Status> + ::core::clone::Clone,
+        {
+            #(#client_methods)*
+        }
+
+        #[doc = #server_doc]
+        #vis struct #server<T> {
+            inner: ::std::sync::Arc<T>,
+        }
+
+        impl<T> #server<T> {
+            /// The service's name and method table.
+            pub const INFO: &'static #private::ServiceInfo = &#info;
+
+            /// Serves `inner`.
+            pub fn new(inner: T) -> Self {
+                Self { inner: ::std::sync::Arc::new(inner) }
+            }
+
+            /// Serves an implementation shared with other code.
+            pub fn from_arc(inner: ::std::sync::Arc<T>) -> Self {
+                Self { inner }
+            }
+        }
+
+        impl<T> ::core::clone::Clone for #server<T> {
+            fn clone(&self) -> Self {
+                Self { inner: ::std::sync::Arc::clone(&self.inner) }
+            }
+        }
+
+        impl<T: #trait_ident> #rpc::server::Dispatch for #server<T> {
+            fn info(&self) -> &'static #private::ServiceInfo {
+                &#info
+            }
+
+            fn dispatch(&self, request: #rpc::ServerRequest) -> #private::DispatchFuture {
+                match request.method.as_str() {
+                    #(#dispatch_arms)*
+                    other => #private::unknown_method(&#info, other),
+                }
+            }
+        }
+
+        impl<T: #trait_ident> #private::tower::Service<#rpc::ServerRequest> for #server<T> {
+            type Response = #rpc::ServerResponse;
+            type Error = #rpc::Status;
+            type Future = #private::DispatchFuture;
+
+            fn poll_ready(
+                &mut self,
+                _: &mut ::core::task::Context<'_>,
+            ) -> ::core::task::Poll<::core::result::Result<(), #rpc::Status>> {
+                ::core::task::Poll::Ready(::core::result::Result::Ok(()))
+            }
+
+            fn call(&mut self, request: #rpc::ServerRequest) -> Self::Future {
+                #rpc::server::Dispatch::dispatch(self, request)
+            }
+        }
+    }
+}
+

@@ -1,0 +1,337 @@
+//! [`Channel`]: calls to one server address over a small pool of multiplexed connections.
+//!
+//! A channel connects lazily, reconnects by itself after a connection fails or the server sends a
+//! go-away (with a capped exponential back-off between failed attempts), and encodes each request
+//! body with its codec. Choosing among several servers is `rpc-lb`'s job.
+
+use super::{
+    connection::{Connection, ConnectionConfig},
+    Request, Response,
+};
+use crate::{
+    transport::{check_call_head, Frame, Head, DEFAULT_MAX_FRAME_SIZE},
+    Codec, Context, Status, CALLER, TRACEPARENT,
+};
+use bytes::BytesMut;
+use std::{
+    fmt,
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    task::{Context as TaskContext, Poll},
+    time::Duration,
+};
+use tokio::time::Instant;
+
+/// First wait after a failed connect; doubles per failure up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(20);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Builds a [`Channel`]; every setting has a default that suits most services.
+#[derive(Clone, Debug)]
+pub struct ChannelBuilder {
+    addr: String,
+    codec: Codec,
+    connections: usize,
+    timeout: Option<Duration>,
+    caller: Option<String>,
+    config: ConnectionConfig,
+}
+
+impl ChannelBuilder {
+    fn new(addr: String) -> Self {
+        ChannelBuilder {
+            addr,
+            codec: Codec::default(),
+            connections: 1,
+            timeout: None,
+            caller: None,
+            config: ConnectionConfig {
+                max_frame_size: DEFAULT_MAX_FRAME_SIZE,
+                max_in_flight: 10_000,
+                write_queue: 1024,
+                connect_timeout: Duration::from_secs(5),
+            },
+        }
+    }
+
+    /// Codec for request bodies (default: MessagePack). The server answers in the same codec.
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.codec = codec;
+        self
+    }
+
+    /// Connections to open to the server (default 1); calls spread over them round robin.
+    pub fn connections(mut self, n: usize) -> Self {
+        self.connections = n.max(1);
+        self
+    }
+
+    /// Default timeout of every call (default: none); a call's own timeout wins.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Name sent with every call as the `rpc-caller` metadata, for the server's logs and limits.
+    pub fn caller(mut self, name: impl Into<String>) -> Self {
+        self.caller = Some(name.into());
+        self
+    }
+
+    /// Largest frame this side accepts (default 16 MiB).
+    pub fn max_frame_size(mut self, bytes: usize) -> Self {
+        self.config.max_frame_size = bytes;
+        self
+    }
+
+    /// Most calls waiting for a reply on one connection (default 10 000); more fail with
+    /// `ResourceExhausted` instead of queueing without bound.
+    pub fn max_in_flight(mut self, calls: usize) -> Self {
+        self.config.max_in_flight = calls.max(1);
+        self
+    }
+
+    /// How long to wait for a TCP connection (default 5 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.config.connect_timeout = timeout;
+        self
+    }
+
+    /// Builds the channel and opens its first connection, failing if the server is unreachable.
+    pub async fn connect(self) -> Result<Channel, Status> {
+        let channel = self.connect_lazy();
+        channel.connection().await?;
+        Ok(channel)
+    }
+
+    /// Builds the channel without connecting; the first call connects.
+    pub fn connect_lazy(self) -> Channel {
+        let slots = (0..self.connections).map(|_| Slot::default()).collect();
+        Channel {
+            inner: Arc::new(Inner {
+                addr: self.addr,
+                codec: self.codec,
+                timeout: self.timeout,
+                caller: self.caller,
+                config: self.config,
+                slots,
+                next: AtomicUsize::new(0),
+            }),
+        }
+    }
+}
+
+/// Calls to one server address. Cheap to clone; clones share connections.
+///
+/// `Channel` is a tower `Service<Request>`: wrap it in layers, then hand it to a generated client.
+#[derive(Clone)]
+pub struct Channel {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    addr: String,
+    codec: Codec,
+    timeout: Option<Duration>,
+    caller: Option<String>,
+    config: ConnectionConfig,
+    slots: Box<[Slot]>,
+    next: AtomicUsize,
+}
+
+#[derive(Default)]
+struct Slot {
+    live: Mutex<Option<Arc<Connection>>>,
+    /// Held while connecting, so concurrent callers wait for one attempt instead of racing.
+    connecting: tokio::sync::Mutex<Backoff>,
+}
+
+#[derive(Default)]
+struct Backoff {
+    failures: u32,
+    retry_at: Option<Instant>,
+    last_error: Option<Status>,
+}
+
+impl Channel {
+    /// A builder for a channel to `addr` (`host:port`).
+    pub fn builder(addr: impl Into<String>) -> ChannelBuilder {
+        ChannelBuilder::new(addr.into())
+    }
+
+    /// A channel to `addr` with default settings, connected.
+    pub async fn connect(addr: impl Into<String>) -> Result<Channel, Status> {
+        Channel::builder(addr).connect().await
+    }
+
+    /// The server address.
+    pub fn addr(&self) -> &str {
+        &self.inner.addr
+    }
+
+    /// The codec request bodies are encoded with.
+    pub fn codec(&self) -> Codec {
+        self.inner.codec
+    }
+
+    /// Round-trip time of a ping on one of the channel's connections.
+    pub async fn ping(&self) -> Result<Duration, Status> {
+        self.connection().await?.ping().await
+    }
+
+    /// A usable connection, opening one if its slot has none.
+    async fn connection(&self) -> Result<Arc<Connection>, Status> {
+        let inner = &self.inner;
+        let slot = &inner.slots[inner.next.fetch_add(1, Ordering::Relaxed) % inner.slots.len()];
+        if let Some(conn) = slot.live() {
+            return Ok(conn);
+        }
+        let mut backoff = slot.connecting.lock().await;
+        if let Some(conn) = slot.live() {
+            return Ok(conn);
+        }
+        let now = Instant::now();
+        if let (Some(retry_at), Some(err)) = (backoff.retry_at, &backoff.last_error) {
+            if now < retry_at {
+                return Err(Status::unavailable(format!(
+                    "{}; retrying the connection in {:?}",
+                    err.message(),
+                    retry_at - now
+                ))
+                .with_not_started());
+            }
+        }
+        match Connection::open(inner.resolve().await?, &inner.config).await {
+            Ok(conn) => {
+                *backoff = Backoff::default();
+                *slot.live.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
+                Ok(conn)
+            }
+            Err(status) => {
+                backoff.failures += 1;
+                let wait = MIN_BACKOFF.saturating_mul(1 << backoff.failures.min(16)).min(MAX_BACKOFF);
+                backoff.retry_at = Some(now + wait);
+                backoff.last_error = Some(status.clone());
+                Err(status)
+            }
+        }
+    }
+
+    async fn call(self, request: Request) -> Result<Response, Status> {
+        let inner = &self.inner;
+        let mut metadata = request.options.metadata;
+        let context = Context::current();
+        if let Some(caller) = &inner.caller {
+            metadata.insert(CALLER, caller.as_str());
+        }
+        if let Some(trace) = context.as_ref().and_then(|c| c.metadata().get(TRACEPARENT)) {
+            if metadata.get(TRACEPARENT).is_none() {
+                metadata.insert(TRACEPARENT, trace);
+            }
+        }
+        check_call_head(&request.service, &request.method, &metadata).map_err(Status::invalid_argument)?;
+        let own = request.options.timeout.or(inner.timeout).map(|t| Instant::now() + t);
+        let inherited = context.as_ref().and_then(Context::deadline);
+        let deadline = match (own, inherited) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if deadline.is_some_and(|d| d <= Instant::now()) {
+            return Err(Status::deadline_exceeded(format!(
+                "deadline passed before {}.{} was sent",
+                request.service, request.method
+            )));
+        }
+        let codec = inner.codec;
+        let mut body = BytesMut::new();
+        request.body.encode(codec, &mut body).map_err(|e| Status::invalid_argument(format!("request {e}")))?;
+        let frame = Frame {
+            id: 0,
+            codec: codec.id(),
+            head: Head::Call {
+                service: request.service,
+                method: request.method,
+                timeout: deadline.map(|d| d.saturating_duration_since(Instant::now())),
+                metadata,
+                oneway: request.options.oneway,
+            },
+            body: body.freeze(),
+        };
+        let conn = self.connection().await?;
+        conn.call(frame, codec, deadline).await
+    }
+}
+
+impl Inner {
+    async fn resolve(&self) -> Result<SocketAddr, Status> {
+        let mut addrs = tokio::net::lookup_host(&self.addr).await.map_err(|e| {
+            Status::unavailable(format!("cannot resolve {:?}: {e}; expected host:port", self.addr)).with_not_started()
+        })?;
+        addrs.next().ok_or_else(|| {
+            Status::unavailable(format!("{:?} resolved to no address", self.addr)).with_not_started()
+        })
+    }
+}
+
+impl Slot {
+    fn live(&self) -> Option<Arc<Connection>> {
+        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        match &*live {
+            Some(conn) if conn.is_usable() => Some(conn.clone()),
+            Some(_) => {
+                // Draining or dead: in-flight calls keep their own reference until they finish.
+                *live = None;
+                None
+            }
+            None => None,
+        }
+    }
+}
+
+impl fmt::Debug for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let peers: Vec<_> = self.inner.slots.iter().filter_map(|s| s.live().map(|c| c.peer())).collect();
+        f.debug_struct("Channel")
+            .field("addr", &self.inner.addr)
+            .field("codec", &self.inner.codec)
+            .field("connected", &peers)
+            .finish()
+    }
+}
+
+/// The future of a [`Channel`] call.
+pub struct ChannelFuture(Pin<Box<dyn Future<Output = Result<Response, Status>> + Send>>);
+
+impl Future for ChannelFuture {
+    type Output = Result<Response, Status>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        self.0.as_mut().poll(cx)
+    }
+}
+
+impl fmt::Debug for ChannelFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ChannelFuture")
+    }
+}
+
+impl tower::Service<Request> for Channel {
+    type Response = Response;
+    type Error = Status;
+    type Future = ChannelFuture;
+
+    fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<(), Status>> {
+        // Connections open lazily inside the call; per-connection limits apply there.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> ChannelFuture {
+        ChannelFuture(Box::pin(self.clone().call(request)))
+    }
+}

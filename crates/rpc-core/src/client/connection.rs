@@ -1,0 +1,314 @@
+//! One client connection: many calls multiplexed by request id.
+//!
+//! A writer task owns the socket's write half and coalesces queued frames; a reader task owns the
+//! read half and completes each waiting call by id. Callers only touch the pending-call table and
+//! the writer's queue.
+
+use super::Response;
+use crate::{
+    transport::{write_loop, Frame, FrameCodec, FrameReader, Head, PREFACE},
+    Code, Codec, Status,
+};
+use bytes::Bytes;
+use std::{
+    collections::HashMap,
+    hash::{BuildHasherDefault, Hasher},
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, AtomicU32, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+use tokio::{
+    net::TcpStream,
+    sync::{mpsc, oneshot},
+    time::Instant,
+};
+
+type Reply = Result<Response, Status>;
+
+/// Request ids are sequential, so a multiplicative hash spreads them well and costs one multiply.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8 | u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u32(&mut self, id: u32) {
+        self.0 = u64::from(id).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type PendingMap = HashMap<u32, oneshot::Sender<Reply>, BuildHasherDefault<IdHasher>>;
+
+struct Pending {
+    calls: PendingMap,
+    /// Set once the connection is gone: why, for calls that arrive afterwards.
+    closed: Option<Status>,
+}
+
+/// Settings a connection needs from its channel.
+#[derive(Clone, Debug)]
+pub(crate) struct ConnectionConfig {
+    pub(crate) max_frame_size: usize,
+    pub(crate) max_in_flight: usize,
+    pub(crate) write_queue: usize,
+    pub(crate) connect_timeout: Duration,
+}
+
+struct Shared {
+    peer: SocketAddr,
+    pending: Mutex<Pending>,
+    /// No new calls: the server sent a go-away or the connection failed.
+    draining: AtomicBool,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        // The table stays consistent across a panic: every update is a single insert or remove.
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn complete(&self, id: u32, reply: Reply) {
+        if let Some(tx) = self.lock().calls.remove(&id) {
+            let _ = tx.send(reply);
+        }
+    }
+
+    /// Fails every waiting call and refuses new ones.
+    fn close(&self, status: Status) {
+        self.draining.store(true, Ordering::Release);
+        let calls = {
+            let mut pending = self.lock();
+            pending.closed.get_or_insert(status.clone());
+            std::mem::take(&mut pending.calls)
+        };
+        for (_, tx) in calls {
+            let _ = tx.send(Err(status.clone()));
+        }
+    }
+
+    /// Handles a go-away: calls after `last_id` were not processed and fail as safe to retry.
+    fn go_away(&self, last_id: u32, code: Code, message: &str) {
+        self.draining.store(true, Ordering::Release);
+        let refused: Vec<_> = {
+            let mut pending = self.lock();
+            let ids: Vec<u32> =
+                pending.calls.keys().copied().filter(|&id| (id.wrapping_sub(last_id) as i32) > 0).collect();
+            ids.into_iter().filter_map(|id| pending.calls.remove(&id)).collect()
+        };
+        let status = Status::new(
+            if code == Code::ResourceExhausted { code } else { Code::Unavailable },
+            format!("server at {} is going away ({code}: {message}); the call was not started", self.peer),
+        )
+        .with_not_started();
+        for tx in refused {
+            let _ = tx.send(Err(status.clone()));
+        }
+    }
+}
+
+/// A live connection to one server.
+pub(crate) struct Connection {
+    tx: mpsc::Sender<Frame>,
+    shared: Arc<Shared>,
+    next_id: AtomicU32,
+    max_in_flight: usize,
+}
+
+impl Connection {
+    /// Opens a connection to `addr` and starts its reader and writer tasks.
+    pub(crate) async fn open(addr: SocketAddr, config: &ConnectionConfig) -> Result<Arc<Connection>, Status> {
+        let stream = match tokio::time::timeout(config.connect_timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                return Err(Status::unavailable(format!("cannot connect to {addr}: {e}; is the server running?"))
+                    .with_not_started())
+            }
+            Err(_) => {
+                return Err(Status::unavailable(format!(
+                    "connecting to {addr} took longer than {:?}; is the address reachable?",
+                    config.connect_timeout
+                ))
+                .with_not_started())
+            }
+        };
+        // Calls are small and latency-bound; coalescing happens in the writer instead.
+        let _ = stream.set_nodelay(true);
+        let (read, write) = stream.into_split();
+        let (tx, rx) = mpsc::channel(config.write_queue);
+        let shared = Arc::new(Shared {
+            peer: addr,
+            pending: Mutex::new(Pending { calls: PendingMap::default(), closed: None }),
+            draining: AtomicBool::new(false),
+        });
+        let codec = FrameCodec::new(config.max_frame_size);
+        let writer_shared = shared.clone();
+        tokio::spawn(async move {
+            if let Err(e) = write_loop(write, rx, codec, &PREFACE).await {
+                writer_shared.close(Status::unavailable(format!("writing to {addr} failed: {e}")));
+            }
+        });
+        tokio::spawn(read_loop(FrameReader::new(read, codec), shared.clone(), tx.downgrade()));
+        Ok(Arc::new(Connection { tx, shared, next_id: AtomicU32::new(1), max_in_flight: config.max_in_flight }))
+    }
+
+    /// True while new calls may use this connection.
+    pub(crate) fn is_usable(&self) -> bool {
+        !self.shared.draining.load(Ordering::Acquire)
+    }
+
+    /// The server's address.
+    pub(crate) fn peer(&self) -> SocketAddr {
+        self.shared.peer
+    }
+
+    fn next_id(&self) -> u32 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Sends a call built by `frame(id)` and waits for its reply until `deadline`.
+    pub(crate) async fn call(&self, mut frame: Frame, codec: Codec, deadline: Option<Instant>) -> Reply {
+        let id = self.next_id();
+        frame.id = id;
+        let oneway = matches!(frame.head, Head::Call { oneway: true, .. });
+        if oneway {
+            self.send(frame).await?;
+            return Ok(Response { codec, body: Bytes::new(), metadata: Default::default() });
+        }
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut pending = self.shared.lock();
+            if let Some(status) = &pending.closed {
+                return Err(status.clone());
+            }
+            if pending.calls.len() >= self.max_in_flight {
+                return Err(Status::resource_exhausted(format!(
+                    "{} calls already in flight to {} (the channel's max_in_flight); add connections or wait",
+                    pending.calls.len(),
+                    self.shared.peer
+                ))
+                .with_not_started());
+            }
+            pending.calls.insert(id, tx);
+        }
+        let guard = CancelOnDrop { conn: self, id, armed: true };
+        self.send(frame).await?;
+        let reply = match deadline {
+            None => rx.await,
+            Some(deadline) => match tokio::time::timeout_at(deadline, rx).await {
+                Ok(reply) => reply,
+                Err(_) => {
+                    return Err(Status::deadline_exceeded(format!(
+                        "no reply from {} before the deadline; the server was told to cancel the call",
+                        self.shared.peer
+                    )))
+                }
+            },
+        };
+        guard.disarm();
+        match reply {
+            Ok(reply) => reply,
+            Err(_) => Err(self.closed_status()),
+        }
+    }
+
+    /// Sends a ping and waits for its pong.
+    pub(crate) async fn ping(&self) -> Result<Duration, Status> {
+        let id = self.next_id();
+        let (tx, rx) = oneshot::channel();
+        self.shared.lock().calls.insert(id, tx);
+        let guard = CancelOnDrop { conn: self, id, armed: true };
+        let started = Instant::now();
+        self.send(Frame { id, codec: 0, head: Head::Ping, body: Bytes::new() }).await?;
+        let reply = rx.await;
+        guard.disarm();
+        match reply {
+            Ok(Ok(_)) => Ok(started.elapsed()),
+            Ok(Err(status)) => Err(status),
+            Err(_) => Err(self.closed_status()),
+        }
+    }
+
+    async fn send(&self, frame: Frame) -> Result<(), Status> {
+        self.tx.send(frame).await.map_err(|_| self.closed_status())
+    }
+
+    fn closed_status(&self) -> Status {
+        self.shared
+            .lock()
+            .closed
+            .clone()
+            .unwrap_or_else(|| Status::unavailable(format!("connection to {} closed", self.shared.peer)))
+    }
+}
+
+/// Removes a call that is dropped or times out before its reply and tells the server to cancel it.
+struct CancelOnDrop<'a> {
+    conn: &'a Connection,
+    id: u32,
+    armed: bool,
+}
+
+impl CancelOnDrop<'_> {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        if !self.armed || self.conn.shared.lock().calls.remove(&self.id).is_none() {
+            return;
+        }
+        let cancel = Frame { id: self.id, codec: 0, head: Head::Cancel, body: Bytes::new() };
+        if let Err(mpsc::error::TrySendError::Full(cancel)) = self.conn.tx.try_send(cancel) {
+            let tx = self.conn.tx.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(cancel).await;
+            });
+        }
+    }
+}
+
+async fn read_loop(
+    mut reader: FrameReader<tokio::net::tcp::OwnedReadHalf>,
+    shared: Arc<Shared>,
+    tx: mpsc::WeakSender<Frame>,
+) {
+    let peer = shared.peer;
+    let reason = loop {
+        let frame = match reader.next().await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break Status::unavailable(format!("server at {peer} closed the connection")),
+            Err(e) => break Status::unavailable(format!("connection to {peer} failed: {e}")),
+        };
+        match frame.head {
+            Head::Reply { metadata } => match Codec::from_id(frame.codec) {
+                Ok(codec) => shared.complete(frame.id, Ok(Response { codec, body: frame.body, metadata })),
+                Err(e) => shared.complete(frame.id, Err(Status::internal(format!("reply from {peer}: {e}")))),
+            },
+            Head::Error { code, message, .. } => shared.complete(frame.id, Err(Status::new(code, message))),
+            Head::Pong => shared.complete(frame.id, Ok(Response { codec: Codec::default(), body: frame.body, metadata: Default::default() })),
+            Head::Ping => {
+                if let Some(tx) = tx.upgrade() {
+                    let _ = tx.send(Frame { id: frame.id, codec: 0, head: Head::Pong, body: frame.body }).await;
+                }
+            }
+            Head::GoAway { code, message } => shared.go_away(frame.id, code, &message),
+            Head::Call { .. } | Head::Cancel => {
+                break Status::protocol(format!("server at {peer} sent a client-only frame; closing the connection"))
+            }
+        }
+    };
+    shared.close(reason);
+}

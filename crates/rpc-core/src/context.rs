@@ -1,0 +1,114 @@
+//! The context of the call a handler is serving.
+//!
+//! The server sets it for the duration of each call; handlers read it with
+//! [`Context::current`]. Calls a handler makes inherit its deadline and trace context, so a
+//! deadline set by the first caller bounds the whole tree of calls, and cancelling a call
+//! cancels the calls its handler made (their futures are dropped with the handler's).
+
+use crate::{ByteStr, Metadata, CALLER};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+use tokio::time::Instant;
+
+tokio::task_local! {
+    static CURRENT: Context;
+}
+
+/// What a handler knows about the call it serves. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Context {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    service: ByteStr,
+    method: ByteStr,
+    deadline: Option<Instant>,
+    metadata: Metadata,
+    peer: Option<SocketAddr>,
+    reply_metadata: Mutex<Metadata>,
+}
+
+impl Context {
+    pub(crate) fn new(
+        service: ByteStr,
+        method: ByteStr,
+        deadline: Option<Instant>,
+        metadata: Metadata,
+        peer: Option<SocketAddr>,
+    ) -> Context {
+        Context {
+            inner: Arc::new(Inner {
+                service,
+                method,
+                deadline,
+                metadata,
+                peer,
+                reply_metadata: Mutex::new(Metadata::new()),
+            }),
+        }
+    }
+
+    /// The context of the call being served by the current task, if any.
+    pub fn current() -> Option<Context> {
+        CURRENT.try_with(Context::clone).ok()
+    }
+
+    /// Runs `fut` with `self` as the current context.
+    pub(crate) fn scope<F: std::future::Future>(self, fut: F) -> tokio::task::futures::TaskLocalFuture<Context, F> {
+        CURRENT.scope(self, fut)
+    }
+
+    /// The service being called.
+    pub fn service(&self) -> &str {
+        &self.inner.service
+    }
+
+    /// The method being called.
+    pub fn method(&self) -> &str {
+        &self.inner.method
+    }
+
+    /// When the caller stops waiting, if it set a deadline.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.inner.deadline
+    }
+
+    /// Time left before the deadline (zero once it passed), if there is one.
+    pub fn remaining(&self) -> Option<Duration> {
+        self.inner.deadline.map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    /// The request's metadata.
+    pub fn metadata(&self) -> &Metadata {
+        &self.inner.metadata
+    }
+
+    /// The name the caller gave itself, from the [`CALLER`] metadata key.
+    pub fn caller(&self) -> Option<&str> {
+        self.inner.metadata.get(CALLER)
+    }
+
+    /// The caller's socket address.
+    pub fn peer(&self) -> Option<SocketAddr> {
+        self.inner.peer
+    }
+
+    /// Adds `key: value` to the metadata sent back with the reply.
+    pub fn set_reply_metadata(&self, key: impl Into<String>, value: impl Into<String>) {
+        self.lock_reply().insert(key, value);
+    }
+
+    pub(crate) fn take_reply_metadata(&self) -> Metadata {
+        std::mem::take(&mut *self.lock_reply())
+    }
+
+    fn lock_reply(&self) -> std::sync::MutexGuard<'_, Metadata> {
+        // A panic while holding this lock cannot leave the metadata half-written.
+        self.inner.reply_metadata.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}

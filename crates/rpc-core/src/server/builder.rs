@@ -1,0 +1,208 @@
+//! [`Server`]: binding a listener, accepting connections within limits, and shutting down.
+
+use super::{connection, Dispatch, Router, ServerRequest, ServerResponse};
+use crate::{transport::DEFAULT_MAX_FRAME_SIZE, Status};
+use std::{future::Future, io, net::SocketAddr, sync::Arc, time::Duration};
+use tokio::{
+    net::{TcpListener, ToSocketAddrs},
+    sync::{watch, Semaphore},
+    task::JoinSet,
+    time::Instant,
+};
+use tower::{
+    layer::util::{Identity, Stack},
+    Layer, Service,
+};
+
+/// Limits of a server, each with a builder setter on [`ServerBuilder`].
+#[derive(Clone, Debug)]
+pub(crate) struct ServerConfig {
+    pub(crate) max_frame_size: usize,
+    pub(crate) max_in_flight: usize,
+    pub(crate) max_connections: usize,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) write_queue: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            max_frame_size: DEFAULT_MAX_FRAME_SIZE,
+            max_in_flight: 1024,
+            max_connections: 10_000,
+            idle_timeout: Duration::from_secs(300),
+            handshake_timeout: Duration::from_secs(10),
+            write_queue: 1024,
+        }
+    }
+}
+
+/// Entry point for building a server: `Server::builder()`.
+#[derive(Debug)]
+pub struct Server(());
+
+impl Server {
+    /// A builder with default limits, no layers and no services.
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder { config: ServerConfig::default(), layer: Identity::new(), router: Router::default() }
+    }
+}
+
+/// Configures a server: limits, layers, services.
+#[derive(Debug)]
+pub struct ServerBuilder<L = Identity> {
+    config: ServerConfig,
+    layer: L,
+    router: Router,
+}
+
+impl<L> ServerBuilder<L> {
+    /// Largest frame accepted (default 16 MiB); a larger length prefix closes the connection
+    /// with a clear error before anything is allocated for it.
+    pub fn max_frame_size(mut self, bytes: usize) -> Self {
+        self.config.max_frame_size = bytes;
+        self
+    }
+
+    /// Most calls running at once on one connection (default 1024); more get
+    /// `ResourceExhausted`.
+    pub fn max_in_flight_per_connection(mut self, calls: usize) -> Self {
+        self.config.max_in_flight = calls.max(1);
+        self
+    }
+
+    /// Most open connections (default 10 000); more are told so and closed.
+    pub fn max_connections(mut self, connections: usize) -> Self {
+        self.config.max_connections = connections.max(1);
+        self
+    }
+
+    /// Closes connections that carried no frame and ran no call for this long (default 5 min).
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.config.idle_timeout = timeout;
+        self
+    }
+
+    /// How long a new connection may take to send its preface (default 10 s).
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.config.handshake_timeout = timeout;
+        self
+    }
+
+    /// Frames queued for writing per connection before handlers wait (default 1024).
+    pub fn write_queue(mut self, frames: usize) -> Self {
+        self.config.write_queue = frames.max(1);
+        self
+    }
+
+    /// Wraps every service in `layer`; the first layer added is the outermost.
+    pub fn layer<N>(self, layer: N) -> ServerBuilder<Stack<N, L>> {
+        ServerBuilder { config: self.config, layer: Stack::new(layer, self.layer), router: self.router }
+    }
+
+    /// Adds a service (a generated `FooServer`); one listener serves any number of them.
+    pub fn add_service(mut self, service: impl Dispatch) -> Self {
+        self.router.add(service);
+        self
+    }
+}
+
+impl<L> ServerBuilder<L>
+where
+    L: Layer<Router>,
+    L::Service: Service<ServerRequest, Response = ServerResponse, Error = Status> + Clone + Send + Sync + 'static,
+    <L::Service as Service<ServerRequest>>::Future: Send + 'static,
+{
+    /// Binds `addr` and serves in a background task; the returned handle stops it.
+    pub async fn start(self, addr: impl ToSocketAddrs) -> io::Result<RunningServer> {
+        Ok(self.start_on(TcpListener::bind(addr).await?))
+    }
+
+    /// Serves on an already bound listener in a background task.
+    pub fn start_on(self, listener: TcpListener) -> RunningServer {
+        let local_addr = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let (shutdown, signal) = watch::channel(None);
+        let service = self.layer.layer(self.router);
+        let task = tokio::spawn(accept_loop(listener, service, Arc::new(self.config), signal));
+        RunningServer { local_addr, shutdown, task }
+    }
+
+    /// Binds `addr` and serves until the process ends.
+    pub async fn serve(self, addr: impl ToSocketAddrs) -> io::Result<()> {
+        self.serve_with_shutdown(addr, std::future::pending(), Duration::ZERO).await
+    }
+
+    /// Binds `addr` and serves until `signal` completes, then shuts down gracefully: stops
+    /// accepting, sends every client a go-away, and lets running calls finish for up to `grace`.
+    pub async fn serve_with_shutdown(
+        self,
+        addr: impl ToSocketAddrs,
+        signal: impl Future<Output = ()>,
+        grace: Duration,
+    ) -> io::Result<()> {
+        let server = self.start(addr).await?;
+        signal.await;
+        server.shutdown(grace).await
+    }
+}
+
+async fn accept_loop<S>(
+    listener: TcpListener,
+    service: S,
+    config: Arc<ServerConfig>,
+    mut shutdown: watch::Receiver<Option<Instant>>,
+) where
+    S: Service<ServerRequest, Response = ServerResponse, Error = Status> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    let slots = Arc::new(Semaphore::new(config.max_connections));
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let permit = slots.clone().try_acquire_owned().ok();
+                    connections.spawn(connection::serve(
+                        stream, peer, service.clone(), config.clone(), shutdown.clone(), permit,
+                    ));
+                }
+                Err(e) => {
+                    // Usually out of file descriptors: wait for connections to close.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.changed() => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(listener);
+    while connections.join_next().await.is_some() {}
+}
+
+/// A server running in the background. Dropping it stops the server at once; prefer
+/// [`RunningServer::shutdown`].
+#[derive(Debug)]
+pub struct RunningServer {
+    local_addr: SocketAddr,
+    shutdown: watch::Sender<Option<Instant>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningServer {
+    /// The address the server listens on (useful after binding port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting, tells clients to go away, waits up to `grace` for running calls, then
+    /// cancels what is left and closes every connection.
+    pub async fn shutdown(self, grace: Duration) -> io::Result<()> {
+        let RunningServer { shutdown, task, .. } = self;
+        let _ = shutdown.send(Some(Instant::now() + grace));
+        let result = task.await;
+        drop(shutdown);
+        result.map_err(io::Error::other)
+    }
+}

@@ -1,0 +1,347 @@
+//! One server connection: reads calls, runs each handler in its own task, writes replies.
+//!
+//! Every call holds a permit of the connection's in-flight limit until its handler finishes, so a
+//! client that floods calls gets `ResourceExhausted`, and one that stops reading replies stalls
+//! its own handlers on the bounded write queue rather than growing the server's memory.
+
+use super::{builder::ServerConfig, catch_unwind::CatchUnwind, ServerRequest, ServerResponse};
+use crate::{
+    transport::{check_preface, write_loop, Frame, FrameCodec, FrameReader, Head},
+    ByteStr, Code, Codec, Context, Metadata, Status,
+};
+use bytes::Bytes;
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+use tokio::{
+    net::TcpStream,
+    sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore},
+    task::AbortHandle,
+    time::Instant,
+};
+use tower::{Service, ServiceExt};
+
+/// Longest wait for the writer to flush the last frames to a client that is not reading.
+const FINAL_FLUSH: Duration = Duration::from_secs(5);
+
+/// Calls whose handlers are running, by request id.
+struct InFlight {
+    handlers: Mutex<HashMap<u32, AbortHandle>>,
+    permits: Arc<Semaphore>,
+    limit: u32,
+}
+
+impl InFlight {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, AbortHandle>> {
+        self.handlers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn finish(&self, id: u32) {
+        self.lock().remove(&id);
+    }
+
+    /// Resolves once no handler holds a permit.
+    async fn idle(&self) {
+        let _all = self.permits.acquire_many(self.limit).await;
+    }
+
+    fn is_idle(&self) -> bool {
+        self.permits.available_permits() == self.limit as usize
+    }
+
+    /// Aborts every running handler and returns their ids.
+    fn abort_all(&self) -> Vec<u32> {
+        let handlers = std::mem::take(&mut *self.lock());
+        handlers
+            .into_iter()
+            .map(|(id, handle)| {
+                handle.abort();
+                id
+            })
+            .collect()
+    }
+}
+
+struct ServerConnection<S> {
+    service: S,
+    peer: SocketAddr,
+    tx: mpsc::Sender<Frame>,
+    in_flight: Arc<InFlight>,
+    /// Highest call id accepted, announced in a go-away.
+    last_id: u32,
+    /// Set once a go-away was sent: later calls are refused.
+    draining: bool,
+}
+
+/// Serves one accepted TCP connection until it closes, fails or the server shuts down.
+///
+/// `permit` is the connection's slot under the server's connection limit; without one the
+/// connection is told why and closed.
+pub(crate) async fn serve<S>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    service: S,
+    config: Arc<ServerConfig>,
+    mut shutdown: watch::Receiver<Option<Instant>>,
+    permit: Option<OwnedSemaphorePermit>,
+) where
+    S: Service<ServerRequest, Response = ServerResponse, Error = Status> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    let _ = stream.set_nodelay(true);
+    let (read, write) = stream.into_split();
+    let codec = FrameCodec::new(config.max_frame_size);
+    let (tx, rx) = mpsc::channel(config.write_queue);
+    let mut writer = tokio::spawn(async move { write_loop(write, rx, codec, &[]).await });
+    let limit = u32::try_from(config.max_in_flight).unwrap_or(u32::MAX >> 3).min(Semaphore::MAX_PERMITS as u32);
+    let mut conn = ServerConnection {
+        service,
+        peer,
+        tx,
+        in_flight: Arc::new(InFlight {
+            handlers: Mutex::new(HashMap::new()),
+            permits: Arc::new(Semaphore::new(limit as usize)),
+            limit,
+        }),
+        last_id: 0,
+        draining: false,
+    };
+    let mut reader = FrameReader::new(read, codec);
+    if permit.is_none() {
+        conn.go_away(
+            Code::ResourceExhausted,
+            format!(
+                "server has reached its limit of {} connections; retry later or use another instance",
+                config.max_connections
+            ),
+        )
+        .await;
+    } else {
+        match tokio::time::timeout(config.handshake_timeout, reader.preface()).await {
+            Ok(Ok(preface)) => match check_preface(&preface) {
+                Ok(()) => conn.run(&mut reader, &config, &mut shutdown).await,
+                Err(e) => conn.go_away(Code::Protocol, e.to_string()).await,
+            },
+            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "connection closed before its preface"),
+            Err(_) => conn.go_away(Code::Protocol, "no connection preface within the handshake timeout".into()).await,
+        }
+    }
+    conn.in_flight.abort_all();
+    drop(conn);
+    if tokio::time::timeout(FINAL_FLUSH, &mut writer).await.is_err() {
+        writer.abort();
+    }
+    drop(permit);
+}
+
+impl<S> ServerConnection<S>
+where
+    S: Service<ServerRequest, Response = ServerResponse, Error = Status> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    async fn run(
+        &mut self,
+        reader: &mut FrameReader<tokio::net::tcp::OwnedReadHalf>,
+        config: &ServerConfig,
+        shutdown: &mut watch::Receiver<Option<Instant>>,
+    ) {
+        let peer = self.peer;
+        let mut grace_deadline = None;
+        let far_future = Instant::now() + Duration::from_secs(86400 * 365);
+        let idle = tokio::time::sleep(config.idle_timeout);
+        tokio::pin!(idle);
+        let mut frames_seen = 0u64;
+        let mut frames_at_last_check = 0u64;
+        loop {
+            tokio::select! {
+                biased;
+                frame = reader.next() => match frame {
+                    Ok(Some(frame)) => {
+                        frames_seen += 1;
+                        if let Err(status) = self.handle(frame).await {
+                            tracing::warn!(%peer, error = %status, "closing connection after a protocol error");
+                            self.go_away(Code::Protocol, status.message().to_owned()).await;
+                            return;
+                        }
+                    }
+                    Ok(None) => {
+                        tracing::debug!(%peer, "client closed the connection");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(%peer, error = %e, "closing connection after a bad frame");
+                        self.go_away(Code::Protocol, e.to_string()).await;
+                        return;
+                    }
+                },
+                changed = shutdown.changed(), if grace_deadline.is_none() => {
+                    // A dropped sender means "stop now".
+                    let deadline = if changed.is_ok() { *shutdown.borrow() } else { None };
+                    grace_deadline = Some(deadline.unwrap_or_else(Instant::now));
+                    self.go_away(Code::Unavailable, "server is shutting down; reconnect to another instance".into()).await;
+                }
+                _ = self.in_flight.idle(), if grace_deadline.is_some() => return,
+                _ = tokio::time::sleep_until(grace_deadline.unwrap_or(far_future)), if grace_deadline.is_some() => {
+                    let aborted = self.in_flight.abort_all();
+                    for id in aborted {
+                        let status = Status::unavailable("server shut down before the call finished (its grace period ended)");
+                        let _ = self.tx.send(error_frame(id, &status)).await;
+                    }
+                    return;
+                }
+                _ = &mut idle => {
+                    if frames_seen == frames_at_last_check && self.in_flight.is_idle() {
+                        self.go_away(Code::Unavailable, format!("connection idle for {:?}", config.idle_timeout)).await;
+                        return;
+                    }
+                    frames_at_last_check = frames_seen;
+                    idle.as_mut().reset(Instant::now() + config.idle_timeout);
+                }
+            }
+        }
+    }
+
+    /// Handles one frame from the client; an error means the client broke the protocol.
+    async fn handle(&mut self, frame: Frame) -> Result<(), Status> {
+        match frame.head {
+            Head::Call { service, method, timeout, metadata, oneway } => {
+                let call = IncomingCall { id: frame.id, codec: frame.codec, service, method, timeout, metadata, oneway };
+                if let Err(status) = self.start(call, frame.body) {
+                    if !oneway {
+                        let _ = self.tx.send(error_frame(frame.id, &status)).await;
+                    }
+                }
+            }
+            Head::Cancel => {
+                if let Some(handle) = self.in_flight.lock().remove(&frame.id) {
+                    handle.abort();
+                }
+            }
+            Head::Ping => {
+                let _ = self.tx.send(Frame { id: frame.id, codec: 0, head: Head::Pong, body: frame.body }).await;
+            }
+            Head::Pong | Head::GoAway { .. } => {}
+            Head::Reply { .. } | Head::Error { .. } => {
+                return Err(Status::protocol(format!("client sent a reply frame (id {})", frame.id)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts the handler of one call in its own task.
+    fn start(&mut self, call: IncomingCall, body: Bytes) -> Result<(), Status> {
+        if self.draining {
+            return Err(Status::unavailable("server is shutting down; the call was not started").with_not_started());
+        }
+        let Ok(permit) = self.in_flight.permits.clone().try_acquire_owned() else {
+            return Err(Status::resource_exhausted(format!(
+                "{} calls already in flight on this connection (the server's limit); wait for replies or open another connection",
+                self.in_flight.limit
+            )));
+        };
+        let codec = Codec::from_id(call.codec).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let deadline = call.timeout.map(|t| Instant::now() + t);
+        let context = Context::new(call.service.clone(), call.method.clone(), deadline, call.metadata.clone(), Some(self.peer));
+        let request = ServerRequest {
+            service: call.service,
+            method: call.method,
+            codec,
+            body,
+            metadata: call.metadata,
+            deadline,
+            peer: Some(self.peer),
+        };
+        let (id, oneway) = (call.id, call.oneway);
+        let service = self.service.clone();
+        let tx = self.tx.clone();
+        let in_flight = self.in_flight.clone();
+        let mut handlers = self.in_flight.lock();
+        if handlers.contains_key(&id) {
+            return Err(Status::invalid_argument(format!("request id {id} is already in flight on this connection")));
+        }
+        self.last_id = id;
+        // The handler's own `finish` takes this lock, so it cannot run before the insert below.
+        let task = tokio::spawn(async move {
+            let outcome = run_handler(service, request, context, deadline).await;
+            if !oneway {
+                let frame = match outcome {
+                    Ok(response) => Frame {
+                        id,
+                        codec: codec.id(),
+                        head: Head::Reply { metadata: response.metadata },
+                        body: response.body,
+                    },
+                    Err(status) => error_frame(id, &status),
+                };
+                let _ = tx.send(frame).await;
+            }
+            in_flight.finish(id);
+            drop(permit);
+        });
+        handlers.insert(id, task.abort_handle());
+        Ok(())
+    }
+
+    async fn go_away(&mut self, code: Code, message: String) {
+        self.draining = true;
+        let frame = Frame { id: self.last_id, codec: 0, head: Head::GoAway { code, message }, body: Bytes::new() };
+        let _ = self.tx.send(frame).await;
+    }
+}
+
+struct IncomingCall {
+    id: u32,
+    codec: u8,
+    service: ByteStr,
+    method: ByteStr,
+    timeout: Option<Duration>,
+    metadata: Metadata,
+    oneway: bool,
+}
+
+async fn run_handler<S>(
+    service: S,
+    request: ServerRequest,
+    context: Context,
+    deadline: Option<Instant>,
+) -> Result<ServerResponse, Status>
+where
+    S: Service<ServerRequest, Response = ServerResponse, Error = Status>,
+{
+    let (svc, method) = (request.service.clone(), request.method.clone());
+    let work = context.clone().scope(CatchUnwind::new(service.oneshot(request)));
+    let outcome = match deadline {
+        None => work.await,
+        Some(deadline) => tokio::time::timeout_at(deadline, work).await.map_err(|_| {
+            Status::deadline_exceeded(format!(
+                "{svc}.{method} did not finish before the caller's deadline; the handler was cancelled"
+            ))
+        })?,
+    };
+    match outcome {
+        Ok(Ok(mut response)) => {
+            let extra = context.take_reply_metadata();
+            if !extra.is_empty() {
+                response.metadata.extend_from(&extra);
+            }
+            Ok(response)
+        }
+        Ok(Err(status)) => Err(status),
+        Err(panic) => {
+            tracing::error!(service = %svc, method = %method, panic = %panic, "handler panicked");
+            Err(Status::internal(format!("the handler of {svc}.{method} panicked: {panic}")))
+        }
+    }
+}
+
+fn error_frame(id: u32, status: &Status) -> Frame {
+    Frame {
+        id,
+        codec: 0,
+        head: Head::Error { code: status.code(), message: status.message().to_owned(), metadata: Metadata::new() },
+        body: Bytes::new(),
+    }
+}

@@ -1,0 +1,557 @@
+//! The wire format: frames and their tokio-util codec.
+//!
+//! `docs/PROTOCOL.md` describes every byte. This module owns parsing and writing frames; it knows
+//! nothing of connections, calls or codecs beyond carrying the codec's one-byte id.
+
+use crate::{ByteStr, Code, Metadata};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use std::time::Duration;
+use tokio_util::codec::{Decoder, Encoder};
+
+/// Protocol version spoken by this build.
+pub const VERSION: u8 = 1;
+
+/// The eight bytes a client sends first on every connection.
+///
+/// The first byte (0xF0) can never start an Apache Thrift framed message (its length would be
+/// negative), so one port can tell the two protocols apart.
+pub const PREFACE: [u8; 8] = [0xF0, b'R', b'P', b'C', VERSION, 0, 0, 0];
+
+/// Bytes of the fixed header after the length prefix: kind, flags, codec, request id.
+const FIXED_HEADER: usize = 7;
+
+/// Default largest frame: 16 MiB.
+pub const DEFAULT_MAX_FRAME_SIZE: usize = 16 * 1024 * 1024;
+
+/// One frame.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Frame {
+    /// Request id: pairs a reply with its call. For `GoAway` it is the last call id the sender
+    /// will process.
+    pub id: u32,
+    /// Wire id of the codec that encoded `body` (0 when there is no encoded body).
+    pub codec: u8,
+    /// Kind-specific header.
+    pub head: Head,
+    /// The payload: an encoded message for calls and replies, opaque bytes for pings.
+    pub body: Bytes,
+}
+
+/// The kind-specific part of a frame's header.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Head {
+    /// A call that expects a reply (`oneway == false`) or none.
+    Call {
+        /// Service name.
+        service: ByteStr,
+        /// Method name.
+        method: ByteStr,
+        /// Time the caller still waits, relative to when the frame was written.
+        timeout: Option<Duration>,
+        /// Request metadata.
+        metadata: Metadata,
+        /// True for a call that gets no reply.
+        oneway: bool,
+    },
+    /// A successful reply.
+    Reply {
+        /// Reply metadata.
+        metadata: Metadata,
+    },
+    /// A failed call.
+    Error {
+        /// Status code.
+        code: Code,
+        /// Message for the caller.
+        message: String,
+        /// Reply metadata.
+        metadata: Metadata,
+    },
+    /// The caller gave up on call `id`.
+    Cancel,
+    /// Liveness probe; the peer answers with `Pong` and the same body.
+    Ping,
+    /// Answer to `Ping`.
+    Pong,
+    /// The sender will take no calls after `id`; finish those and go elsewhere.
+    GoAway {
+        /// Why.
+        code: Code,
+        /// Human-readable reason.
+        message: String,
+    },
+}
+
+impl Head {
+    /// The frame kind byte.
+    fn kind(&self) -> u8 {
+        match self {
+            Head::Call { oneway: false, .. } => 1,
+            Head::Reply { .. } => 2,
+            Head::Error { .. } => 3,
+            Head::Call { oneway: true, .. } => 4,
+            Head::Cancel => 5,
+            Head::Ping => 6,
+            Head::Pong => 7,
+            Head::GoAway { .. } => 8,
+        }
+    }
+}
+
+/// A frame that could not be read.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum FrameError {
+    /// The length prefix exceeds the configured limit; nothing was allocated for it.
+    TooLarge {
+        /// Declared length.
+        len: usize,
+        /// Configured limit.
+        max: usize,
+    },
+    /// The bytes do not follow the protocol.
+    Malformed(String),
+    /// The connection preface is missing or of another version.
+    BadPreface(String),
+    /// Reading from the socket failed.
+    Io(std::io::Error),
+}
+
+impl std::fmt::Display for FrameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FrameError::TooLarge { len, max } => write!(
+                f,
+                "frame of {len} bytes exceeds the limit of {max} bytes; raise max_frame_size on both \
+                 ends or send smaller messages"
+            ),
+            FrameError::Malformed(m) => write!(f, "malformed frame: {m}"),
+            FrameError::BadPreface(m) => write!(f, "bad connection preface: {m}"),
+            FrameError::Io(e) => write!(f, "i/o error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for FrameError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            FrameError::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<std::io::Error> for FrameError {
+    fn from(e: std::io::Error) -> Self {
+        FrameError::Io(e)
+    }
+}
+
+/// Checks the 8-byte connection preface.
+pub fn check_preface(bytes: &[u8; 8]) -> Result<(), FrameError> {
+    if bytes[..4] != PREFACE[..4] {
+        return Err(FrameError::BadPreface(format!(
+            "expected the bytes F0 52 50 43 (\"\\xF0RPC\"), got {:02X?}; is the client speaking this protocol?",
+            &bytes[..4]
+        )));
+    }
+    if bytes[4] != VERSION {
+        return Err(FrameError::BadPreface(format!(
+            "client speaks protocol version {}, this server speaks version {VERSION}",
+            bytes[4]
+        )));
+    }
+    Ok(())
+}
+
+/// Length-prefixed frame codec with a size limit.
+#[derive(Clone, Copy, Debug)]
+pub struct FrameCodec {
+    max_frame_size: usize,
+}
+
+impl FrameCodec {
+    /// A codec that refuses frames longer than `max_frame_size` bytes (after the prefix).
+    pub fn new(max_frame_size: usize) -> FrameCodec {
+        FrameCodec { max_frame_size }
+    }
+}
+
+impl Default for FrameCodec {
+    fn default() -> Self {
+        FrameCodec::new(DEFAULT_MAX_FRAME_SIZE)
+    }
+}
+
+impl Decoder for FrameCodec {
+    type Item = Frame;
+    type Error = FrameError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+        if src.len() < 4 {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize;
+        if len > self.max_frame_size {
+            return Err(FrameError::TooLarge { len, max: self.max_frame_size });
+        }
+        if len < FIXED_HEADER {
+            return Err(FrameError::Malformed(format!(
+                "length {len} is shorter than the {FIXED_HEADER}-byte header"
+            )));
+        }
+        if src.len() < 4 + len {
+            // Bounded by max_frame_size, which was checked above.
+            src.reserve(4 + len - src.len());
+            return Ok(None);
+        }
+        src.advance(4);
+        parse(src.split_to(len).freeze()).map(Some)
+    }
+}
+
+fn parse(mut buf: Bytes) -> Result<Frame, FrameError> {
+    let kind = buf.get_u8();
+    let flags = buf.get_u8();
+    let codec = buf.get_u8();
+    let id = buf.get_u32();
+    if flags != 0 {
+        return Err(FrameError::Malformed(format!("unknown flags {flags:#04x} in frame {id}")));
+    }
+    let head = match kind {
+        1 | 4 => {
+            let timeout_us = take_u64(&mut buf, "timeout")?;
+            let service = take_str8(&mut buf, "service name")?;
+            let method = take_str8(&mut buf, "method name")?;
+            let metadata = take_metadata(&mut buf)?;
+            Head::Call {
+                service,
+                method,
+                timeout: (timeout_us != 0).then(|| Duration::from_micros(timeout_us)),
+                metadata,
+                oneway: kind == 4,
+            }
+        }
+        2 => Head::Reply { metadata: take_metadata(&mut buf)? },
+        3 => {
+            let code = Code::from_u16(take_u16(&mut buf, "status code")?);
+            let message = take_string16(&mut buf, "status message")?;
+            let metadata = take_metadata(&mut buf)?;
+            Head::Error { code, message, metadata }
+        }
+        5 => Head::Cancel,
+        6 => Head::Ping,
+        7 => Head::Pong,
+        8 => {
+            let code = Code::from_u16(take_u16(&mut buf, "go-away code")?);
+            let message = take_string16(&mut buf, "go-away message")?;
+            Head::GoAway { code, message }
+        }
+        other => return Err(FrameError::Malformed(format!("unknown frame kind {other} in frame {id}"))),
+    };
+    Ok(Frame { id, codec, head, body: buf })
+}
+
+fn need(buf: &Bytes, n: usize, what: &str) -> Result<(), FrameError> {
+    if buf.remaining() < n {
+        return Err(FrameError::Malformed(format!(
+            "{what} needs {n} bytes but the frame has {} left",
+            buf.remaining()
+        )));
+    }
+    Ok(())
+}
+
+fn take_u16(buf: &mut Bytes, what: &str) -> Result<u16, FrameError> {
+    need(buf, 2, what)?;
+    Ok(buf.get_u16())
+}
+
+fn take_u64(buf: &mut Bytes, what: &str) -> Result<u64, FrameError> {
+    need(buf, 8, what)?;
+    Ok(buf.get_u64())
+}
+
+fn take_bytes(buf: &mut Bytes, len: usize, what: &str) -> Result<Bytes, FrameError> {
+    need(buf, len, what)?;
+    Ok(buf.split_to(len))
+}
+
+fn utf8(bytes: Bytes, what: &str) -> Result<ByteStr, FrameError> {
+    ByteStr::from_utf8(bytes).map_err(|e| FrameError::Malformed(format!("{what} is not UTF-8: {e}")))
+}
+
+fn take_str8(buf: &mut Bytes, what: &str) -> Result<ByteStr, FrameError> {
+    need(buf, 1, what)?;
+    let len = buf.get_u8() as usize;
+    utf8(take_bytes(buf, len, what)?, what)
+}
+
+fn take_string16(buf: &mut Bytes, what: &str) -> Result<String, FrameError> {
+    let len = take_u16(buf, what)? as usize;
+    Ok(utf8(take_bytes(buf, len, what)?, what)?.as_str().to_owned())
+}
+
+fn take_metadata(buf: &mut Bytes) -> Result<Metadata, FrameError> {
+    need(buf, 1, "metadata count")?;
+    let count = buf.get_u8() as usize;
+    if count > Metadata::MAX_ENTRIES {
+        return Err(FrameError::Malformed(format!(
+            "{count} metadata entries exceed the limit of {}",
+            Metadata::MAX_ENTRIES
+        )));
+    }
+    let mut md = Metadata::new();
+    for _ in 0..count {
+        let key = take_str8(buf, "metadata key")?;
+        let value = take_string16(buf, "metadata value")?;
+        md.insert(key.as_str(), value);
+    }
+    Ok(md)
+}
+
+/// Checks the limits the wire format imposes on what a caller put in a call's header.
+pub fn check_call_head(service: &str, method: &str, metadata: &Metadata) -> Result<(), String> {
+    if service.len() > u8::MAX as usize || method.len() > u8::MAX as usize {
+        return Err("service and method names are limited to 255 bytes".into());
+    }
+    if metadata.len() > Metadata::MAX_ENTRIES {
+        return Err(format!(
+            "{} metadata entries exceed the limit of {}",
+            metadata.len(),
+            Metadata::MAX_ENTRIES
+        ));
+    }
+    for (k, v) in metadata.iter() {
+        if k.len() > Metadata::MAX_KEY_LEN || v.len() > Metadata::MAX_VALUE_LEN {
+            return Err(format!(
+                "metadata key {k:?} or its value is too long (keys up to {} bytes, values up to {})",
+                Metadata::MAX_KEY_LEN,
+                Metadata::MAX_VALUE_LEN
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn metadata_len(md: &Metadata) -> usize {
+    1 + md.iter().map(|(k, v)| 1 + k.len() + 2 + v.len()).sum::<usize>()
+}
+
+fn put_metadata(dst: &mut BytesMut, md: &Metadata) {
+    dst.put_u8(md.len() as u8);
+    for (k, v) in md.iter() {
+        dst.put_u8(k.len() as u8);
+        dst.put_slice(k.as_bytes());
+        dst.put_u16(v.len() as u16);
+        dst.put_slice(v.as_bytes());
+    }
+}
+
+fn put_string16(dst: &mut BytesMut, s: &str) {
+    // Messages are informational; truncating at a char boundary keeps the frame valid.
+    let mut end = s.len().min(u16::MAX as usize);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    dst.put_u16(end as u16);
+    dst.put_slice(&s.as_bytes()[..end]);
+}
+
+fn string16_len(s: &str) -> usize {
+    2 + s.len().min(u16::MAX as usize)
+}
+
+impl Frame {
+    /// Bytes this frame occupies on the wire, including the length prefix.
+    pub fn encoded_len(&self) -> usize {
+        let head = match &self.head {
+            Head::Call { service, method, metadata, .. } => {
+                8 + 1 + service.len() + 1 + method.len() + metadata_len(metadata)
+            }
+            Head::Reply { metadata } => metadata_len(metadata),
+            Head::Error { message, metadata, .. } => 2 + string16_len(message) + metadata_len(metadata),
+            Head::Cancel | Head::Ping | Head::Pong => 0,
+            Head::GoAway { message, .. } => 2 + string16_len(message),
+        };
+        4 + FIXED_HEADER + head + self.body.len()
+    }
+}
+
+impl Encoder<Frame> for FrameCodec {
+    type Error = FrameError;
+
+    /// Writes `frame`; the caller has checked header limits with [`check_call_head`].
+    fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), FrameError> {
+        self.encode(&frame, dst)
+    }
+}
+
+impl Encoder<&Frame> for FrameCodec {
+    type Error = FrameError;
+
+    fn encode(&mut self, frame: &Frame, dst: &mut BytesMut) -> Result<(), FrameError> {
+        let total = frame.encoded_len();
+        if total - 4 > self.max_frame_size {
+            return Err(FrameError::TooLarge { len: total - 4, max: self.max_frame_size });
+        }
+        dst.reserve(total);
+        dst.put_u32((total - 4) as u32);
+        dst.put_u8(frame.head.kind());
+        dst.put_u8(0);
+        dst.put_u8(frame.codec);
+        dst.put_u32(frame.id);
+        match &frame.head {
+            Head::Call { service, method, timeout, metadata, .. } => {
+                // Round up so that a sub-microsecond timeout is not sent as "no deadline".
+                let us = timeout.map_or(0, |t| u64::try_from(t.as_micros()).unwrap_or(u64::MAX).max(1));
+                dst.put_u64(us);
+                dst.put_u8(service.len() as u8);
+                dst.put_slice(service.as_bytes());
+                dst.put_u8(method.len() as u8);
+                dst.put_slice(method.as_bytes());
+                put_metadata(dst, metadata);
+            }
+            Head::Reply { metadata } => put_metadata(dst, metadata),
+            Head::Error { code, message, metadata } => {
+                dst.put_u16(code.as_u16());
+                put_string16(dst, message);
+                put_metadata(dst, metadata);
+            }
+            Head::Cancel | Head::Ping | Head::Pong => {}
+            Head::GoAway { code, message } => {
+                dst.put_u16(code.as_u16());
+                put_string16(dst, message);
+            }
+        }
+        dst.put_slice(&frame.body);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames() -> Vec<Frame> {
+        let md: Metadata = [("rpc-caller", "tests"), ("k", "ü")].into_iter().collect();
+        vec![
+            Frame {
+                id: 7,
+                codec: 5,
+                head: Head::Call {
+                    service: "Catalog".into(),
+                    method: "get".into(),
+                    timeout: Some(Duration::from_millis(250)),
+                    metadata: md.clone(),
+                    oneway: false,
+                },
+                body: Bytes::from_static(b"\x81\xa2id\x2a"),
+            },
+            Frame {
+                id: 8,
+                codec: 4,
+                head: Head::Call {
+                    service: "S".into(),
+                    method: "m".into(),
+                    timeout: None,
+                    metadata: Metadata::new(),
+                    oneway: true,
+                },
+                body: Bytes::new(),
+            },
+            Frame { id: 7, codec: 5, head: Head::Reply { metadata: md.clone() }, body: Bytes::from_static(b"x") },
+            Frame {
+                id: 9,
+                codec: 0,
+                head: Head::Error { code: Code::Unimplemented, message: "no such method".into(), metadata: md },
+                body: Bytes::new(),
+            },
+            Frame { id: 10, codec: 0, head: Head::Cancel, body: Bytes::new() },
+            Frame { id: 0, codec: 0, head: Head::Ping, body: Bytes::from_static(b"12345678") },
+            Frame { id: 0, codec: 0, head: Head::Pong, body: Bytes::from_static(b"12345678") },
+            Frame {
+                id: 41,
+                codec: 0,
+                head: Head::GoAway { code: Code::Unavailable, message: "draining".into() },
+                body: Bytes::new(),
+            },
+        ]
+    }
+
+    #[test]
+    fn every_kind_round_trips_and_reports_its_length() {
+        let mut codec = FrameCodec::default();
+        let mut buf = BytesMut::new();
+        for f in frames() {
+            let before = buf.len();
+            codec.encode(&f, &mut buf).unwrap();
+            assert_eq!(buf.len() - before, f.encoded_len(), "{f:?}");
+        }
+        for f in frames() {
+            assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), f);
+        }
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn partial_input_waits_for_more() {
+        let mut codec = FrameCodec::default();
+        let mut whole = BytesMut::new();
+        codec.encode(&frames()[0], &mut whole).unwrap();
+        for cut in 0..whole.len() {
+            let mut part = BytesMut::from(&whole[..cut]);
+            assert!(codec.decode(&mut part).unwrap().is_none(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn oversized_length_is_refused_before_allocating() {
+        let mut codec = FrameCodec::new(1024);
+        let mut buf = BytesMut::from(&[0xFFu8, 0xFF, 0xFF, 0xF0, 1][..]);
+        let cap = buf.capacity();
+        match codec.decode(&mut buf) {
+            Err(FrameError::TooLarge { len, max }) => assert_eq!((len, max), (0xFFFF_FFF0, 1024)),
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+        assert_eq!(buf.capacity(), cap);
+    }
+
+    #[test]
+    fn truncated_headers_are_malformed_not_panics() {
+        let mut codec = FrameCodec::default();
+        let mut whole = BytesMut::new();
+        codec.encode(&frames()[0], &mut whole).unwrap();
+        let body_len = 5;
+        // Shrink the declared length so the header fields run past the frame's end.
+        for len in FIXED_HEADER..whole.len() - 4 - body_len {
+            let mut buf = BytesMut::new();
+            buf.put_u32(len as u32);
+            buf.put_slice(&whole[4..4 + len]);
+            match codec.decode(&mut buf) {
+                Err(FrameError::Malformed(_)) => {}
+                other => panic!("len {len}: expected Malformed, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_kind_and_flags_are_malformed() {
+        let mut codec = FrameCodec::default();
+        for (kind, flags) in [(99u8, 0u8), (1, 0x80)] {
+            let mut buf = BytesMut::new();
+            buf.put_u32(FIXED_HEADER as u32);
+            buf.put_slice(&[kind, flags, 0, 0, 0, 0, 1]);
+            assert!(matches!(codec.decode(&mut buf), Err(FrameError::Malformed(_))));
+        }
+    }
+
+    #[test]
+    fn preface_checks_magic_and_version() {
+        assert!(check_preface(&PREFACE).is_ok());
+        let mut other = PREFACE;
+        other[4] = 9;
+        assert!(check_preface(&other).unwrap_err().to_string().contains("version 9"));
+        assert!(check_preface(b"GET / HT").is_err());
+    }
+}

@@ -1,0 +1,12 @@
+//! Bytes on the socket: frames, their codec, and the coalescing writer.
+//!
+//! Both the client and the server move frames with these pieces; neither knows the other.
+
+mod frame;
+mod writer;
+
+pub use frame::{
+    check_call_head, check_preface, Frame, FrameCodec, FrameError, Head, DEFAULT_MAX_FRAME_SIZE, PREFACE,
+    VERSION,
+};
+pub(crate) use writer::{write_loop, FrameReader};
