@@ -1,1 +1,68 @@
-fn main() {}
+//! The `rpc` command: a demo, benchmarks and a generic client.
+
+mod bench;
+mod call;
+mod demo;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "rpc", version, about = "RPC framework demo, benchmarks and tools")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run two services that call each other and print what happens.
+    Demo,
+    /// Measure the framework against a baseline in the same run.
+    Bench {
+        #[command(subcommand)]
+        what: bench::BenchCommand,
+    },
+    /// Call a method with JSON arguments and print the JSON result.
+    Call(call::CallArgs),
+    /// Serve the benchmark service in this process (started by `rpc bench`).
+    #[command(hide = true, name = "__bench-server")]
+    BenchServer {
+        /// `rpc` or `raw`.
+        kind: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Named threads tell the benchmark's processes apart in a profiler.
+    let thread_name = match &cli.command {
+        Command::BenchServer { kind } => format!("{kind}-server"),
+        _ => "rpc-worker".to_owned(),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name(thread_name).build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Demo => demo::run().await,
+            Command::Bench { what } => bench::run(what).await,
+            Command::Call(args) => call::run(args).await,
+            Command::BenchServer { kind } => bench::rpc::serve_child(&kind).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error type of every subcommand: a message for the user.
+type CliResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;

@@ -19,10 +19,11 @@
 //! assert_eq!(back, ping);
 //! ```
 
+pub mod bytes_field;
 mod error;
 
 use bytes::{BufMut, BytesMut};
-use serde::{de::DeserializeOwned, Serialize};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 pub use error::{CodecError, CodecErrorKind};
 
@@ -118,16 +119,20 @@ impl Codec {
             // serde_json limits recursion to 128 levels and rejects trailing characters itself.
             Codec::Json => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
             Codec::MsgPack => {
-                // Reading through `&[u8]` leaves the unread rest behind, so trailing bytes show.
-                let mut de = rmp_serde::Deserializer::new(bytes);
+                let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
                 de.set_max_depth(MAX_DEPTH);
-                match T::deserialize(&mut de) {
-                    Err(e) => Err(e.to_string()),
-                    Ok(value) => match de.into_inner().len() {
-                        0 => Ok(value),
-                        n => Err(format!("{n} trailing bytes after the message")),
-                    },
-                }
+                T::deserialize(&mut de).map_err(|e| e.to_string()).and_then(|value| {
+                    // The borrowed reader does not say where it stopped; reading a marker past
+                    // the value fails with end-of-input exactly when nothing trails it.
+                    match serde::de::IgnoredAny::deserialize(&mut de) {
+                        Err(rmp_serde::decode::Error::InvalidMarkerRead(e))
+                            if e.kind() == std::io::ErrorKind::UnexpectedEof =>
+                        {
+                            Ok(value)
+                        }
+                        _ => Err("trailing bytes after the message".to_owned()),
+                    }
+                })
             }
         };
         result.map_err(|m| CodecError::new(Some(self), CodecErrorKind::Decode, m))

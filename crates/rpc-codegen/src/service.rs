@@ -324,20 +324,20 @@ fn generate(item: &ItemTrait, name: &str, methods: &[Method]) -> TokenStream {
     let dispatch_arms = methods.iter().map(|m| {
         let Method { ident, args, oneway, .. } = m;
         let s = args_struct(m);
-        let method_name = ident.to_string();
+        let method_name = syn::LitByteStr::new(ident.to_string().as_bytes(), ident.span());
         let names: Vec<_> = args.iter().map(|(a, _)| a).collect();
         let finish = if *oneway {
             quote!(::core::result::Result::Ok(#rpc::ServerResponse::default()))
         } else {
-            quote!(request.reply(&ret))
+            quote!(__rpc_request.reply(&__rpc_ret))
         };
         quote! {
             #method_name => {
-                let inner = ::std::sync::Arc::clone(&self.inner);
+                let __rpc_inner = ::std::sync::Arc::clone(&self.inner);
                 ::std::boxed::Box::pin(async move {
-                    let #s { #(#names),* } = request.decode::<#s>()?;
+                    let #s { #(#names),* } = __rpc_request.decode::<#s>()?;
                     #[allow(clippy::let_unit_value)]
-                    let ret = inner.#ident(#(#names),*).await;
+                    let __rpc_ret = __rpc_inner.#ident(#(#names),*).await;
                     #finish
                 })
             }
@@ -427,10 +427,10 @@ fn generate(item: &ItemTrait, name: &str, methods: &[Method]) -> TokenStream {
                 &#info
             }
 
-            fn dispatch(&self, request: #rpc::ServerRequest) -> #private::DispatchFuture {
-                match request.method.as_str() {
+            fn dispatch(&self, __rpc_request: #rpc::ServerRequest) -> #private::DispatchFuture {
+                match __rpc_request.method.as_bytes() {
                     #(#dispatch_arms)*
-                    other => #private::unknown_method(&#info, other),
+                    _ => #private::unknown_method(&#info, __rpc_request.method.as_str()),
                 }
             }
         }

@@ -28,9 +28,19 @@ impl ByteStr {
         std::str::from_utf8(&self.0).unwrap_or_default()
     }
 
-    /// The underlying bytes.
+    /// The underlying bytes; prefer this over `as_str` on hot paths, it does not re-check UTF-8.
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True for the empty string.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }
 

@@ -9,10 +9,9 @@ use super::{
     Request, Response,
 };
 use crate::{
-    transport::{check_call_head, Frame, Head, DEFAULT_MAX_FRAME_SIZE},
+    transport::{check_call_head, FrameBuilder, Head, DEFAULT_MAX_FRAME_SIZE},
     Codec, Context, Status, CALLER, TRACEPARENT,
 };
-use bytes::BytesMut;
 use std::{
     fmt,
     future::Future,
@@ -20,7 +19,7 @@ use std::{
     pin::Pin,
     sync::{
         atomic::{AtomicUsize, Ordering},
-        Arc, Mutex,
+        Arc, RwLock,
     },
     task::{Context as TaskContext, Poll},
     time::Duration,
@@ -146,7 +145,8 @@ struct Inner {
 
 #[derive(Default)]
 struct Slot {
-    live: Mutex<Option<Arc<Connection>>>,
+    /// Read on every call, written only when a connection is opened or dropped.
+    live: RwLock<Option<Arc<Connection>>>,
     /// Held while connecting, so concurrent callers wait for one attempt instead of racing.
     connecting: tokio::sync::Mutex<Backoff>,
 }
@@ -209,7 +209,7 @@ impl Channel {
         match Connection::open(inner.resolve().await?, &inner.config).await {
             Ok(conn) => {
                 *backoff = Backoff::default();
-                *slot.live.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
+                *slot.live.write().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
                 Ok(conn)
             }
             Err(status) => {
@@ -248,22 +248,18 @@ impl Channel {
             )));
         }
         let codec = inner.codec;
-        let mut body = BytesMut::new();
-        request.body.encode(codec, &mut body).map_err(|e| Status::invalid_argument(format!("request {e}")))?;
-        let frame = Frame {
-            id: 0,
-            codec: codec.id(),
-            head: Head::Call {
-                service: request.service,
-                method: request.method,
-                timeout: deadline.map(|d| d.saturating_duration_since(Instant::now())),
-                metadata,
-                oneway: request.options.oneway,
-            },
-            body: body.freeze(),
+        let oneway = request.options.oneway;
+        let head = Head::Call {
+            service: request.service,
+            method: request.method,
+            timeout: deadline.map(|d| d.saturating_duration_since(Instant::now())),
+            metadata,
+            oneway,
         };
+        let mut frame = FrameBuilder::new(codec.id(), &head, 256);
+        request.body.encode(codec, frame.body_mut()).map_err(|e| Status::invalid_argument(format!("request {e}")))?;
         let conn = self.connection().await?;
-        conn.call(frame, codec, deadline).await
+        conn.call(frame, oneway, codec, deadline).await
     }
 }
 
@@ -280,16 +276,20 @@ impl Inner {
 
 impl Slot {
     fn live(&self) -> Option<Arc<Connection>> {
-        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
-        match &*live {
-            Some(conn) if conn.is_usable() => Some(conn.clone()),
-            Some(_) => {
-                // Draining or dead: in-flight calls keep their own reference until they finish.
-                *live = None;
-                None
+        {
+            let live = self.live.read().unwrap_or_else(|e| e.into_inner());
+            match &*live {
+                Some(conn) if conn.is_usable() => return Some(conn.clone()),
+                None => return None,
+                Some(_) => {}
             }
-            None => None,
         }
+        // Draining or dead: in-flight calls keep their own reference until they finish.
+        let mut live = self.live.write().unwrap_or_else(|e| e.into_inner());
+        if live.as_ref().is_some_and(|c| !c.is_usable()) {
+            *live = None;
+        }
+        None
     }
 }
 

@@ -6,13 +6,12 @@
 
 use super::Response;
 use crate::{
-    transport::{write_loop, Frame, FrameCodec, FrameReader, Head, PREFACE},
+    id_map::IdMap,
+    transport::{write_loop, FrameBuilder, FrameCodec, FrameReader, Head, PREFACE},
     Code, Codec, Status,
 };
 use bytes::Bytes;
 use std::{
-    collections::HashMap,
-    hash::{BuildHasherDefault, Hasher},
     net::SocketAddr,
     sync::{
         atomic::{AtomicBool, AtomicU32, Ordering},
@@ -28,27 +27,7 @@ use tokio::{
 
 type Reply = Result<Response, Status>;
 
-/// Request ids are sequential, so a multiplicative hash spreads them well and costs one multiply.
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 << 8 | u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-
-    fn write_u32(&mut self, id: u32) {
-        self.0 = u64::from(id).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
-type PendingMap = HashMap<u32, oneshot::Sender<Reply>, BuildHasherDefault<IdHasher>>;
+type PendingMap = IdMap<oneshot::Sender<Reply>>;
 
 struct Pending {
     calls: PendingMap,
@@ -119,10 +98,11 @@ impl Shared {
 
 /// A live connection to one server.
 pub(crate) struct Connection {
-    tx: mpsc::Sender<Frame>,
+    tx: mpsc::Sender<Bytes>,
     shared: Arc<Shared>,
     next_id: AtomicU32,
     max_in_flight: usize,
+    max_frame_size: usize,
 }
 
 impl Connection {
@@ -159,7 +139,13 @@ impl Connection {
             }
         });
         tokio::spawn(read_loop(FrameReader::new(read, codec), shared.clone(), tx.downgrade()));
-        Ok(Arc::new(Connection { tx, shared, next_id: AtomicU32::new(1), max_in_flight: config.max_in_flight }))
+        Ok(Arc::new(Connection {
+            tx,
+            shared,
+            next_id: AtomicU32::new(1),
+            max_in_flight: config.max_in_flight,
+            max_frame_size: config.max_frame_size,
+        }))
     }
 
     /// True while new calls may use this connection.
@@ -176,11 +162,12 @@ impl Connection {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Sends a call built by `frame(id)` and waits for its reply until `deadline`.
-    pub(crate) async fn call(&self, mut frame: Frame, codec: Codec, deadline: Option<Instant>) -> Reply {
+    /// Sends the call in `frame` and waits for its reply until `deadline`.
+    pub(crate) async fn call(&self, frame: FrameBuilder, oneway: bool, codec: Codec, deadline: Option<Instant>) -> Reply {
         let id = self.next_id();
-        frame.id = id;
-        let oneway = matches!(frame.head, Head::Call { oneway: true, .. });
+        let frame = frame.finish(id, self.max_frame_size).map_err(|e| {
+            Status::invalid_argument(format!("request to {}: {e}", self.shared.peer)).with_not_started()
+        })?;
         if oneway {
             self.send(frame).await?;
             return Ok(Response { codec, body: Bytes::new(), metadata: Default::default() });
@@ -229,7 +216,7 @@ impl Connection {
         self.shared.lock().calls.insert(id, tx);
         let guard = CancelOnDrop { conn: self, id, armed: true };
         let started = Instant::now();
-        self.send(Frame { id, codec: 0, head: Head::Ping, body: Bytes::new() }).await?;
+        self.send(control_frame(id, &Head::Ping, Bytes::new())).await?;
         let reply = rx.await;
         guard.disarm();
         match reply {
@@ -239,7 +226,7 @@ impl Connection {
         }
     }
 
-    async fn send(&self, frame: Frame) -> Result<(), Status> {
+    async fn send(&self, frame: Bytes) -> Result<(), Status> {
         self.tx.send(frame).await.map_err(|_| self.closed_status())
     }
 
@@ -270,7 +257,7 @@ impl Drop for CancelOnDrop<'_> {
         if !self.armed || self.conn.shared.lock().calls.remove(&self.id).is_none() {
             return;
         }
-        let cancel = Frame { id: self.id, codec: 0, head: Head::Cancel, body: Bytes::new() };
+        let cancel = control_frame(self.id, &Head::Cancel, Bytes::new());
         if let Err(mpsc::error::TrySendError::Full(cancel)) = self.conn.tx.try_send(cancel) {
             let tx = self.conn.tx.clone();
             tokio::spawn(async move {
@@ -280,10 +267,19 @@ impl Drop for CancelOnDrop<'_> {
     }
 }
 
+/// A frame without a codec body: cancel, ping, pong.
+fn control_frame(id: u32, head: &Head, body: Bytes) -> Bytes {
+    let mut frame = FrameBuilder::new(0, head, body.len());
+    frame.body_mut().extend_from_slice(&body);
+    // Control frames are a few bytes; only a peer's oversized ping could exceed the limit, and
+    // its pong is then dropped by the peer's own limit check.
+    frame.finish(id, usize::MAX).unwrap_or_default()
+}
+
 async fn read_loop(
     mut reader: FrameReader<tokio::net::tcp::OwnedReadHalf>,
     shared: Arc<Shared>,
-    tx: mpsc::WeakSender<Frame>,
+    tx: mpsc::WeakSender<Bytes>,
 ) {
     let peer = shared.peer;
     let reason = loop {
@@ -301,7 +297,7 @@ async fn read_loop(
             Head::Pong => shared.complete(frame.id, Ok(Response { codec: Codec::default(), body: frame.body, metadata: Default::default() })),
             Head::Ping => {
                 if let Some(tx) = tx.upgrade() {
-                    let _ = tx.send(Frame { id: frame.id, codec: 0, head: Head::Pong, body: frame.body }).await;
+                    let _ = tx.send(control_frame(frame.id, &Head::Pong, frame.body)).await;
                 }
             }
             Head::GoAway { code, message } => shared.go_away(frame.id, code, &message),

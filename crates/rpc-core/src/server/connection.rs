@@ -1,41 +1,57 @@
-//! One server connection: reads calls, runs each handler in its own task, writes replies.
+//! One server connection: reads calls, runs their handlers, writes replies.
 //!
-//! Every call holds a permit of the connection's in-flight limit until its handler finishes, so a
-//! client that floods calls gets `ResourceExhausted`, and one that stops reading replies stalls
-//! its own handlers on the bounded write queue rather than growing the server's memory.
+//! One task owns the socket. It polls each new handler once in place: a handler that completes
+//! without waiting (most do, or their first step does) is answered in the same write as its
+//! neighbours, with no task spawned and no queue crossed. A handler that must wait moves to its
+//! own task and sends its reply back through a bounded queue.
+//!
+//! Every running handler holds a permit of the connection's in-flight limit, so a client that
+//! floods calls gets `ResourceExhausted`; one that stops reading replies stops being read from,
+//! which bounds the memory it can make the server hold.
 
 use super::{builder::ServerConfig, catch_unwind::CatchUnwind, ServerRequest, ServerResponse};
 use crate::{
-    transport::{check_preface, write_loop, Frame, FrameCodec, FrameReader, Head},
+    id_map::IdMap,
+    transport::{check_preface, Frame, FrameCodec, FrameError, FrameReader, FrameWriter, Head, BATCH},
     ByteStr, Code, Codec, Context, Metadata, Status,
 };
 use bytes::Bytes;
 use std::{
-    collections::HashMap,
+    future::Future,
     net::SocketAddr,
+    pin::Pin,
     sync::{Arc, Mutex},
+    task::Poll,
     time::Duration,
 };
 use tokio::{
-    net::TcpStream,
+    net::{
+        tcp::{OwnedReadHalf, OwnedWriteHalf},
+        TcpStream,
+    },
     sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore},
     task::AbortHandle,
     time::Instant,
 };
 use tower::{Service, ServiceExt};
 
-/// Longest wait for the writer to flush the last frames to a client that is not reading.
+/// Longest wait to flush the last frames to a client that is not reading.
 const FINAL_FLUSH: Duration = Duration::from_secs(5);
+
+/// Buffered reply bytes that are written before the rest of a batch of calls is handled.
+const EARLY_FLUSH: usize = 8 * 1024;
+
+type HandlerFuture = Pin<Box<dyn Future<Output = Result<ServerResponse, Status>> + Send>>;
 
 /// Calls whose handlers are running, by request id.
 struct InFlight {
-    handlers: Mutex<HashMap<u32, AbortHandle>>,
+    handlers: Mutex<IdMap<AbortHandle>>,
     permits: Arc<Semaphore>,
     limit: u32,
 }
 
 impl InFlight {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, AbortHandle>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, IdMap<AbortHandle>> {
         self.handlers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -68,7 +84,10 @@ impl InFlight {
 struct ServerConnection<S> {
     service: S,
     peer: SocketAddr,
+    writer: FrameWriter<OwnedWriteHalf>,
+    /// Replies of handlers that run in their own task.
     tx: mpsc::Sender<Frame>,
+    rx: mpsc::Receiver<Frame>,
     in_flight: Arc<InFlight>,
     /// Highest call id accepted, announced in a go-away.
     last_id: u32,
@@ -95,14 +114,15 @@ pub(crate) async fn serve<S>(
     let (read, write) = stream.into_split();
     let codec = FrameCodec::new(config.max_frame_size);
     let (tx, rx) = mpsc::channel(config.write_queue);
-    let mut writer = tokio::spawn(async move { write_loop(write, rx, codec, &[]).await });
-    let limit = u32::try_from(config.max_in_flight).unwrap_or(u32::MAX >> 3).min(Semaphore::MAX_PERMITS as u32);
+    let limit = u32::try_from(config.max_in_flight).unwrap_or(u32::MAX).min(Semaphore::MAX_PERMITS as u32);
     let mut conn = ServerConnection {
         service,
         peer,
+        writer: FrameWriter::new(write, codec),
         tx,
+        rx,
         in_flight: Arc::new(InFlight {
-            handlers: Mutex::new(HashMap::new()),
+            handlers: Mutex::new(IdMap::default()),
             permits: Arc::new(Semaphore::new(limit as usize)),
             limit,
         }),
@@ -130,10 +150,7 @@ pub(crate) async fn serve<S>(
         }
     }
     conn.in_flight.abort_all();
-    drop(conn);
-    if tokio::time::timeout(FINAL_FLUSH, &mut writer).await.is_err() {
-        writer.abort();
-    }
+    let _ = tokio::time::timeout(FINAL_FLUSH, conn.writer.shutdown()).await;
     drop(permit);
 }
 
@@ -144,7 +161,7 @@ where
 {
     async fn run(
         &mut self,
-        reader: &mut FrameReader<tokio::net::tcp::OwnedReadHalf>,
+        reader: &mut FrameReader<OwnedReadHalf>,
         config: &ServerConfig,
         shutdown: &mut watch::Receiver<Option<Instant>>,
     ) {
@@ -155,40 +172,34 @@ where
         tokio::pin!(idle);
         let mut frames_seen = 0u64;
         let mut frames_at_last_check = 0u64;
+        let mut replies = Vec::with_capacity(BATCH);
         loop {
-            tokio::select! {
+            let step = tokio::select! {
                 biased;
                 frame = reader.next() => match frame {
                     Ok(Some(frame)) => {
                         frames_seen += 1;
-                        if let Err(status) = self.handle(frame).await {
-                            tracing::warn!(%peer, error = %status, "closing connection after a protocol error");
-                            self.go_away(Code::Protocol, status.message().to_owned()).await;
-                            return;
-                        }
+                        self.handle(frame).await
                     }
                     Ok(None) => {
                         tracing::debug!(%peer, "client closed the connection");
                         return;
                     }
-                    Err(e) => {
-                        tracing::warn!(%peer, error = %e, "closing connection after a bad frame");
-                        self.go_away(Code::Protocol, e.to_string()).await;
-                        return;
-                    }
+                    Err(e) => Err(e.into()),
                 },
+                _ = self.rx.recv_many(&mut replies, BATCH) => self.push_replies(&mut replies).await,
                 changed = shutdown.changed(), if grace_deadline.is_none() => {
                     // A dropped sender means "stop now".
                     let deadline = if changed.is_ok() { *shutdown.borrow() } else { None };
                     grace_deadline = Some(deadline.unwrap_or_else(Instant::now));
                     self.go_away(Code::Unavailable, "server is shutting down; reconnect to another instance".into()).await;
+                    Ok(())
                 }
                 _ = self.in_flight.idle(), if grace_deadline.is_some() => return,
                 _ = tokio::time::sleep_until(grace_deadline.unwrap_or(far_future)), if grace_deadline.is_some() => {
-                    let aborted = self.in_flight.abort_all();
-                    for id in aborted {
+                    for id in self.in_flight.abort_all() {
                         let status = Status::unavailable("server shut down before the call finished (its grace period ended)");
-                        let _ = self.tx.send(error_frame(id, &status)).await;
+                        let _ = self.writer.push(error_frame(id, &status)).await;
                     }
                     return;
                 }
@@ -199,20 +210,81 @@ where
                     }
                     frames_at_last_check = frames_seen;
                     idle.as_mut().reset(Instant::now() + config.idle_timeout);
+                    Ok(())
                 }
+            };
+            // Take everything already buffered or queued, so that one write carries it all.
+            let step = match step {
+                Ok(()) => self.drain_ready(reader, &mut replies).await,
+                err => err,
+            };
+            if let Err(e) = step {
+                self.fail(e).await;
+                return;
             }
         }
     }
 
-    /// Handles one frame from the client; an error means the client broke the protocol.
-    async fn handle(&mut self, frame: Frame) -> Result<(), Status> {
+    async fn drain_ready(
+        &mut self,
+        reader: &mut FrameReader<OwnedReadHalf>,
+        replies: &mut Vec<Frame>,
+    ) -> Result<(), ConnectionError> {
+        while let Some(frame) = reader.try_next()? {
+            self.handle(frame).await?;
+            // Send what is ready while later calls are still being handled, so the client can
+            // work on early replies instead of waiting for the whole batch.
+            if self.writer.buffered() >= EARLY_FLUSH {
+                self.writer.flush().await?;
+            }
+        }
+        while let Ok(frame) = self.rx.try_recv() {
+            replies.push(frame);
+        }
+        self.push_replies(replies).await?;
+        Ok(self.writer.flush().await?)
+    }
+
+    async fn push_replies(&mut self, replies: &mut Vec<Frame>) -> Result<(), ConnectionError> {
+        for frame in replies.drain(..) {
+            self.writer.push(frame).await?;
+        }
+        Ok(())
+    }
+
+    /// Ends the connection after an error: a go-away says why, unless the socket itself failed.
+    async fn fail(&mut self, error: ConnectionError) {
+        let peer = self.peer;
+        match error {
+            ConnectionError::Frame(FrameError::Io(e)) => tracing::debug!(%peer, error = %e, "connection failed"),
+            ConnectionError::Frame(e) => {
+                tracing::warn!(%peer, error = %e, "closing connection after a bad frame");
+                self.go_away(Code::Protocol, e.to_string()).await;
+            }
+            ConnectionError::Protocol(status) => {
+                tracing::warn!(%peer, error = %status, "closing connection after a protocol error");
+                self.go_away(Code::Protocol, status.message().to_owned()).await;
+            }
+        }
+    }
+
+    /// Handles one frame from the client.
+    async fn handle(&mut self, frame: Frame) -> Result<(), ConnectionError> {
         match frame.head {
             Head::Call { service, method, timeout, metadata, oneway } => {
                 let call = IncomingCall { id: frame.id, codec: frame.codec, service, method, timeout, metadata, oneway };
-                if let Err(status) = self.start(call, frame.body) {
-                    if !oneway {
-                        let _ = self.tx.send(error_frame(frame.id, &status)).await;
-                    }
+                let reply = match self.start(call, frame.body).await {
+                    Ok(Some(Ok(response))) => Some(Frame {
+                        id: frame.id,
+                        codec: frame.codec,
+                        head: Head::Reply { metadata: response.metadata },
+                        body: response.body,
+                    }),
+                    Ok(Some(Err(status))) | Err(status) => Some(error_frame(frame.id, &status)),
+                    Ok(None) => None,
+                };
+                if let Some(reply) = reply.filter(|_| !oneway) {
+                    self.writer.push(reply).await?;
                 }
             }
             Head::Cancel => {
@@ -221,30 +293,41 @@ where
                 }
             }
             Head::Ping => {
-                let _ = self.tx.send(Frame { id: frame.id, codec: 0, head: Head::Pong, body: frame.body }).await;
+                self.writer.push(Frame { id: frame.id, codec: 0, head: Head::Pong, body: frame.body }).await?;
             }
             Head::Pong | Head::GoAway { .. } => {}
             Head::Reply { .. } | Head::Error { .. } => {
-                return Err(Status::protocol(format!("client sent a reply frame (id {})", frame.id)));
+                return Err(ConnectionError::Protocol(Status::protocol(format!(
+                    "client sent a reply frame (id {})",
+                    frame.id
+                ))));
             }
         }
         Ok(())
     }
 
-    /// Starts the handler of one call in its own task.
-    fn start(&mut self, call: IncomingCall, body: Bytes) -> Result<(), Status> {
+    /// Starts the handler of one call: returns its outcome if it finished at once, or `None`
+    /// once it runs in its own task.
+    async fn start(
+        &mut self,
+        call: IncomingCall,
+        body: Bytes,
+    ) -> Result<Option<Result<ServerResponse, Status>>, Status> {
         if self.draining {
             return Err(Status::unavailable("server is shutting down; the call was not started").with_not_started());
         }
-        let Ok(permit) = self.in_flight.permits.clone().try_acquire_owned() else {
+        // This task is the only one that takes permits, so one seen here is still there below.
+        if self.in_flight.permits.available_permits() == 0 {
             return Err(Status::resource_exhausted(format!(
                 "{} calls already in flight on this connection (the server's limit); wait for replies or open another connection",
                 self.in_flight.limit
             )));
-        };
+        }
         let codec = Codec::from_id(call.codec).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.last_id = call.id;
         let deadline = call.timeout.map(|t| Instant::now() + t);
-        let context = Context::new(call.service.clone(), call.method.clone(), deadline, call.metadata.clone(), Some(self.peer));
+        let context =
+            Context::new(call.service.clone(), call.method.clone(), deadline, call.metadata.clone(), Some(self.peer));
         let request = ServerRequest {
             service: call.service,
             method: call.method,
@@ -254,26 +337,28 @@ where
             deadline,
             peer: Some(self.peer),
         };
+        let mut handler: HandlerFuture = Box::pin(run_handler(self.service.clone(), request, context, deadline));
+        if let Poll::Ready(outcome) = std::future::poll_fn(|cx| Poll::Ready(handler.as_mut().poll(cx))).await {
+            return Ok(Some(outcome));
+        }
         let (id, oneway) = (call.id, call.oneway);
-        let service = self.service.clone();
+        let permit = self.in_flight.permits.clone().try_acquire_owned().map_err(|_| {
+            Status::internal("in-flight permit vanished; this is a bug in the connection task")
+        })?;
         let tx = self.tx.clone();
         let in_flight = self.in_flight.clone();
         let mut handlers = self.in_flight.lock();
         if handlers.contains_key(&id) {
             return Err(Status::invalid_argument(format!("request id {id} is already in flight on this connection")));
         }
-        self.last_id = id;
-        // The handler's own `finish` takes this lock, so it cannot run before the insert below.
+        // The task's own `finish` takes this lock, so it cannot run before the insert below.
         let task = tokio::spawn(async move {
-            let outcome = run_handler(service, request, context, deadline).await;
+            let outcome = handler.await;
             if !oneway {
                 let frame = match outcome {
-                    Ok(response) => Frame {
-                        id,
-                        codec: codec.id(),
-                        head: Head::Reply { metadata: response.metadata },
-                        body: response.body,
-                    },
+                    Ok(response) => {
+                        Frame { id, codec: codec.id(), head: Head::Reply { metadata: response.metadata }, body: response.body }
+                    }
                     Err(status) => error_frame(id, &status),
                 };
                 let _ = tx.send(frame).await;
@@ -282,13 +367,27 @@ where
             drop(permit);
         });
         handlers.insert(id, task.abort_handle());
-        Ok(())
+        Ok(None)
     }
 
     async fn go_away(&mut self, code: Code, message: String) {
         self.draining = true;
         let frame = Frame { id: self.last_id, codec: 0, head: Head::GoAway { code, message }, body: Bytes::new() };
-        let _ = self.tx.send(frame).await;
+        if self.writer.push(frame).await.is_ok() {
+            let _ = self.writer.flush().await;
+        }
+    }
+}
+
+/// Why a connection ends early.
+enum ConnectionError {
+    Frame(FrameError),
+    Protocol(Status),
+}
+
+impl From<FrameError> for ConnectionError {
+    fn from(e: FrameError) -> Self {
+        ConnectionError::Frame(e)
     }
 }
 

@@ -38,7 +38,8 @@ impl ServerRequest {
 
     /// Encodes `value` as the reply, in the request's codec.
     pub fn reply<T: Serialize + ?Sized>(&self, value: &T) -> Result<ServerResponse, Status> {
-        let mut buf = BytesMut::new();
+        // Replies are usually about the size of requests; start there to avoid regrowing.
+        let mut buf = BytesMut::with_capacity(self.body.len().max(64));
         self.codec
             .encode(value, &mut buf)
             .map_err(|e| Status::internal(format!("reply of {}.{}: {e}", self.service, self.method)))?;

@@ -47,7 +47,7 @@ impl tower::Service<ServerRequest> for Router {
 
     fn call(&mut self, request: ServerRequest) -> Self::Future {
         // A handful of services per listener: a scan beats hashing.
-        match self.services.iter().find(|s| s.info().name == request.service.as_str()) {
+        match self.services.iter().find(|s| s.info().name.as_bytes() == request.service.as_bytes()) {
             Some(service) => service.dispatch(request),
             None => {
                 let status = Status::unimplemented(format!(

@@ -6,7 +6,7 @@ mod frame;
 mod writer;
 
 pub use frame::{
-    check_call_head, check_preface, Frame, FrameCodec, FrameError, Head, DEFAULT_MAX_FRAME_SIZE, PREFACE,
+    check_call_head, check_preface, Frame, FrameBuilder, FrameCodec, FrameError, Head, DEFAULT_MAX_FRAME_SIZE, PREFACE,
     VERSION,
 };
-pub(crate) use writer::{write_loop, FrameReader};
+pub(crate) use writer::{write_loop, FrameReader, FrameWriter, BATCH};

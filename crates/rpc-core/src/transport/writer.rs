@@ -4,43 +4,86 @@
 //! next single `write`, so a connection under load makes one syscall for many frames.
 
 use super::{Frame, FrameCodec, FrameError};
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     sync::mpsc,
 };
 use tokio_util::codec::{Decoder, Encoder};
 
-/// Most frames taken from the queue per wake-up.
-const BATCH: usize = 256;
+/// Most frames taken from a queue per wake-up.
+pub(crate) const BATCH: usize = 256;
 /// Bytes gathered before a write even if more frames are waiting, to bound the buffer.
 const FLUSH_AT: usize = 256 * 1024;
 
-/// Writes queued frames to `io` until every sender is gone, then shuts the write side down.
-///
-/// `first` is written before any frame (the client's preface).
+/// Encodes frames into one buffer and writes it with as few syscalls as possible.
+pub(crate) struct FrameWriter<W> {
+    io: W,
+    codec: FrameCodec,
+    buf: BytesMut,
+}
+
+impl<W: AsyncWrite + Unpin> FrameWriter<W> {
+    pub(crate) fn new(io: W, codec: FrameCodec) -> Self {
+        FrameWriter { io, codec, buf: BytesMut::with_capacity(16 * 1024) }
+    }
+
+    /// Queues `frame`; writes right away only once the buffer is large.
+    pub(crate) async fn push(&mut self, frame: Frame) -> Result<(), FrameError> {
+        self.codec.encode(frame, &mut self.buf)?;
+        if self.buf.len() >= FLUSH_AT {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Queues bytes that are already a frame, or the client's preface.
+    pub(crate) fn push_raw(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Bytes queued and not yet written.
+    pub(crate) fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Writes everything queued.
+    pub(crate) async fn flush(&mut self) -> Result<(), FrameError> {
+        while !self.buf.is_empty() {
+            self.io.write_all_buf(&mut self.buf).await?;
+        }
+        Ok(())
+    }
+
+    /// Flushes, then closes the write side.
+    pub(crate) async fn shutdown(&mut self) -> Result<(), FrameError> {
+        self.flush().await?;
+        self.io.shutdown().await?;
+        Ok(())
+    }
+}
+
+/// Writes queued, already encoded frames to `io` until every sender is gone, then shuts the
+/// write side down. `first` is written before any frame (the client's preface).
 pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
-    mut io: W,
-    mut rx: mpsc::Receiver<Frame>,
-    mut codec: FrameCodec,
+    io: W,
+    mut rx: mpsc::Receiver<Bytes>,
+    codec: FrameCodec,
     first: &[u8],
 ) -> Result<(), FrameError> {
+    let mut writer = FrameWriter::new(io, codec);
+    writer.push_raw(first);
     let mut batch = Vec::with_capacity(BATCH);
-    let mut buf = BytesMut::with_capacity(16 * 1024);
-    buf.extend_from_slice(first);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
         for frame in batch.drain(..) {
-            codec.encode(frame, &mut buf)?;
-            if buf.len() >= FLUSH_AT {
-                io.write_all_buf(&mut buf).await?;
+            writer.push_raw(&frame);
+            if writer.buf.len() >= FLUSH_AT {
+                writer.flush().await?;
             }
         }
-        if !buf.is_empty() {
-            io.write_all_buf(&mut buf).await?;
-        }
+        writer.flush().await?;
     }
-    io.shutdown().await?;
-    Ok(())
+    writer.shutdown().await
 }
 
 /// Reads frames from a socket through [`FrameCodec`].
@@ -73,6 +116,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 };
             }
         }
+    }
+
+    /// A frame already buffered, without reading from the socket.
+    pub(crate) fn try_next(&mut self) -> Result<Option<Frame>, FrameError> {
+        self.codec.decode(&mut self.buf)
     }
 
     /// The connection's first eight bytes.

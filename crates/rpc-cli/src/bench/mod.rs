@@ -1,0 +1,21 @@
+//! `rpc bench ...`: benchmarks that measure a subject and its baseline in the same run and
+//! report ratios, since absolute figures on a shared machine mean little.
+
+mod raw;
+mod report;
+pub(crate) mod rpc;
+
+use crate::CliResult;
+use clap::Subcommand;
+
+#[derive(Subcommand)]
+pub(crate) enum BenchCommand {
+    /// Unary calls over loopback between two processes, against a raw TCP echo.
+    Rpc(rpc::RpcBenchArgs),
+}
+
+pub(crate) async fn run(what: BenchCommand) -> CliResult {
+    match what {
+        BenchCommand::Rpc(args) => rpc::run(args).await,
+    }
+}

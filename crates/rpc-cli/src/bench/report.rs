@@ -1,0 +1,58 @@
+//! Latency recording and the table / JSON-lines output of the benchmarks.
+
+use std::time::Duration;
+
+/// Latencies of one run, in microseconds.
+#[derive(Default)]
+pub(crate) struct Latencies(Vec<u32>);
+
+impl Latencies {
+    pub(crate) fn record(&mut self, d: Duration) {
+        self.0.push(u32::try_from(d.as_micros()).unwrap_or(u32::MAX));
+    }
+
+    pub(crate) fn merge(&mut self, other: Latencies) {
+        self.0.extend(other.0);
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// The `q`-quantile (0..=1); sorts once per call, which is fine for a report.
+    pub(crate) fn quantile(&mut self, q: f64) -> u32 {
+        if self.0.is_empty() {
+            return 0;
+        }
+        self.0.sort_unstable();
+        let at = ((self.0.len() - 1) as f64 * q).round() as usize;
+        self.0[at]
+    }
+}
+
+/// One line of an RPC benchmark report.
+#[derive(serde::Serialize)]
+pub(crate) struct RpcRow {
+    pub(crate) scenario: &'static str,
+    pub(crate) subject: &'static str,
+    pub(crate) qps: f64,
+    pub(crate) p50_us: u32,
+    pub(crate) p99_us: u32,
+    pub(crate) ratio_qps: f64,
+}
+
+pub(crate) fn print_rpc_rows(rows: &[RpcRow], json: bool) {
+    if json {
+        for row in rows {
+            println!("{}", serde_json::to_string(row).unwrap_or_default());
+        }
+        return;
+    }
+    println!("{:<10} {:<8} {:>12} {:>8} {:>8} {:>10}", "scenario", "subject", "calls/s", "p50 µs", "p99 µs", "qps/raw");
+    for r in rows {
+        println!(
+            "{:<10} {:<8} {:>12.0} {:>8} {:>8} {:>10.2}",
+            r.scenario, r.subject, r.qps, r.p50_us, r.p99_us, r.ratio_qps
+        );
+    }
+}

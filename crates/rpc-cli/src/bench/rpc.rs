@@ -1,0 +1,262 @@
+//! `rpc bench rpc`: unary calls over loopback between two processes, beside the raw baseline.
+
+use super::{
+    raw::{self, RawClient},
+    report::{print_rpc_rows, Latencies, RpcRow},
+};
+use crate::CliResult;
+use bytes::BytesMut;
+use rpc_core::{Channel, Codec, Server};
+use std::{future::Future, net::SocketAddr, process::Stdio, time::Duration};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, BufReader},
+    net::TcpListener,
+    process::{Child, Command},
+    time::Instant,
+};
+
+/// The request of the benchmark, as the issue that defines it specifies.
+#[rpc_core::message]
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct BenchRequest {
+    id: u64,
+    name: String,
+    tags: Vec<u32>,
+    payload: Vec<u8>,
+}
+
+impl BenchRequest {
+    fn sample() -> BenchRequest {
+        BenchRequest {
+            id: 0x1234_5678_9abc,
+            name: "bench-request-16".into(),
+            tags: (1..=8).collect(),
+            payload: (0..128u8).collect(),
+        }
+    }
+}
+
+/// The benchmark service: returns what it gets.
+#[rpc_core::service]
+pub(crate) trait Bench {
+    /// Echoes the request.
+    async fn echo(&self, request: BenchRequest) -> BenchRequest;
+}
+
+struct Echo;
+
+impl Bench for Echo {
+    async fn echo(&self, request: BenchRequest) -> BenchRequest {
+        request
+    }
+}
+
+#[derive(clap::Args)]
+pub(crate) struct RpcBenchArgs {
+    /// Print one JSON object per line instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Seconds measured per scenario, subject and round.
+    #[arg(long, default_value_t = 1.0)]
+    seconds: f64,
+    /// Rounds per scenario; raw and rpc alternate in each, and the median round is reported,
+    /// so a burst of load from elsewhere on the machine skews one round, not the result.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Seconds of warm-up before each measurement.
+    #[arg(long, default_value_t = 0.2)]
+    warmup: f64,
+    /// Codec of the RPC subject (json or msgpack).
+    #[arg(long, default_value = "msgpack")]
+    codec: Codec,
+    /// Scenarios to run: latency, pipelined, multi.
+    #[arg(long, value_delimiter = ',', default_value = "latency,pipelined,multi")]
+    scenarios: Vec<String>,
+}
+
+/// Results of the rounds of one subject.
+#[derive(Default)]
+struct Rounds {
+    qps: Vec<f64>,
+    latencies: Latencies,
+}
+
+impl Rounds {
+    fn add(&mut self, (qps, latencies): (f64, Latencies)) {
+        self.qps.push(qps);
+        self.latencies.merge(latencies);
+    }
+
+    fn median_qps(&self) -> f64 {
+        let mut qps = self.qps.clone();
+        qps.sort_by(f64::total_cmp);
+        qps.get(qps.len() / 2).copied().unwrap_or(0.0)
+    }
+
+    fn row(mut self, scenario: &'static str, subject: &'static str, baseline_qps: f64) -> RpcRow {
+        let qps = self.median_qps();
+        RpcRow {
+            scenario,
+            subject,
+            qps,
+            p50_us: self.latencies.quantile(0.5),
+            p99_us: self.latencies.quantile(0.99),
+            ratio_qps: if baseline_qps > 0.0 { qps / baseline_qps } else { 0.0 },
+        }
+    }
+}
+
+struct Scenario {
+    name: &'static str,
+    connections: usize,
+    in_flight_per_connection: usize,
+}
+
+const SCENARIOS: [Scenario; 3] = [
+    Scenario { name: "latency", connections: 1, in_flight_per_connection: 1 },
+    Scenario { name: "pipelined", connections: 1, in_flight_per_connection: 64 },
+    Scenario { name: "multi", connections: 4, in_flight_per_connection: 32 },
+];
+
+pub(crate) async fn run(args: RpcBenchArgs) -> CliResult {
+    for name in &args.scenarios {
+        if !SCENARIOS.iter().any(|s| s.name == name) {
+            return Err(format!("unknown scenario {name:?}; use latency, pipelined or multi").into());
+        }
+    }
+    let (mut raw_child, raw_addr) = spawn_server("raw").await?;
+    let (mut rpc_child, rpc_addr) = spawn_server("rpc").await?;
+    let warmup = Duration::from_secs_f64(args.warmup);
+    let measured = Duration::from_secs_f64(args.seconds);
+    let request = BenchRequest::sample();
+    let mut payload = BytesMut::new();
+    args.codec.encode(&request, &mut payload)?;
+    let payload = payload.freeze();
+
+    let mut rows = Vec::new();
+    for scenario in SCENARIOS.iter().filter(|s| args.scenarios.iter().any(|n| n == s.name)) {
+        let mut raw_clients = Vec::new();
+        let mut rpc_clients = Vec::new();
+        for _ in 0..scenario.connections {
+            raw_clients.push(std::sync::Arc::new(RawClient::connect(raw_addr).await?));
+            let channel = Channel::builder(rpc_addr.to_string()).codec(args.codec).connect().await?;
+            rpc_clients.push(BenchClient::new(channel));
+        }
+        let (mut raw, mut rpc) = (Rounds::default(), Rounds::default());
+        for _ in 0..args.rounds.max(1) {
+            let payload = payload.clone();
+            raw.add(
+                drive(raw_clients.clone(), scenario.in_flight_per_connection, warmup, measured, move |c| {
+                    let payload = payload.clone();
+                    async move { c.call(&payload).await.is_some_and(|echo| echo == payload) }
+                })
+                .await,
+            );
+            let expected = std::sync::Arc::new(request.clone());
+            rpc.add(
+                drive(rpc_clients.clone(), scenario.in_flight_per_connection, warmup, measured, move |c| {
+                    let expected = expected.clone();
+                    async move { c.echo(BenchRequest::clone(&expected)).await.is_ok_and(|echo| echo == *expected) }
+                })
+                .await,
+            );
+        }
+        let raw_qps = raw.median_qps();
+        rows.push(raw.row(scenario.name, "raw", raw_qps));
+        rows.push(rpc.row(scenario.name, "rpc", raw_qps));
+    }
+    print_rpc_rows(&rows, args.json);
+    let _ = raw_child.kill().await;
+    let _ = rpc_child.kill().await;
+    Ok(())
+}
+
+/// Runs `per_client` concurrent callers on each client for `warmup + measured`, and returns calls
+/// per second and latencies of the calls started after the warm-up. A failed call is an error:
+/// a benchmark that counts failures as throughput measures nothing.
+async fn drive<C, F, Fut>(
+    clients: Vec<C>,
+    per_client: usize,
+    warmup: Duration,
+    measured: Duration,
+    call: F,
+) -> (f64, Latencies)
+where
+    C: Clone + Send + 'static,
+    F: Fn(C) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = bool> + Send,
+{
+    let from = Instant::now() + warmup;
+    let until = from + measured;
+    let mut tasks = Vec::new();
+    for client in clients {
+        for _ in 0..per_client {
+            let (client, call) = (client.clone(), call.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut latencies = Latencies::default();
+                let mut failed = 0u64;
+                loop {
+                    let started = Instant::now();
+                    if started >= until {
+                        break;
+                    }
+                    let ok = call(client.clone()).await;
+                    if started >= from {
+                        if ok {
+                            latencies.record(started.elapsed());
+                        } else {
+                            failed += 1;
+                        }
+                    }
+                }
+                (latencies, failed)
+            }));
+        }
+    }
+    let mut all = Latencies::default();
+    let mut failed = 0;
+    for task in tasks {
+        if let Ok((latencies, f)) = task.await {
+            all.merge(latencies);
+            failed += f;
+        }
+    }
+    if failed > 0 {
+        eprintln!("warning: {failed} calls failed and were not counted");
+    }
+    (all.len() as f64 / measured.as_secs_f64(), all)
+}
+
+/// Starts `rpc __bench-server KIND` and reads the address it listens on.
+async fn spawn_server(kind: &str) -> Result<(Child, SocketAddr), Box<dyn std::error::Error + Send + Sync>> {
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(["__bench-server", kind])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = child.stdout.take().ok_or("bench server has no stdout")?;
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).await?;
+    let addr = line.trim().parse().map_err(|e| format!("bench server printed {line:?}: {e}"))?;
+    Ok((child, addr))
+}
+
+/// Body of the child process: serve, print the address, stop when stdin closes.
+pub(crate) async fn serve_child(kind: &str) -> CliResult {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    println!("{}", listener.local_addr()?);
+    let server = match kind {
+        "raw" => {
+            tokio::spawn(raw::serve(listener));
+            None
+        }
+        "rpc" => Some(Server::builder().add_service(BenchServer::new(Echo)).start_on(listener)),
+        other => return Err(format!("unknown bench server {other:?}").into()),
+    };
+    // The parent holds our stdin; when it exits, so do we.
+    let mut sink = Vec::new();
+    let _ = tokio::io::stdin().read_to_end(&mut sink).await;
+    drop(server);
+    Ok(())
+}

@@ -1,0 +1,6 @@
+//! `rpc demo`.
+use crate::CliResult;
+
+pub(crate) async fn run() -> CliResult {
+    Ok(())
+}
