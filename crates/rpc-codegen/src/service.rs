@@ -172,7 +172,9 @@ fn parse_method(f: &TraitItemFn) -> syn::Result<Method> {
             attrs.push(attr.clone());
             continue;
         };
-        attr.meta.require_path_only()?;
+        if !matches!(attr.meta, syn::Meta::Path(_)) {
+            return Err(syn::Error::new_spanned(&attr.meta, "#[oneway] and #[idempotent] take no arguments"));
+        }
         *flag = true;
     }
     if oneway && !matches!(sig.output, ReturnType::Default) {

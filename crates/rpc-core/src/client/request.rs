@@ -43,6 +43,19 @@ pub struct Request {
     pub options: CallOptions,
 }
 
+impl Request {
+    /// A request for `service.method` with `body` as arguments and default options; generated
+    /// clients build these for you, this is for generic tools and tests.
+    pub fn new(service: impl Into<ByteStr>, method: impl Into<ByteStr>, body: impl Body) -> Request {
+        Request {
+            service: service.into(),
+            method: method.into(),
+            body: Arc::new(body),
+            options: CallOptions::default(),
+        }
+    }
+}
+
 impl fmt::Debug for Request {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Request")

@@ -1,0 +1,6 @@
+#[rpc_core::service]
+pub trait Catalog {
+    async fn get(&mut self, id: u64) -> u64;
+}
+
+fn main() {}

@@ -1,0 +1,7 @@
+#[rpc_core::service]
+pub trait Log {
+    #[oneway(fast)]
+    async fn write(&self, line: String);
+}
+
+fn main() {}

@@ -1,0 +1,7 @@
+#[rpc_core::service]
+pub trait Log {
+    #[oneway]
+    async fn write(&self, line: String) -> bool;
+}
+
+fn main() {}

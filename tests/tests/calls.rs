@@ -1,0 +1,236 @@
+//! Calls over real sockets: multiplexing, codecs, errors, deadlines, cancellation, metadata.
+
+mod common;
+
+use common::*;
+use rpc_core::{Channel, Code, Codec, Server};
+use std::time::Duration;
+
+#[tokio::test]
+async fn thousand_concurrent_calls_on_one_connection_complete_out_of_order() {
+    let (server, lab) = start_lab().await;
+    let client = lab_client(&server, Codec::MsgPack).await;
+    let calls = (0..1000u64).map(|i| {
+        let client = client.clone();
+        // Later calls sleep less, so replies overtake the calls sent before them.
+        async move { (i, client.sleep_then(i, 200 - i / 5).await) }
+    });
+    let results = futures_join_all(calls).await;
+    for (i, result) in results {
+        assert_eq!(result.unwrap(), i, "each reply pairs with its own call");
+    }
+    let finished = lab.events.finished.lock().unwrap().clone();
+    assert_eq!(finished.len(), 1000);
+    assert_ne!(finished, (0..1000).collect::<Vec<_>>(), "handlers finished in call order");
+}
+
+/// Awaits futures concurrently on the current task (keeps the test crate free of extra deps).
+async fn futures_join_all<F: std::future::Future + Send + 'static>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output>
+where
+    F::Output: Send,
+{
+    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn every_codec_round_trips_and_one_server_answers_them_all() {
+    let (server, _lab) = start_lab().await;
+    let item = Item { id: 42, name: "naïve ☃".into(), data: (0..=255).collect() };
+    for &codec in Codec::ALL {
+        let client = lab_client(&server, codec).await;
+        assert_eq!(client.echo(item.clone()).await.unwrap(), item, "{codec}");
+        assert_eq!(client.get(2).await.unwrap().unwrap().name, "item-2", "{codec}");
+        assert_eq!(client.get(3).await.unwrap(), Err(NotFound { id: 3 }), "{codec}");
+        client.nothing().await.unwrap();
+        assert_eq!(client.blob(100_000).await.unwrap().len(), 100_000, "{codec}");
+    }
+}
+
+#[tokio::test]
+async fn application_errors_are_values_and_transport_errors_are_statuses() {
+    let (server, _lab) = start_lab().await;
+    let client = lab_client(&server, Codec::Json).await;
+    let reply: Result<Result<Item, NotFound>, rpc_core::Status> = client.get(7).await;
+    assert_eq!(reply, Ok(Err(NotFound { id: 7 })));
+}
+
+#[tokio::test]
+async fn deadline_expiry_cancels_the_handler() {
+    let (server, lab) = start_lab().await;
+    let mut events = lab.events.subscribe();
+    let client = lab_client(&server, Codec::MsgPack).await;
+    let err = client.hang("deadline".into()).timeout(Duration::from_millis(100)).await.unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err}");
+    expect_event(&mut events, "cancelled:deadline").await;
+}
+
+#[tokio::test]
+async fn the_deadline_reaches_the_handler() {
+    let (server, _lab) = start_lab().await;
+    let client = lab_client(&server, Codec::MsgPack).await;
+    assert_eq!(client.remaining_ms().await.unwrap(), None);
+    let left = client.remaining_ms().timeout(Duration::from_secs(3)).await.unwrap().unwrap();
+    assert!((2000..=3000).contains(&left), "handler saw {left} ms left of 3000");
+}
+
+#[tokio::test]
+async fn dropping_a_call_cancels_it_on_the_server() {
+    let (server, lab) = start_lab().await;
+    let mut events = lab.events.subscribe();
+    let client = lab_client(&server, Codec::MsgPack).await;
+    let call = tokio::spawn(async move { client.hang("dropped".into()).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    call.abort();
+    expect_event(&mut events, "cancelled:dropped").await;
+}
+
+#[tokio::test]
+async fn cancellation_and_deadlines_cascade_to_the_calls_a_handler_makes() {
+    let (front, _front_lab) = start_lab().await;
+    let (back, back_lab) = start_lab().await;
+    let mut events = back_lab.events.subscribe();
+    let client = lab_client(&front, Codec::MsgPack).await;
+    let reply = client
+        .relay_hang(back.local_addr().to_string(), "cascade".into())
+        .timeout(Duration::from_millis(200))
+        .await;
+    assert_eq!(reply.unwrap_err().code(), Code::DeadlineExceeded);
+    // The front handler's call inherited the deadline; both handlers are cancelled.
+    expect_event(&mut events, "cancelled:cascade").await;
+}
+
+#[tokio::test]
+async fn unknown_method_and_service_are_unimplemented() {
+    let (server, _lab) = start_lab().await;
+    let channel = Channel::connect(server.local_addr().to_string()).await.unwrap();
+    let call = |service: &'static str, method: &'static str| {
+        rpc_core::Call::<_, serde_json::Value>::new(
+            channel.clone(),
+            rpc_core::Request::new(service, method, serde_json::json!({})),
+        )
+    };
+    let err = call("Lab", "no_such_method").await.unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented);
+    assert!(err.message().contains("no_such_method") && err.message().contains("echo"), "{err}");
+    let err = call("NoSuchService", "echo").await.unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented);
+    assert!(err.message().contains("Lab"), "lists the services served: {err}");
+}
+
+#[tokio::test]
+async fn undecodable_arguments_are_invalid_argument() {
+    let (server, _lab) = start_lab().await;
+    let channel = Channel::connect(server.local_addr().to_string()).await.unwrap();
+    // `echo` wants an Item; send a string.
+    let err = rpc_core::Call::<_, serde_json::Value>::new(
+        channel,
+        rpc_core::Request::new("Lab", "echo", "not an item".to_string()),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+}
+
+#[tokio::test]
+async fn a_panicking_handler_fails_only_its_call() {
+    let (server, _lab) = start_lab().await;
+    let client = lab_client(&server, Codec::MsgPack).await;
+    let err = client.explode().await.unwrap_err();
+    assert_eq!(err.code(), Code::Internal);
+    assert!(err.message().contains("blew up on purpose"), "{err}");
+    assert_eq!(client.sleep_then(5, 0).await.unwrap(), 5, "the server keeps serving");
+}
+
+#[tokio::test]
+async fn metadata_travels_both_ways_with_the_caller_name() {
+    let (server, _lab) = start_lab().await;
+    let channel =
+        Channel::builder(server.local_addr().to_string()).caller("order-service").connect().await.unwrap();
+    let client = LabClient::new(channel);
+    let seen = client.whoami().metadata("tenant", "acme").await.unwrap();
+    assert!(seen.contains(&("tenant".into(), "acme".into())), "{seen:?}");
+    assert!(seen.contains(&(rpc_core::CALLER.into(), "order-service".into())), "{seen:?}");
+}
+
+#[tokio::test]
+async fn reply_metadata_reaches_a_tower_layer_on_the_client() {
+    use tower::ServiceExt;
+    let (server, _lab) = start_lab().await;
+    let channel = Channel::connect(server.local_addr().to_string()).await.unwrap();
+    let request = rpc_core::Request::new("Lab", "whoami", serde_json::json!({}));
+    let response = channel.oneshot(request).await.unwrap();
+    assert_eq!(response.metadata.get("served-by"), Some("lab"));
+}
+
+#[tokio::test]
+async fn oneway_calls_return_at_once_and_run() {
+    let (server, lab) = start_lab().await;
+    let mut events = lab.events.subscribe();
+    let client = lab_client(&server, Codec::Json).await;
+    client.notify("hello".into()).await.unwrap();
+    expect_event(&mut events, "note:hello").await;
+}
+
+#[tokio::test]
+async fn method_table_describes_the_service() {
+    let info = LabClient::<Channel>::INFO;
+    assert_eq!(info.name, "Lab");
+    let notify = info.method("notify").unwrap();
+    assert!(notify.oneway && !notify.idempotent);
+    let remaining = info.method("remaining_ms").unwrap();
+    assert!(remaining.idempotent);
+    assert_eq!(remaining.returns, "Option<u64>");
+    let sleep = info.method("sleep_then").unwrap();
+    assert_eq!(sleep.args, &[("id", "u64"), ("millis", "u64")]);
+    assert_eq!(sleep.doc, "Sleeps, then returns `id`.");
+}
+
+/// A second service, to serve two on one listener.
+#[rpc_core::service(name = "shop.Counter")]
+pub trait Counter {
+    /// Adds one.
+    async fn incr(&self, n: i64) -> i64;
+}
+
+struct PlusOne;
+
+impl Counter for PlusOne {
+    async fn incr(&self, n: i64) -> i64 {
+        n + 1
+    }
+}
+
+#[tokio::test]
+async fn several_services_share_one_listener() {
+    let server = Server::builder()
+        .add_service(LabServer::new(LabImpl::default()))
+        .add_service(CounterServer::new(PlusOne))
+        .start("127.0.0.1:0")
+        .await
+        .unwrap();
+    let channel = Channel::connect(server.local_addr().to_string()).await.unwrap();
+    assert_eq!(CounterClient::new(channel.clone()).incr(41).await.unwrap(), 42);
+    assert_eq!(LabClient::new(channel).sleep_then(1, 0).await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn a_pool_of_connections_spreads_calls() {
+    let (server, _lab) = start_lab().await;
+    let channel =
+        Channel::builder(server.local_addr().to_string()).connections(3).connect().await.unwrap();
+    let client = LabClient::new(channel.clone());
+    let calls = (0..30u64).map(|i| {
+        let client = client.clone();
+        async move { client.sleep_then(i, 10).await.unwrap() }
+    });
+    let results = futures_join_all(calls).await;
+    assert_eq!(results, (0..30).collect::<Vec<_>>());
+    let debug = format!("{channel:?}");
+    assert_eq!(debug.matches("127.0.0.1").count(), 4, "address plus three connections: {debug}");
+    assert!(channel.ping().await.unwrap() < Duration::from_secs(1));
+}

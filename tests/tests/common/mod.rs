@@ -1,0 +1,177 @@
+//! A service that exercises every feature of the core, shared by the integration tests.
+
+#![allow(dead_code)]
+
+use rpc_core::{Context, Server};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+use tokio::sync::mpsc;
+
+#[rpc_core::message]
+#[derive(Debug, Clone, PartialEq)]
+pub struct Item {
+    pub id: u64,
+    pub name: String,
+    pub data: Vec<u8>,
+}
+
+#[rpc_core::message]
+#[derive(Debug, Clone, PartialEq)]
+pub struct NotFound {
+    pub id: u64,
+}
+
+/// A service for tests.
+#[rpc_core::service]
+pub trait Lab {
+    /// Returns its argument.
+    async fn echo(&self, item: Item) -> Item;
+    /// Finds item `id` (only even ids exist).
+    async fn get(&self, id: u64) -> Result<Item, NotFound>;
+    /// Sleeps, then returns `id`.
+    async fn sleep_then(&self, id: u64, millis: u64) -> u64;
+    /// Never returns; reports `tag` as cancelled when dropped.
+    async fn hang(&self, tag: String);
+    /// Panics.
+    async fn explode(&self) -> u64;
+    /// Returns the request metadata and sets `served-by` on the reply.
+    async fn whoami(&self) -> Vec<(String, String)>;
+    /// Records `note`.
+    #[oneway]
+    async fn notify(&self, note: String);
+    /// Returns the remaining time of the caller's deadline, in milliseconds.
+    #[idempotent]
+    async fn remaining_ms(&self) -> Option<u64>;
+    /// Calls `hang` on the server at `addr`, propagating this call's deadline and cancellation.
+    async fn relay_hang(&self, addr: String, tag: String) -> String;
+    /// Returns `n` bytes.
+    async fn blob(&self, n: u32) -> Vec<u8>;
+    /// Takes no arguments and returns nothing.
+    async fn nothing(&self);
+}
+
+#[derive(Default)]
+pub struct Events {
+    pub cancelled: Mutex<Vec<String>>,
+    pub notes: Mutex<Vec<String>>,
+    pub finished: Mutex<Vec<u64>>,
+    signal: Mutex<Option<mpsc::UnboundedSender<String>>>,
+}
+
+impl Events {
+    fn emit(&self, what: String) {
+        if let Some(tx) = &*self.signal.lock().unwrap() {
+            let _ = tx.send(what);
+        }
+    }
+
+    /// A receiver of every cancellation (`cancelled:TAG`) and note (`note:TEXT`).
+    pub fn subscribe(&self) -> mpsc::UnboundedReceiver<String> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        *self.signal.lock().unwrap() = Some(tx);
+        rx
+    }
+}
+
+#[derive(Clone, Default)]
+pub struct LabImpl {
+    pub events: Arc<Events>,
+}
+
+struct CancelGuard {
+    tag: String,
+    events: Arc<Events>,
+}
+
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        self.events.cancelled.lock().unwrap().push(self.tag.clone());
+        self.events.emit(format!("cancelled:{}", self.tag));
+    }
+}
+
+impl Lab for LabImpl {
+    async fn echo(&self, item: Item) -> Item {
+        item
+    }
+
+    async fn get(&self, id: u64) -> Result<Item, NotFound> {
+        if id % 2 == 0 {
+            Ok(Item { id, name: format!("item-{id}"), data: vec![id as u8; 4] })
+        } else {
+            Err(NotFound { id })
+        }
+    }
+
+    async fn sleep_then(&self, id: u64, millis: u64) -> u64 {
+        tokio::time::sleep(Duration::from_millis(millis)).await;
+        self.events.finished.lock().unwrap().push(id);
+        id
+    }
+
+    async fn hang(&self, tag: String) {
+        let _guard = CancelGuard { tag, events: self.events.clone() };
+        std::future::pending::<()>().await;
+    }
+
+    async fn explode(&self) -> u64 {
+        panic!("the handler blew up on purpose");
+    }
+
+    async fn whoami(&self) -> Vec<(String, String)> {
+        let ctx = Context::current().expect("handlers run inside a context");
+        ctx.set_reply_metadata("served-by", "lab");
+        ctx.metadata().iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
+    }
+
+    async fn notify(&self, note: String) {
+        self.events.notes.lock().unwrap().push(note.clone());
+        self.events.emit(format!("note:{note}"));
+    }
+
+    async fn remaining_ms(&self) -> Option<u64> {
+        Context::current().and_then(|c| c.remaining()).map(|d| d.as_millis() as u64)
+    }
+
+    async fn relay_hang(&self, addr: String, tag: String) -> String {
+        let channel = rpc_core::Channel::builder(addr).connect_lazy();
+        match LabClient::new(channel).hang(tag).await {
+            Ok(()) => "returned".into(),
+            Err(status) => status.code().to_string(),
+        }
+    }
+
+    async fn blob(&self, n: u32) -> Vec<u8> {
+        vec![7; n as usize]
+    }
+
+    async fn nothing(&self) {}
+}
+
+/// Starts a server with `LabImpl` on a free port.
+pub async fn start_lab() -> (rpc_core::server::RunningServer, LabImpl) {
+    let lab = LabImpl::default();
+    let server = Server::builder().add_service(LabServer::new(lab.clone())).start("127.0.0.1:0").await.unwrap();
+    (server, lab)
+}
+
+/// A client of `server` with `codec`.
+pub async fn lab_client(server: &rpc_core::server::RunningServer, codec: rpc_core::Codec) -> LabClient {
+    let channel = rpc_core::Channel::builder(server.local_addr().to_string()).codec(codec).connect().await.unwrap();
+    LabClient::new(channel)
+}
+
+/// Waits for `what` on `rx`, failing the test after a few seconds.
+pub async fn expect_event(rx: &mut mpsc::UnboundedReceiver<String>, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(event)) if event == what => return,
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("event channel closed while waiting for {what}"),
+            Err(_) => panic!("no {what} within 5 s"),
+        }
+    }
+}

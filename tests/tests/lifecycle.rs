@@ -1,0 +1,108 @@
+//! Server lifecycle: graceful shutdown, go-away, reconnects, idle connections.
+
+mod common;
+
+use common::*;
+use rpc_core::{Channel, Code, Codec, Server};
+use std::time::Duration;
+
+#[tokio::test]
+async fn graceful_shutdown_lets_running_calls_finish_and_refuses_new_ones() {
+    let (server, _lab) = start_lab().await;
+    let addr = server.local_addr();
+    let client = lab_client(&server, Codec::MsgPack).await;
+    let running = {
+        let client = client.clone();
+        tokio::spawn(async move { client.sleep_then(1, 300).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let shutdown = tokio::spawn(server.shutdown(Duration::from_secs(5)));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let refused = client.sleep_then(2, 0).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused}");
+    assert!(refused.not_started(), "a refused call is known not to have run: {refused}");
+    assert_eq!(running.await.unwrap().unwrap(), 1, "the running call finished");
+    shutdown.await.unwrap().unwrap();
+    let err = Channel::connect(addr.to_string()).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "the listener is closed: {err}");
+}
+
+#[tokio::test]
+async fn shutdown_cancels_what_outlives_the_grace_period() {
+    let (server, lab) = start_lab().await;
+    let mut events = lab.events.subscribe();
+    let client = lab_client(&server, Codec::MsgPack).await;
+    let hanging = {
+        let client = client.clone();
+        tokio::spawn(async move { client.hang("grace".into()).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = tokio::time::Instant::now();
+    server.shutdown(Duration::from_millis(200)).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(3), "shutdown waits no longer than its grace period");
+    expect_event(&mut events, "cancelled:grace").await;
+    let err = hanging.await.unwrap().unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
+}
+
+#[tokio::test]
+async fn a_client_reconnects_by_itself_after_a_server_restart() {
+    let (server, _lab) = start_lab().await;
+    let addr = server.local_addr();
+    let client = lab_client(&server, Codec::MsgPack).await;
+    assert_eq!(client.sleep_then(1, 0).await.unwrap(), 1);
+    server.shutdown(Duration::from_secs(1)).await.unwrap();
+
+    let err = client.sleep_then(2, 0).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
+
+    let restarted =
+        Server::builder().add_service(LabServer::new(LabImpl::default())).start(addr).await.unwrap();
+    let mut answer = None;
+    for _ in 0..100 {
+        match client.sleep_then(3, 0).await {
+            Ok(v) => {
+                answer = Some(v);
+                break;
+            }
+            Err(e) => {
+                assert_eq!(e.code(), Code::Unavailable, "{e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    assert_eq!(answer, Some(3), "the same client works again once the server is back");
+    drop(restarted);
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed_and_the_client_reconnects() {
+    let server = Server::builder()
+        .add_service(LabServer::new(LabImpl::default()))
+        .idle_timeout(Duration::from_millis(100))
+        .start("127.0.0.1:0")
+        .await
+        .unwrap();
+    let client = lab_client(&server, Codec::MsgPack).await;
+    assert_eq!(client.sleep_then(1, 0).await.unwrap(), 1);
+    // A call that runs longer than the idle timeout keeps the connection open.
+    assert_eq!(client.sleep_then(2, 350).await.unwrap(), 2);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let debug = format!("{:?}", client.inner());
+    assert!(!debug.contains("connected: [127"), "the idle connection was closed: {debug}");
+    assert_eq!(client.sleep_then(3, 0).await.unwrap(), 3, "the next call reconnects");
+}
+
+#[tokio::test]
+async fn calls_to_a_server_that_is_down_fail_fast_and_say_so() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let client = LabClient::new(Channel::builder(addr.to_string()).connect_lazy());
+    let started = std::time::Instant::now();
+    let err = client.sleep_then(1, 0).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(err.not_started());
+    assert!(err.message().contains(&addr.to_string()), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+}

@@ -1,0 +1,293 @@
+//! Bad input from the network: every case gets a typed error, and other connections keep
+//! being served.
+
+mod common;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use common::*;
+use rpc_core::{
+    transport::{Frame, FrameCodec, Head, PREFACE},
+    Code, Codec, Metadata, Server,
+};
+use std::{net::SocketAddr, time::Duration};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+use tokio_util::codec::{Decoder, Encoder};
+
+/// Reads frames until the server closes the connection; returns them.
+async fn read_until_closed(stream: &mut TcpStream) -> Vec<Frame> {
+    let mut codec = FrameCodec::default();
+    let mut buf = BytesMut::new();
+    let mut frames = Vec::new();
+    loop {
+        while let Some(frame) = codec.decode(&mut buf).expect("the server sends valid frames") {
+            frames.push(frame);
+        }
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read_buf(&mut buf))
+            .await
+            .expect("the server answers bad input within 5 s instead of hanging");
+        match read {
+            Ok(0) | Err(_) => return frames,
+            Ok(_) => {}
+        }
+    }
+}
+
+fn go_away_of(frames: &[Frame]) -> (Code, String) {
+    frames
+        .iter()
+        .find_map(|f| match &f.head {
+            Head::GoAway { code, message } => Some((*code, message.clone())),
+            _ => None,
+        })
+        .expect("the server says why it closes the connection")
+}
+
+async fn raw_connection(addr: SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(&PREFACE).await.unwrap();
+    stream
+}
+
+fn call_frame(id: u32, codec: u8, method: &'static str, body: Bytes) -> BytesMut {
+    let frame = Frame {
+        id,
+        codec,
+        head: Head::Call {
+            service: "Lab".into(),
+            method: method.into(),
+            timeout: None,
+            metadata: Metadata::new(),
+            oneway: false,
+        },
+        body,
+    };
+    let mut buf = BytesMut::new();
+    FrameCodec::default().encode(&frame, &mut buf).unwrap();
+    buf
+}
+
+/// A healthy client on another connection still gets answers.
+async fn assert_still_serving(server: &rpc_core::server::RunningServer) {
+    let client = lab_client(server, Codec::MsgPack).await;
+    assert_eq!(client.sleep_then(9, 0).await.unwrap(), 9);
+}
+
+#[tokio::test]
+async fn oversized_length_prefix_is_refused_with_a_clear_error() {
+    let (server, _lab) = start_lab().await;
+    let healthy = lab_client(&server, Codec::MsgPack).await;
+    let mut stream = raw_connection(server.local_addr()).await;
+    stream.write_all(&0xFFFF_FFF0u32.to_be_bytes()).await.unwrap();
+    let frames = read_until_closed(&mut stream).await;
+    let (code, message) = go_away_of(&frames);
+    assert_eq!(code, Code::Protocol);
+    assert!(message.contains("exceeds the limit"), "{message}");
+    assert_eq!(healthy.sleep_then(1, 0).await.unwrap(), 1, "an open connection is unaffected");
+    assert_still_serving(&server).await;
+}
+
+#[tokio::test]
+async fn random_garbage_closes_only_that_connection() {
+    let (server, _lab) = start_lab().await;
+    let healthy = lab_client(&server, Codec::MsgPack).await;
+    // A deterministic pseudo-random stream, after a valid preface.
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let garbage: Vec<u8> = (0..4096)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    let mut stream = raw_connection(server.local_addr()).await;
+    let _ = stream.write_all(&garbage).await;
+    let frames = read_until_closed(&mut stream).await;
+    assert_eq!(go_away_of(&frames).0, Code::Protocol);
+    assert_eq!(healthy.sleep_then(2, 0).await.unwrap(), 2);
+}
+
+#[tokio::test]
+async fn garbage_instead_of_a_preface_is_refused() {
+    let (server, _lab) = start_lab().await;
+    let mut stream = TcpStream::connect(server.local_addr()).await.unwrap();
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let frames = read_until_closed(&mut stream).await;
+    let (code, message) = go_away_of(&frames);
+    assert_eq!(code, Code::Protocol);
+    assert!(message.contains("preface"), "{message}");
+    assert_still_serving(&server).await;
+}
+
+#[tokio::test]
+async fn a_truncated_frame_does_not_hang_the_server_or_others() {
+    let (server, _lab) = start_lab().await;
+    let healthy = lab_client(&server, Codec::MsgPack).await;
+    let mut stream = raw_connection(server.local_addr()).await;
+    let whole = call_frame(1, Codec::MsgPack.id(), "nothing", Bytes::from_static(&[0x80]));
+    stream.write_all(&whole[..whole.len() - 3]).await.unwrap();
+    stream.shutdown().await.unwrap();
+    // The server sees the stream end inside a frame and closes without a reply to that call.
+    let frames = read_until_closed(&mut stream).await;
+    assert!(frames.iter().all(|f| !matches!(f.head, Head::Reply { .. })), "{frames:?}");
+    assert_eq!(healthy.sleep_then(3, 0).await.unwrap(), 3);
+}
+
+#[tokio::test]
+async fn an_undecodable_body_and_an_unknown_codec_get_typed_errors_on_a_live_connection() {
+    let (server, _lab) = start_lab().await;
+    let mut stream = raw_connection(server.local_addr()).await;
+    let mut out = call_frame(1, Codec::MsgPack.id(), "echo", Bytes::from_static(b"\xc1\xc1\xc1"));
+    out.extend_from_slice(&call_frame(2, 99, "nothing", Bytes::new()));
+    out.extend_from_slice(&call_frame(3, Codec::Json.id(), "nothing", Bytes::from_static(b"{}")));
+    stream.write_all(&out).await.unwrap();
+    let mut codec = FrameCodec::default();
+    let mut buf = BytesMut::new();
+    let mut replies = Vec::new();
+    while replies.len() < 3 {
+        tokio::time::timeout(Duration::from_secs(5), stream.read_buf(&mut buf)).await.unwrap().unwrap();
+        while let Some(frame) = codec.decode(&mut buf).unwrap() {
+            replies.push(frame);
+        }
+    }
+    replies.sort_by_key(|f| f.id);
+    assert!(matches!(replies[0].head, Head::Error { code: Code::InvalidArgument, .. }), "{:?}", replies[0]);
+    assert!(matches!(replies[1].head, Head::Error { code: Code::InvalidArgument, .. }), "{:?}", replies[1]);
+    assert!(matches!(replies[2].head, Head::Reply { .. }), "the connection still works: {:?}", replies[2]);
+}
+
+#[tokio::test]
+async fn a_reply_frame_from_a_client_is_a_protocol_error() {
+    let (server, _lab) = start_lab().await;
+    let mut stream = raw_connection(server.local_addr()).await;
+    let frame = Frame { id: 1, codec: 0, head: Head::Reply { metadata: Metadata::new() }, body: Bytes::new() };
+    let mut buf = BytesMut::new();
+    FrameCodec::default().encode(&frame, &mut buf).unwrap();
+    stream.write_all(&buf).await.unwrap();
+    assert_eq!(go_away_of(&read_until_closed(&mut stream).await).0, Code::Protocol);
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_is_throttled_not_buffered() {
+    let server = Server::builder()
+        .add_service(LabServer::new(LabImpl::default()))
+        .max_in_flight_per_connection(64)
+        .write_queue(64)
+        .start("127.0.0.1:0")
+        .await
+        .unwrap();
+    let mut stream = raw_connection(server.local_addr()).await;
+    // 2048 echo calls of 64 KiB each: 128 MiB, far more than socket buffers hold. Were the
+    // server to read every call and keep the replies, all writes would complete; instead it
+    // stops reading once its bounded queues are full, so our writes stall.
+    let mut body = BytesMut::new();
+    let item = Item { id: 1, name: "big".into(), data: vec![1; 64 * 1024] };
+    Codec::MsgPack.encode(&serde_json::json!({ "item": item }), &mut body).unwrap();
+    let call = call_frame(0, Codec::MsgPack.id(), "echo", body.freeze());
+    let calls = 2048usize;
+    let writer = tokio::spawn(async move {
+        let mut sent = 0usize;
+        let mut batch = BytesMut::new();
+        for id in 0..calls {
+            let mut frame = call.clone();
+            frame[7..11].copy_from_slice(&(id as u32).to_be_bytes());
+            batch.put_slice(&frame);
+            if batch.len() > 256 * 1024 {
+                stream.write_all(&batch).await.unwrap();
+                sent = id;
+                batch.clear();
+            }
+        }
+        (sent, stream)
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!writer.is_finished(), "the server kept reading calls it could not answer");
+    // Meanwhile another client is served normally.
+    assert_still_serving(&server).await;
+    writer.abort();
+}
+
+#[tokio::test]
+async fn too_many_calls_in_flight_get_resource_exhausted() {
+    let server = Server::builder()
+        .add_service(LabServer::new(LabImpl::default()))
+        .max_in_flight_per_connection(4)
+        .start("127.0.0.1:0")
+        .await
+        .unwrap();
+    let client = lab_client(&server, Codec::MsgPack).await;
+    let slow: Vec<_> = (0..4)
+        .map(|i| {
+            let c = client.clone();
+            tokio::spawn(async move { c.sleep_then(i, 500).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let err = client.sleep_then(99, 0).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+    for call in slow {
+        assert!(call.await.unwrap().is_ok());
+    }
+    assert_eq!(client.sleep_then(5, 0).await.unwrap(), 5, "capacity comes back");
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_are_told_why() {
+    let server = Server::builder()
+        .add_service(LabServer::new(LabImpl::default()))
+        .max_connections(1)
+        .start("127.0.0.1:0")
+        .await
+        .unwrap();
+    let first = lab_client(&server, Codec::MsgPack).await;
+    assert_eq!(first.sleep_then(1, 0).await.unwrap(), 1);
+    let second = LabClient::new(rpc_core::Channel::builder(server.local_addr().to_string()).connect_lazy());
+    let err = second.sleep_then(2, 0).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+    assert!(err.message().contains("limit"), "{err}");
+    assert_eq!(first.sleep_then(3, 0).await.unwrap(), 3, "the admitted connection is unaffected");
+}
+
+#[tokio::test]
+async fn a_frame_larger_than_the_clients_limit_is_refused_before_sending() {
+    let (server, _lab) = start_lab().await;
+    let channel = rpc_core::Channel::builder(server.local_addr().to_string())
+        .max_frame_size(1024)
+        .connect()
+        .await
+        .unwrap();
+    let client = LabClient::new(channel);
+    let err = client.echo(Item { id: 1, name: String::new(), data: vec![0; 4096] }).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    assert!(err.message().contains("exceeds the limit"), "{err}");
+    assert_eq!(client.sleep_then(4, 0).await.unwrap(), 4);
+}
+
+#[tokio::test]
+async fn a_reply_larger_than_the_clients_limit_fails_that_connection_clearly() {
+    let (server, _lab) = start_lab().await;
+    let channel = rpc_core::Channel::builder(server.local_addr().to_string())
+        .max_frame_size(16 * 1024)
+        .connect()
+        .await
+        .unwrap();
+    let client = LabClient::new(channel);
+    let err = client.blob(1 << 20).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
+    assert!(err.message().contains("exceeds the limit"), "{err}");
+    // The channel reconnects for the next call.
+    let mut last = None;
+    for _ in 0..50 {
+        match client.sleep_then(6, 0).await {
+            Ok(v) => {
+                last = Some(v);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    assert_eq!(last, Some(6));
+}
