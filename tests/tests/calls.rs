@@ -25,7 +25,9 @@ async fn thousand_concurrent_calls_on_one_connection_complete_out_of_order() {
 }
 
 /// Awaits futures concurrently on the current task (keeps the test crate free of extra deps).
-async fn futures_join_all<F: std::future::Future + Send + 'static>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output>
+async fn futures_join_all<F: std::future::Future + Send + 'static>(
+    futures: impl IntoIterator<Item = F>,
+) -> Vec<F::Output>
 where
     F::Output: Send,
 {
@@ -95,10 +97,8 @@ async fn cancellation_and_deadlines_cascade_to_the_calls_a_handler_makes() {
     let (back, back_lab) = start_lab().await;
     let mut events = back_lab.events.subscribe();
     let client = lab_client(&front, Codec::MsgPack).await;
-    let reply = client
-        .relay_hang(back.local_addr().to_string(), "cascade".into())
-        .timeout(Duration::from_millis(200))
-        .await;
+    let reply =
+        client.relay_hang(back.local_addr().to_string(), "cascade".into()).timeout(Duration::from_millis(200)).await;
     assert_eq!(reply.unwrap_err().code(), Code::DeadlineExceeded);
     // The front handler's call inherited the deadline; both handlers are cancelled.
     expect_event(&mut events, "cancelled:cascade").await;
@@ -149,8 +149,7 @@ async fn a_panicking_handler_fails_only_its_call() {
 #[tokio::test]
 async fn metadata_travels_both_ways_with_the_caller_name() {
     let (server, _lab) = start_lab().await;
-    let channel =
-        Channel::builder(server.local_addr().to_string()).caller("order-service").connect().await.unwrap();
+    let channel = Channel::builder(server.local_addr().to_string()).caller("order-service").connect().await.unwrap();
     let client = LabClient::new(channel);
     let seen = client.whoami().metadata("tenant", "acme").await.unwrap();
     assert!(seen.contains(&("tenant".into(), "acme".into())), "{seen:?}");
@@ -221,8 +220,7 @@ async fn several_services_share_one_listener() {
 #[tokio::test]
 async fn a_pool_of_connections_spreads_calls() {
     let (server, _lab) = start_lab().await;
-    let channel =
-        Channel::builder(server.local_addr().to_string()).connections(3).connect().await.unwrap();
+    let channel = Channel::builder(server.local_addr().to_string()).connections(3).connect().await.unwrap();
     let client = LabClient::new(channel.clone());
     let calls = (0..30u64).map(|i| {
         let client = client.clone();

@@ -56,8 +56,7 @@ async fn a_client_reconnects_by_itself_after_a_server_restart() {
     let err = client.sleep_then(2, 0).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err}");
 
-    let restarted =
-        Server::builder().add_service(LabServer::new(LabImpl::default())).start(addr).await.unwrap();
+    let restarted = Server::builder().add_service(LabServer::new(LabImpl::default())).start(addr).await.unwrap();
     let mut answer = None;
     for _ in 0..100 {
         match client.sleep_then(3, 0).await {

@@ -254,11 +254,8 @@ async fn connections_over_the_limit_are_told_why() {
 #[tokio::test]
 async fn a_frame_larger_than_the_clients_limit_is_refused_before_sending() {
     let (server, _lab) = start_lab().await;
-    let channel = rpc_core::Channel::builder(server.local_addr().to_string())
-        .max_frame_size(1024)
-        .connect()
-        .await
-        .unwrap();
+    let channel =
+        rpc_core::Channel::builder(server.local_addr().to_string()).max_frame_size(1024).connect().await.unwrap();
     let client = LabClient::new(channel);
     let err = client.echo(Item { id: 1, name: String::new(), data: vec![0; 4096] }).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err}");
@@ -269,11 +266,8 @@ async fn a_frame_larger_than_the_clients_limit_is_refused_before_sending() {
 #[tokio::test]
 async fn a_reply_larger_than_the_clients_limit_fails_that_connection_clearly() {
     let (server, _lab) = start_lab().await;
-    let channel = rpc_core::Channel::builder(server.local_addr().to_string())
-        .max_frame_size(16 * 1024)
-        .connect()
-        .await
-        .unwrap();
+    let channel =
+        rpc_core::Channel::builder(server.local_addr().to_string()).max_frame_size(16 * 1024).connect().await.unwrap();
     let client = LabClient::new(channel);
     let err = client.blob(1 << 20).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err}");

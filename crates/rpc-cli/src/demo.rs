@@ -1,6 +1,165 @@
-//! `rpc demo`.
+//! `rpc demo`: an order service that calls an inventory service, narrated step by step.
+
 use crate::CliResult;
+use rpc_core::{Channel, Code, Codec, Context, Server};
+use std::{
+    collections::HashMap,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+/// An item is out of stock.
+#[rpc_core::message]
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct OutOfStock {
+    sku: String,
+    available: u32,
+}
+
+/// A placed order.
+#[rpc_core::message]
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Order {
+    id: u64,
+    sku: String,
+    quantity: u32,
+}
+
+/// Stock keeping.
+#[rpc_core::service]
+pub(crate) trait Inventory {
+    /// Takes `quantity` of `sku` out of stock; returns what is left.
+    async fn reserve(&self, sku: String, quantity: u32) -> Result<u32, OutOfStock>;
+    /// Counts the stock of `sku` slowly, as if a warehouse were asked.
+    #[idempotent]
+    async fn audit(&self, sku: String) -> u32;
+}
+
+/// Orders; calls `Inventory` to reserve stock.
+#[rpc_core::service]
+pub(crate) trait Orders {
+    /// Places an order for `quantity` of `sku`.
+    async fn place(&self, sku: String, quantity: u32) -> Result<Order, OutOfStock>;
+    /// Audits the stock of `sku` through the inventory service.
+    async fn audit(&self, sku: String) -> Result<u32, String>;
+}
+
+struct Warehouse {
+    stock: Mutex<HashMap<String, u32>>,
+}
+
+fn say(who: &str, what: impl std::fmt::Display) {
+    println!("{:>11}  {what}", format!("[{who}]"));
+}
+
+fn caller() -> String {
+    Context::current().and_then(|c| c.caller().map(str::to_owned)).unwrap_or_else(|| "?".into())
+}
+
+impl Inventory for Warehouse {
+    async fn reserve(&self, sku: String, quantity: u32) -> Result<u32, OutOfStock> {
+        let mut stock = self.stock.lock().unwrap_or_else(|e| e.into_inner());
+        let available = stock.get(&sku).copied().unwrap_or(0);
+        if available < quantity {
+            say("inventory", format!("reserve {quantity} × {sku} for {:?}: only {available} left", caller()));
+            return Err(OutOfStock { sku, available });
+        }
+        stock.insert(sku.clone(), available - quantity);
+        say("inventory", format!("reserve {quantity} × {sku} for {:?}: ok, {} left", caller(), available - quantity));
+        Ok(available - quantity)
+    }
+
+    async fn audit(&self, sku: String) -> u32 {
+        /// Says so when the audit is dropped before it finished: that is a cancellation.
+        struct Narrate(bool);
+        impl Drop for Narrate {
+            fn drop(&mut self) {
+                if !self.0 {
+                    say("inventory", "audit cancelled: the caller's deadline passed, work stopped");
+                }
+            }
+        }
+        let left = Context::current().and_then(|c| c.remaining()).map(|d| format!("{} ms", d.as_millis()));
+        say("inventory", format!("audit {sku}: caller's deadline in {}", left.as_deref().unwrap_or("none")));
+        let mut narrate = Narrate(false);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        narrate.0 = true;
+        self.stock.lock().unwrap_or_else(|e| e.into_inner()).get(&sku).copied().unwrap_or(0)
+    }
+}
+
+struct Shop {
+    inventory: InventoryClient,
+    next_id: Mutex<u64>,
+}
+
+impl Orders for Shop {
+    async fn place(&self, sku: String, quantity: u32) -> Result<Order, OutOfStock> {
+        say("orders", format!("place {quantity} × {sku} from {:?} → asking inventory", caller()));
+        match self.inventory.reserve(sku.clone(), quantity).await {
+            Ok(Ok(_)) => {
+                let mut next = self.next_id.lock().unwrap_or_else(|e| e.into_inner());
+                *next += 1;
+                Ok(Order { id: *next, sku, quantity })
+            }
+            Ok(Err(out_of_stock)) => Err(out_of_stock),
+            Err(status) => {
+                say("orders", format!("inventory failed: {status}"));
+                Err(OutOfStock { sku, available: 0 })
+            }
+        }
+    }
+
+    async fn audit(&self, sku: String) -> Result<u32, String> {
+        say("orders", "audit → asking inventory (the deadline travels along)");
+        self.inventory.audit(sku).await.map_err(|status| {
+            say("orders", format!("inventory answered {status}"));
+            format!("inventory: {}", status.code())
+        })
+    }
+}
 
 pub(crate) async fn run() -> CliResult {
+    let warehouse = Warehouse { stock: Mutex::new([("keyboard".to_owned(), 3), ("mouse".to_owned(), 10)].into()) };
+    let inventory_server = Server::builder().add_service(InventoryServer::new(warehouse)).start("127.0.0.1:0").await?;
+    say("inventory", format!("listening on {}", inventory_server.local_addr()));
+
+    let to_inventory = Channel::builder(inventory_server.local_addr().to_string()).caller("orders").connect_lazy();
+    let shop = Shop { inventory: InventoryClient::new(to_inventory), next_id: Mutex::new(0) };
+    let orders_server = Server::builder().add_service(OrdersServer::new(shop)).start("127.0.0.1:0").await?;
+    say("orders", format!("listening on {}", orders_server.local_addr()));
+
+    for codec in [Codec::MsgPack, Codec::Json] {
+        let channel = Channel::builder(orders_server.local_addr().to_string())
+            .codec(codec)
+            .caller("demo-client")
+            .connect()
+            .await?;
+        let orders = OrdersClient::new(channel);
+        say("client", format!("place 2 × keyboard (codec {codec})"));
+        let started = Instant::now();
+        match orders.place("keyboard".into(), 2).await? {
+            Ok(order) => say("client", format!("← order #{} confirmed in {:?}", order.id, started.elapsed())),
+            Err(e) => say("client", format!("← refused: only {} × {} available", e.available, e.sku)),
+        }
+    }
+
+    let orders = OrdersClient::new(
+        Channel::builder(orders_server.local_addr().to_string()).caller("demo-client").connect().await?,
+    );
+    say("client", "audit keyboard with a 150 ms deadline (the audit takes 500 ms)");
+    // The orders handler and this client share one deadline, so either may notice first.
+    match orders.audit("keyboard".into()).timeout(Duration::from_millis(150)).await {
+        Err(status) if status.code() == Code::DeadlineExceeded => say("client", format!("← {status}")),
+        Ok(Err(reason)) => say("client", format!("← audit failed: {reason}")),
+        other => say("client", format!("← unexpected: {other:?}")),
+    }
+    // Give the cancellation a moment to reach the inventory service before shutting down.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    say("demo", "shutting down gracefully");
+    orders_server.shutdown(Duration::from_secs(1)).await?;
+    inventory_server.shutdown(Duration::from_secs(1)).await?;
+    say("demo", "done");
     Ok(())
 }

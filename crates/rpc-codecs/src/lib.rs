@@ -87,17 +87,13 @@ impl Codec {
 
     /// The codec with a short name (`json`, `msgpack`).
     pub fn from_name(name: &str) -> Result<Codec, CodecError> {
-        Codec::ALL
-            .iter()
-            .copied()
-            .find(|c| c.name().eq_ignore_ascii_case(name))
-            .ok_or_else(|| {
-                CodecError::new(
-                    None,
-                    CodecErrorKind::UnknownCodec,
-                    format!("unknown codec {name:?}; use one of: json, msgpack"),
-                )
-            })
+        Codec::ALL.iter().copied().find(|c| c.name().eq_ignore_ascii_case(name)).ok_or_else(|| {
+            CodecError::new(
+                None,
+                CodecErrorKind::UnknownCodec,
+                format!("unknown codec {name:?}; use one of: json, msgpack"),
+            )
+        })
     }
 
     /// Appends the encoding of `value` to `buf`.

@@ -2,9 +2,7 @@
 
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote, ToTokens};
-use syn::{
-    Attribute, FnArg, Ident, ItemTrait, LitStr, Pat, ReturnType, TraitItem, TraitItemFn, Type,
-};
+use syn::{Attribute, FnArg, Ident, ItemTrait, LitStr, Pat, ReturnType, TraitItem, TraitItemFn, Type};
 
 /// One RPC method, validated.
 struct Method {
@@ -230,7 +228,8 @@ fn type_text(ty: &Type) -> String {
         if c == ' ' {
             let prev = raw[..i].chars().next_back();
             let next = raw[i + 1..].chars().next();
-            if matches!(prev, Some('<' | '&' | '(' | '[' | ':')) || matches!(next, Some('<' | '>' | ',' | ')' | ']' | ':'))
+            if matches!(prev, Some('<' | '&' | '(' | '[' | ':'))
+                || matches!(next, Some('<' | '>' | ',' | ')' | ']' | ':'))
             {
                 continue;
             }
@@ -346,7 +345,9 @@ fn generate(item: &ItemTrait, name: &str, methods: &[Method]) -> TokenStream {
         }
     });
 
-    let client_doc = format!("Client of the [`{trait_ident}`] service, generic over the tower service `S` that carries its requests.");
+    let client_doc = format!(
+        "Client of the [`{trait_ident}`] service, generic over the tower service `S` that carries its requests."
+    );
     let server_doc = format!("Server side of the [`{trait_ident}`] service: dispatches calls to a `T: {trait_ident}`.");
 
     quote! {
@@ -455,4 +456,3 @@ fn generate(item: &ItemTrait, name: &str, methods: &[Method]) -> TokenStream {
         }
     }
 }
-

@@ -58,7 +58,11 @@ where
     type IntoFuture = CallFuture<S, T>;
 
     fn into_future(self) -> CallFuture<S, T> {
-        CallFuture { oneway: self.request.options.oneway, inner: Oneshot::new(self.service, self.request), _reply: PhantomData }
+        CallFuture {
+            oneway: self.request.options.oneway,
+            inner: Oneshot::new(self.service, self.request),
+            _reply: PhantomData,
+        }
     }
 }
 

@@ -268,9 +268,9 @@ impl Inner {
         let mut addrs = tokio::net::lookup_host(&self.addr).await.map_err(|e| {
             Status::unavailable(format!("cannot resolve {:?}: {e}; expected host:port", self.addr)).with_not_started()
         })?;
-        addrs.next().ok_or_else(|| {
-            Status::unavailable(format!("{:?} resolved to no address", self.addr)).with_not_started()
-        })
+        addrs
+            .next()
+            .ok_or_else(|| Status::unavailable(format!("{:?} resolved to no address", self.addr)).with_not_started())
     }
 }
 

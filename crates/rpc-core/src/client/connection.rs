@@ -163,7 +163,13 @@ impl Connection {
     }
 
     /// Sends the call in `frame` and waits for its reply until `deadline`.
-    pub(crate) async fn call(&self, frame: FrameBuilder, oneway: bool, codec: Codec, deadline: Option<Instant>) -> Reply {
+    pub(crate) async fn call(
+        &self,
+        frame: FrameBuilder,
+        oneway: bool,
+        codec: Codec,
+        deadline: Option<Instant>,
+    ) -> Reply {
         let id = self.next_id();
         let frame = frame.finish(id, self.max_frame_size).map_err(|e| {
             Status::invalid_argument(format!("request to {}: {e}", self.shared.peer)).with_not_started()
@@ -294,7 +300,10 @@ async fn read_loop(
                 Err(e) => shared.complete(frame.id, Err(Status::internal(format!("reply from {peer}: {e}")))),
             },
             Head::Error { code, message, .. } => shared.complete(frame.id, Err(Status::new(code, message))),
-            Head::Pong => shared.complete(frame.id, Ok(Response { codec: Codec::default(), body: frame.body, metadata: Default::default() })),
+            Head::Pong => shared.complete(
+                frame.id,
+                Ok(Response { codec: Codec::default(), body: frame.body, metadata: Default::default() }),
+            ),
             Head::Ping => {
                 if let Some(tx) = tx.upgrade() {
                     let _ = tx.send(control_frame(frame.id, &Head::Pong, frame.body)).await;

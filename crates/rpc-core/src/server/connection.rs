@@ -272,7 +272,8 @@ where
     async fn handle(&mut self, frame: Frame) -> Result<(), ConnectionError> {
         match frame.head {
             Head::Call { service, method, timeout, metadata, oneway } => {
-                let call = IncomingCall { id: frame.id, codec: frame.codec, service, method, timeout, metadata, oneway };
+                let call =
+                    IncomingCall { id: frame.id, codec: frame.codec, service, method, timeout, metadata, oneway };
                 let reply = match self.start(call, frame.body).await {
                     Ok(Some(Ok(response))) => Some(Frame {
                         id: frame.id,
@@ -342,9 +343,12 @@ where
             return Ok(Some(outcome));
         }
         let (id, oneway) = (call.id, call.oneway);
-        let permit = self.in_flight.permits.clone().try_acquire_owned().map_err(|_| {
-            Status::internal("in-flight permit vanished; this is a bug in the connection task")
-        })?;
+        let permit = self
+            .in_flight
+            .permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Status::internal("in-flight permit vanished; this is a bug in the connection task"))?;
         let tx = self.tx.clone();
         let in_flight = self.in_flight.clone();
         let mut handlers = self.in_flight.lock();
@@ -356,9 +360,12 @@ where
             let outcome = handler.await;
             if !oneway {
                 let frame = match outcome {
-                    Ok(response) => {
-                        Frame { id, codec: codec.id(), head: Head::Reply { metadata: response.metadata }, body: response.body }
-                    }
+                    Ok(response) => Frame {
+                        id,
+                        codec: codec.id(),
+                        head: Head::Reply { metadata: response.metadata },
+                        body: response.body,
+                    },
                     Err(status) => error_frame(id, &status),
                 };
                 let _ = tx.send(frame).await;

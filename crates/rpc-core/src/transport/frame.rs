@@ -196,9 +196,7 @@ impl Decoder for FrameCodec {
             return Err(FrameError::TooLarge { len, max: self.max_frame_size });
         }
         if len < FIXED_HEADER {
-            return Err(FrameError::Malformed(format!(
-                "length {len} is shorter than the {FIXED_HEADER}-byte header"
-            )));
+            return Err(FrameError::Malformed(format!("length {len} is shorter than the {FIXED_HEADER}-byte header")));
         }
         if src.len() < 4 + len {
             // Bounded by max_frame_size, which was checked above.
@@ -316,11 +314,7 @@ pub fn check_call_head(service: &ByteStr, method: &ByteStr, metadata: &Metadata)
         return Err("service and method names are limited to 255 bytes".into());
     }
     if metadata.len() > Metadata::MAX_ENTRIES {
-        return Err(format!(
-            "{} metadata entries exceed the limit of {}",
-            metadata.len(),
-            Metadata::MAX_ENTRIES
-        ));
+        return Err(format!("{} metadata entries exceed the limit of {}", metadata.len(), Metadata::MAX_ENTRIES));
     }
     for (k, v) in metadata.iter() {
         if k.len() > Metadata::MAX_KEY_LEN || v.len() > Metadata::MAX_VALUE_LEN {
@@ -534,6 +528,30 @@ mod tests {
             assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), f);
         }
         assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn the_example_in_protocol_md_is_what_we_write() {
+        let frame = Frame {
+            id: 7,
+            codec: 5,
+            head: Head::Call {
+                service: "Catalog".into(),
+                method: "get".into(),
+                timeout: Some(Duration::from_millis(250)),
+                metadata: Metadata::new(),
+                oneway: false,
+            },
+            body: Bytes::from_static(&[0x81, 0xA2, 0x69, 0x64, 0x2A]),
+        };
+        let mut buf = BytesMut::new();
+        FrameCodec::default().encode(&frame, &mut buf).unwrap();
+        let expected: &[u8] = &[
+            0x00, 0x00, 0x00, 0x21, 0x01, 0x00, 0x05, 0x00, 0x00, 0x00, 0x07, 0x00, 0x00, 0x00, 0x00, 0x00, 0x03,
+            0xD0, 0x90, 0x07, b'C', b'a', b't', b'a', b'l', b'o', b'g', 0x03, b'g', b'e', b't', 0x00, 0x81, 0xA2,
+            0x69, 0x64, 0x2A,
+        ];
+        assert_eq!(&buf[..], expected);
     }
 
     #[test]
