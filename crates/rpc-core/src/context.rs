@@ -5,7 +5,7 @@
 //! deadline set by the first caller bounds the whole tree of calls, and cancelling a call
 //! cancels the calls its handler made (their futures are dropped with the handler's).
 
-use crate::{ByteStr, Metadata, CALLER};
+use crate::{ByteStr, Metadata, CALLER, TRACEPARENT};
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex},
@@ -61,6 +61,18 @@ impl Context {
     /// Runs `fut` with `self` as the current context.
     pub(crate) fn scope<F: std::future::Future>(self, fut: F) -> tokio::task::futures::TaskLocalFuture<Context, F> {
         CURRENT.scope(self, fut)
+    }
+
+    /// Runs `f` with `self` as the current context.
+    pub(crate) fn sync_scope<R>(&self, f: impl FnOnce() -> R) -> R {
+        CURRENT.sync_scope(self.clone(), f)
+    }
+
+    /// What a call made from the current task inherits: deadline and trace context.
+    pub(crate) fn inherited() -> (Option<Instant>, Option<String>) {
+        CURRENT
+            .try_with(|c| (c.inner.deadline, c.inner.metadata.get(TRACEPARENT).map(str::to_owned)))
+            .unwrap_or_default()
     }
 
     /// The service being called.

@@ -225,19 +225,18 @@ impl Channel {
     async fn call(self, request: Request) -> Result<Response, Status> {
         let inner = &self.inner;
         let mut metadata = request.options.metadata;
-        let context = Context::current();
+        let (inherited_deadline, trace) = Context::inherited();
         if let Some(caller) = &inner.caller {
             metadata.insert(CALLER, caller.as_str());
         }
-        if let Some(trace) = context.as_ref().and_then(|c| c.metadata().get(TRACEPARENT)) {
+        if let Some(trace) = trace {
             if metadata.get(TRACEPARENT).is_none() {
                 metadata.insert(TRACEPARENT, trace);
             }
         }
         check_call_head(&request.service, &request.method, &metadata).map_err(Status::invalid_argument)?;
         let own = request.options.timeout.or(inner.timeout).map(|t| Instant::now() + t);
-        let inherited = context.as_ref().and_then(Context::deadline);
-        let deadline = match (own, inherited) {
+        let deadline = match (own, inherited_deadline) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };

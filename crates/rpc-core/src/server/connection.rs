@@ -33,13 +33,10 @@ use tokio::{
     task::AbortHandle,
     time::Instant,
 };
-use tower::{Service, ServiceExt};
+use tower::Service;
 
 /// Longest wait to flush the last frames to a client that is not reading.
 const FINAL_FLUSH: Duration = Duration::from_secs(5);
-
-/// Buffered reply bytes that are written before the rest of a batch of calls is handled.
-const EARLY_FLUSH: usize = 8 * 1024;
 
 type HandlerFuture = Pin<Box<dyn Future<Output = Result<ServerResponse, Status>> + Send>>;
 
@@ -232,11 +229,6 @@ where
     ) -> Result<(), ConnectionError> {
         while let Some(frame) = reader.try_next()? {
             self.handle(frame).await?;
-            // Send what is ready while later calls are still being handled, so the client can
-            // work on early replies instead of waiting for the whole batch.
-            if self.writer.buffered() >= EARLY_FLUSH {
-                self.writer.flush().await?;
-            }
         }
         while let Ok(frame) = self.rx.try_recv() {
             replies.push(frame);
@@ -329,6 +321,7 @@ where
         let deadline = call.timeout.map(|t| Instant::now() + t);
         let context =
             Context::new(call.service.clone(), call.method.clone(), deadline, call.metadata.clone(), Some(self.peer));
+        let svc_method = (call.service.clone(), call.method.clone());
         let request = ServerRequest {
             service: call.service,
             method: call.method,
@@ -338,7 +331,10 @@ where
             deadline,
             peer: Some(self.peer),
         };
-        let mut handler: HandlerFuture = Box::pin(run_handler(self.service.clone(), request, context, deadline));
+        std::future::poll_fn(|cx| self.service.poll_ready(cx)).await?;
+        // Layers and dispatchers may read the context while building the call's future.
+        let call_future = context.sync_scope(|| self.service.call(request));
+        let mut handler: HandlerFuture = Box::pin(run_handler::<S>(call_future, svc_method, context, deadline));
         if let Poll::Ready(outcome) = std::future::poll_fn(|cx| Poll::Ready(handler.as_mut().poll(cx))).await {
             return Ok(Some(outcome));
         }
@@ -409,16 +405,15 @@ struct IncomingCall {
 }
 
 async fn run_handler<S>(
-    service: S,
-    request: ServerRequest,
+    call: S::Future,
+    (svc, method): (ByteStr, ByteStr),
     context: Context,
     deadline: Option<Instant>,
 ) -> Result<ServerResponse, Status>
 where
     S: Service<ServerRequest, Response = ServerResponse, Error = Status>,
 {
-    let (svc, method) = (request.service.clone(), request.method.clone());
-    let work = context.clone().scope(CatchUnwind::new(service.oneshot(request)));
+    let work = context.clone().scope(CatchUnwind::new(call));
     let outcome = match deadline {
         None => work.await,
         Some(deadline) => tokio::time::timeout_at(deadline, work).await.map_err(|_| {

@@ -42,11 +42,6 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.buf.extend_from_slice(bytes);
     }
 
-    /// Bytes queued and not yet written.
-    pub(crate) fn buffered(&self) -> usize {
-        self.buf.len()
-    }
-
     /// Writes everything queued.
     pub(crate) async fn flush(&mut self) -> Result<(), FrameError> {
         while !self.buf.is_empty() {
