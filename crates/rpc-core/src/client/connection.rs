@@ -4,9 +4,11 @@
 //! read half and completes each waiting call by id. Callers only touch the pending-call table and
 //! the writer's queue.
 
-use super::Response;
+use super::{
+    pending::{PendingCalls, Reply},
+    Response,
+};
 use crate::{
-    id_map::IdMap,
     transport::{write_loop, FrameBuilder, FrameCodec, FrameReader, Head, PREFACE},
     Code, Codec, Status,
 };
@@ -15,7 +17,7 @@ use std::{
     net::SocketAddr,
     sync::{
         atomic::{AtomicBool, AtomicU32, Ordering},
-        Arc, Mutex,
+        Arc,
     },
     time::Duration,
 };
@@ -24,16 +26,6 @@ use tokio::{
     sync::{mpsc, oneshot},
     time::Instant,
 };
-
-type Reply = Result<Response, Status>;
-
-type PendingMap = IdMap<oneshot::Sender<Reply>>;
-
-struct Pending {
-    calls: PendingMap,
-    /// Set once the connection is gone: why, for calls that arrive afterwards.
-    closed: Option<Status>,
-}
 
 /// Settings a connection needs from its channel.
 #[derive(Clone, Debug)]
@@ -46,53 +38,27 @@ pub(crate) struct ConnectionConfig {
 
 struct Shared {
     peer: SocketAddr,
-    pending: Mutex<Pending>,
+    pending: PendingCalls,
     /// No new calls: the server sent a go-away or the connection failed.
     draining: AtomicBool,
 }
 
 impl Shared {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
-        // The table stays consistent across a panic: every update is a single insert or remove.
-        self.pending.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn complete(&self, id: u32, reply: Reply) {
-        if let Some(tx) = self.lock().calls.remove(&id) {
-            let _ = tx.send(reply);
-        }
-    }
-
     /// Fails every waiting call and refuses new ones.
     fn close(&self, status: Status) {
         self.draining.store(true, Ordering::Release);
-        let calls = {
-            let mut pending = self.lock();
-            pending.closed.get_or_insert(status.clone());
-            std::mem::take(&mut pending.calls)
-        };
-        for (_, tx) in calls {
-            let _ = tx.send(Err(status.clone()));
-        }
+        self.pending.close(status);
     }
 
     /// Handles a go-away: calls after `last_id` were not processed and fail as safe to retry.
     fn go_away(&self, last_id: u32, code: Code, message: &str) {
         self.draining.store(true, Ordering::Release);
-        let refused: Vec<_> = {
-            let mut pending = self.lock();
-            let ids: Vec<u32> =
-                pending.calls.keys().copied().filter(|&id| (id.wrapping_sub(last_id) as i32) > 0).collect();
-            ids.into_iter().filter_map(|id| pending.calls.remove(&id)).collect()
-        };
         let status = Status::new(
             if code == Code::ResourceExhausted { code } else { Code::Unavailable },
             format!("server at {} is going away ({code}: {message}); the call was not started", self.peer),
         )
         .with_not_started();
-        for tx in refused {
-            let _ = tx.send(Err(status.clone()));
-        }
+        self.pending.refuse_after(last_id, status);
     }
 }
 
@@ -101,7 +67,6 @@ pub(crate) struct Connection {
     tx: mpsc::Sender<Bytes>,
     shared: Arc<Shared>,
     next_id: AtomicU32,
-    max_in_flight: usize,
     max_frame_size: usize,
 }
 
@@ -128,7 +93,7 @@ impl Connection {
         let (tx, rx) = mpsc::channel(config.write_queue);
         let shared = Arc::new(Shared {
             peer: addr,
-            pending: Mutex::new(Pending { calls: PendingMap::default(), closed: None }),
+            pending: PendingCalls::new(config.max_in_flight),
             draining: AtomicBool::new(false),
         });
         let codec = FrameCodec::new(config.max_frame_size);
@@ -139,13 +104,7 @@ impl Connection {
             }
         });
         tokio::spawn(read_loop(FrameReader::new(read, codec), shared.clone(), tx.downgrade()));
-        Ok(Arc::new(Connection {
-            tx,
-            shared,
-            next_id: AtomicU32::new(1),
-            max_in_flight: config.max_in_flight,
-            max_frame_size: config.max_frame_size,
-        }))
+        Ok(Arc::new(Connection { tx, shared, next_id: AtomicU32::new(1), max_frame_size: config.max_frame_size }))
     }
 
     /// True while new calls may use this connection.
@@ -179,21 +138,7 @@ impl Connection {
             return Ok(Response { codec, body: Bytes::new(), metadata: Default::default() });
         }
         let (tx, rx) = oneshot::channel();
-        {
-            let mut pending = self.shared.lock();
-            if let Some(status) = &pending.closed {
-                return Err(status.clone());
-            }
-            if pending.calls.len() >= self.max_in_flight {
-                return Err(Status::resource_exhausted(format!(
-                    "{} calls already in flight to {} (the channel's max_in_flight); add connections or wait",
-                    pending.calls.len(),
-                    self.shared.peer
-                ))
-                .with_not_started());
-            }
-            pending.calls.insert(id, tx);
-        }
+        self.shared.pending.insert(id, tx)?;
         let guard = CancelOnDrop { conn: self, id, armed: true };
         self.send(frame).await?;
         let reply = match deadline {
@@ -219,7 +164,7 @@ impl Connection {
     pub(crate) async fn ping(&self) -> Result<Duration, Status> {
         let id = self.next_id();
         let (tx, rx) = oneshot::channel();
-        self.shared.lock().calls.insert(id, tx);
+        self.shared.pending.insert(id, tx)?;
         let guard = CancelOnDrop { conn: self, id, armed: true };
         let started = Instant::now();
         self.send(control_frame(id, &Head::Ping, Bytes::new())).await?;
@@ -238,9 +183,9 @@ impl Connection {
 
     fn closed_status(&self) -> Status {
         self.shared
-            .lock()
-            .closed
-            .clone()
+            .pending
+            .closed()
+            .cloned()
             .unwrap_or_else(|| Status::unavailable(format!("connection to {} closed", self.shared.peer)))
     }
 }
@@ -260,7 +205,7 @@ impl CancelOnDrop<'_> {
 
 impl Drop for CancelOnDrop<'_> {
     fn drop(&mut self) {
-        if !self.armed || self.conn.shared.lock().calls.remove(&self.id).is_none() {
+        if !self.armed || self.conn.shared.pending.remove(self.id).is_none() {
             return;
         }
         let cancel = control_frame(self.id, &Head::Cancel, Bytes::new());
@@ -288,31 +233,52 @@ async fn read_loop(
     tx: mpsc::WeakSender<Bytes>,
 ) {
     let peer = shared.peer;
-    let reason = loop {
-        let frame = match reader.next().await {
+    let mut replies = Vec::new();
+    let reason = 'read: loop {
+        let mut frame = match reader.next().await {
             Ok(Some(frame)) => frame,
             Ok(None) => break Status::unavailable(format!("server at {peer} closed the connection")),
             Err(e) => break Status::unavailable(format!("connection to {peer} failed: {e}")),
         };
-        match frame.head {
-            Head::Reply { metadata } => match Codec::from_id(frame.codec) {
-                Ok(codec) => shared.complete(frame.id, Ok(Response { codec, body: frame.body, metadata })),
-                Err(e) => shared.complete(frame.id, Err(Status::internal(format!("reply from {peer}: {e}")))),
-            },
-            Head::Error { code, message, .. } => shared.complete(frame.id, Err(Status::new(code, message))),
-            Head::Pong => shared.complete(
-                frame.id,
-                Ok(Response { codec: Codec::default(), body: frame.body, metadata: Default::default() }),
-            ),
-            Head::Ping => {
-                if let Some(tx) = tx.upgrade() {
-                    let _ = tx.send(control_frame(frame.id, &Head::Pong, frame.body)).await;
+        // Handle every frame already buffered, then deliver their replies as one batch (also
+        // when the connection failed behind them).
+        let failed = loop {
+            match frame.head {
+                Head::Reply { metadata } => {
+                    let reply = Codec::from_id(frame.codec)
+                        .map(|codec| Response { codec, body: frame.body, metadata })
+                        .map_err(|e| Status::internal(format!("reply from {peer}: {e}")));
+                    replies.push((frame.id, reply));
+                }
+                Head::Error { code, message, .. } => replies.push((frame.id, Err(Status::new(code, message)))),
+                Head::Pong => replies.push((
+                    frame.id,
+                    Ok(Response { codec: Codec::default(), body: frame.body, metadata: Default::default() }),
+                )),
+                Head::Ping => {
+                    if let Some(tx) = tx.upgrade() {
+                        let _ = tx.send(control_frame(frame.id, &Head::Pong, frame.body)).await;
+                    }
+                }
+                Head::GoAway { code, message } => {
+                    shared.pending.complete(&mut replies);
+                    shared.go_away(frame.id, code, &message);
+                }
+                Head::Call { .. } | Head::Cancel => {
+                    break Some(Status::protocol(format!(
+                        "server at {peer} sent a client-only frame; closing the connection"
+                    )))
                 }
             }
-            Head::GoAway { code, message } => shared.go_away(frame.id, code, &message),
-            Head::Call { .. } | Head::Cancel => {
-                break Status::protocol(format!("server at {peer} sent a client-only frame; closing the connection"))
+            match reader.try_next() {
+                Ok(Some(next)) => frame = next,
+                Ok(None) => break None,
+                Err(e) => break Some(Status::unavailable(format!("connection to {peer} failed: {e}"))),
             }
+        };
+        shared.pending.complete(&mut replies);
+        if let Some(reason) = failed {
+            break 'read reason;
         }
     };
     shared.close(reason);

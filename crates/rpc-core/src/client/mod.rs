@@ -9,6 +9,7 @@
 mod call;
 mod channel;
 mod connection;
+mod pending;
 mod request;
 
 pub use call::{Call, CallFuture};

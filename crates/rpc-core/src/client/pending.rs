@@ -1,0 +1,204 @@
+//! The calls of one connection that wait for their reply, by request id.
+//!
+//! Callers insert from any worker thread while the reader task removes, so the table is split
+//! into shards by id: consecutive ids land in different shards, and the reader takes each shard's
+//! lock once per batch of replies rather than once per reply.
+
+use super::Response;
+use crate::{id_map::IdMap, Status};
+use std::sync::{
+    atomic::{AtomicUsize, Ordering},
+    Mutex, MutexGuard, OnceLock,
+};
+use tokio::sync::oneshot;
+
+/// A call's outcome.
+pub(crate) type Reply = Result<Response, Status>;
+type Waiter = oneshot::Sender<Reply>;
+
+const SHARDS: usize = 8;
+
+pub(crate) struct PendingCalls {
+    shards: [Mutex<IdMap<Waiter>>; SHARDS],
+    len: AtomicUsize,
+    max: usize,
+    /// Set once the connection is gone, before the table is drained: why, for later callers.
+    closed: OnceLock<Status>,
+}
+
+impl PendingCalls {
+    pub(crate) fn new(max: usize) -> Self {
+        PendingCalls {
+            shards: std::array::from_fn(|_| Mutex::new(IdMap::default())),
+            len: AtomicUsize::new(0),
+            max,
+            closed: OnceLock::new(),
+        }
+    }
+
+    fn shard(&self, id: u32) -> MutexGuard<'_, IdMap<Waiter>> {
+        // Every update is a single insert or remove, so a panic cannot leave a shard torn.
+        self.shards[id as usize % SHARDS].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers call `id`; fails if the connection is closed or too many calls wait.
+    pub(crate) fn insert(&self, id: u32, waiter: Waiter) -> Result<(), Status> {
+        if self.len.load(Ordering::Relaxed) >= self.max {
+            return Err(Status::resource_exhausted(format!(
+                "{} calls already wait for replies on this connection (the channel's max_in_flight); add connections or wait",
+                self.max
+            ))
+            .with_not_started());
+        }
+        let mut shard = self.shard(id);
+        // Read under the shard lock: `close` sets the flag before draining, so a call either
+        // sees it here or is drained by `close`.
+        if let Some(status) = self.closed.get() {
+            return Err(status.clone());
+        }
+        shard.insert(id, waiter);
+        self.len.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Removes call `id`, returning its waiter if it was still waiting.
+    pub(crate) fn remove(&self, id: u32) -> Option<Waiter> {
+        let waiter = self.shard(id).remove(&id);
+        if waiter.is_some() {
+            self.len.fetch_sub(1, Ordering::Relaxed);
+        }
+        waiter
+    }
+
+    /// Delivers a batch of replies, taking each shard's lock at most once.
+    pub(crate) fn complete(&self, replies: &mut Vec<(u32, Reply)>) {
+        if let [(id, _)] = replies.as_slice() {
+            let id = *id;
+            if let (Some(waiter), Some((_, reply))) = (self.remove(id), replies.pop()) {
+                let _ = waiter.send(reply);
+            }
+            replies.clear();
+            return;
+        }
+        let mut waiters = Vec::with_capacity(replies.len());
+        for s in 0..SHARDS {
+            if !replies.iter().any(|(id, _)| *id as usize % SHARDS == s) {
+                continue;
+            }
+            let mut shard = self.shards[s].lock().unwrap_or_else(|e| e.into_inner());
+            for (id, _) in replies.iter().filter(|(id, _)| *id as usize % SHARDS == s) {
+                waiters.push((*id, shard.remove(id)));
+            }
+        }
+        let delivered = waiters.iter().filter(|(_, w)| w.is_some()).count();
+        self.len.fetch_sub(delivered, Ordering::Relaxed);
+        for (id, reply) in replies.drain(..) {
+            let waiter = waiters.iter_mut().find(|(w, _)| *w == id).and_then(|(_, w)| w.take());
+            if let Some(waiter) = waiter {
+                let _ = waiter.send(reply);
+            }
+        }
+    }
+
+    /// Fails every waiting call with `status` and refuses new ones.
+    pub(crate) fn close(&self, status: Status) {
+        let _ = self.closed.set(status);
+        let status = self.closed.get().cloned().unwrap_or_else(|| Status::unavailable("connection closed"));
+        for shard in &self.shards {
+            let drained = std::mem::take(&mut *shard.lock().unwrap_or_else(|e| e.into_inner()));
+            self.len.fetch_sub(drained.len(), Ordering::Relaxed);
+            for (_, waiter) in drained {
+                let _ = waiter.send(Err(status.clone()));
+            }
+        }
+    }
+
+    /// Removes the calls sent after `last_id` (in wrapping order) and fails them with `status`.
+    pub(crate) fn refuse_after(&self, last_id: u32, status: Status) {
+        for shard in &self.shards {
+            let refused: Vec<Waiter> = {
+                let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+                let ids: Vec<u32> = shard.keys().copied().filter(|&id| (id.wrapping_sub(last_id) as i32) > 0).collect();
+                ids.into_iter().filter_map(|id| shard.remove(&id)).collect()
+            };
+            self.len.fetch_sub(refused.len(), Ordering::Relaxed);
+            for waiter in refused {
+                let _ = waiter.send(Err(status.clone()));
+            }
+        }
+    }
+
+    /// Why the connection closed, once it has.
+    pub(crate) fn closed(&self) -> Option<&Status> {
+        self.closed.get()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Codec;
+
+    fn ok() -> Reply {
+        Ok(Response { codec: Codec::Json, body: Default::default(), metadata: Default::default() })
+    }
+
+    #[test]
+    fn batches_reach_their_own_callers_and_unknown_ids_are_ignored() {
+        let table = PendingCalls::new(100);
+        let mut receivers = Vec::new();
+        for id in 0..20u32 {
+            let (tx, rx) = oneshot::channel();
+            table.insert(id, tx).unwrap();
+            receivers.push(rx);
+        }
+        let mut replies: Vec<(u32, Reply)> =
+            (0..20).rev().map(|id| (id, Err(Status::internal(id.to_string())))).collect();
+        replies.push((999, ok()));
+        table.complete(&mut replies);
+        for (id, mut rx) in receivers.into_iter().enumerate() {
+            assert_eq!(rx.try_recv().unwrap().unwrap_err().message(), id.to_string());
+        }
+        assert_eq!(table.len.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn close_fails_waiters_and_refuses_newcomers() {
+        let table = PendingCalls::new(100);
+        let (tx, mut rx) = oneshot::channel();
+        table.insert(1, tx).unwrap();
+        table.close(Status::unavailable("gone"));
+        assert_eq!(rx.try_recv().unwrap().unwrap_err().message(), "gone");
+        let (tx, _rx) = oneshot::channel();
+        assert_eq!(table.insert(2, tx).unwrap_err().message(), "gone");
+    }
+
+    #[test]
+    fn go_away_refuses_only_later_ids_even_across_wrap_around() {
+        let table = PendingCalls::new(100);
+        let ids = [u32::MAX - 1, u32::MAX, 0, 1];
+        let mut receivers = Vec::new();
+        for id in ids {
+            let (tx, rx) = oneshot::channel();
+            table.insert(id, tx).unwrap();
+            receivers.push(rx);
+        }
+        table.refuse_after(u32::MAX, Status::unavailable("going away"));
+        let refused: Vec<bool> = receivers.iter_mut().map(|rx| rx.try_recv().is_ok()).collect();
+        assert_eq!(refused, [false, false, true, true]);
+    }
+
+    #[test]
+    fn the_limit_counts_waiting_calls() {
+        let table = PendingCalls::new(2);
+        let (a, _ra) = oneshot::channel();
+        let (b, _rb) = oneshot::channel();
+        let (c, _rc) = oneshot::channel();
+        table.insert(1, a).unwrap();
+        table.insert(2, b).unwrap();
+        assert_eq!(table.insert(3, c).unwrap_err().code(), crate::Code::ResourceExhausted);
+        table.remove(1);
+        let (d, _rd) = oneshot::channel();
+        table.insert(4, d).unwrap();
+    }
+}
