@@ -34,6 +34,18 @@ fn bench_rpc_prints_one_json_object_per_scenario_and_subject() {
 }
 
 #[test]
+fn bench_raft_prints_throughput_and_failover_per_configuration() {
+    let args = ["bench", "raft", "--json", "--seconds", "0.05", "--trials", "3", "--nodes", "1,3", "--proposers", "1"];
+    let (ok, out, err) = rpc(&[&args[..], &["--fsync", "off"]].concat());
+    assert!(ok, "bench failed: {err}");
+    let rows: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    assert!(rows[0]["failover_p50_ms"].is_null(), "no failover for one node: {out}");
+    assert!(rows[1]["failover_p99_ms"].as_f64().unwrap() > 0.0, "{out}");
+    assert!(rows.iter().all(|r| r["proposals_per_s"].as_f64().unwrap() > 0.0), "{out}");
+}
+
+#[test]
 fn call_sends_json_arguments_and_prints_the_reply() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let server = runtime.block_on(async {

@@ -1,6 +1,7 @@
 //! `rpc bench ...`: benchmarks that measure a subject and its baseline in the same run and
 //! report ratios, since absolute figures on a shared machine mean little.
 
+mod raft;
 mod raw;
 mod report;
 pub(crate) mod rpc;
@@ -12,10 +13,13 @@ use clap::Subcommand;
 pub(crate) enum BenchCommand {
     /// Unary calls over loopback between two processes, against a raw TCP echo.
     Rpc(rpc::RpcBenchArgs),
+    /// Raft throughput and failover time, 1, 3 and 5 nodes in one process.
+    Raft(raft::RaftBenchArgs),
 }
 
 pub(crate) async fn run(what: BenchCommand) -> CliResult {
     match what {
         BenchCommand::Rpc(args) => rpc::run(args).await,
+        BenchCommand::Raft(args) => raft::run_bench(args).await,
     }
 }

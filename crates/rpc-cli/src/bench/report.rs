@@ -19,15 +19,19 @@ impl Latencies {
         self.0.len()
     }
 
-    /// The `q`-quantile (0..=1); sorts once per call, which is fine for a report.
+    /// The `q`-quantile (0..=1).
     pub(crate) fn quantile(&mut self, q: f64) -> u32 {
-        if self.0.is_empty() {
-            return 0;
-        }
-        self.0.sort_unstable();
-        let at = ((self.0.len() - 1) as f64 * q).round() as usize;
-        self.0[at]
+        quantile(&mut self.0, q)
     }
+}
+
+/// The `q`-quantile (0..=1) of `values` (0 when empty); sorts them, which is fine for a report.
+pub(crate) fn quantile<T: Copy + Default + PartialOrd>(values: &mut [T], q: f64) -> T {
+    if values.is_empty() {
+        return T::default();
+    }
+    values.sort_unstable_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    values[((values.len() - 1) as f64 * q).round() as usize]
 }
 
 /// One line of an RPC benchmark report.
