@@ -187,7 +187,10 @@ impl Channel {
     /// A usable connection, opening one if its slot has none.
     async fn connection(&self) -> Result<Arc<Connection>, Status> {
         let inner = &self.inner;
-        let slot = &inner.slots[inner.next.fetch_add(1, Ordering::Relaxed) % inner.slots.len()];
+        let slot = match &*inner.slots {
+            [only] => only,
+            slots => &slots[inner.next.fetch_add(1, Ordering::Relaxed) % slots.len()],
+        };
         if let Some(conn) = slot.live() {
             return Ok(conn);
         }

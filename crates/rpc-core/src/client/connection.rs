@@ -99,7 +99,7 @@ impl Connection {
         let codec = FrameCodec::new(config.max_frame_size);
         let writer_shared = shared.clone();
         tokio::spawn(async move {
-            if let Err(e) = write_loop(write, rx, codec, &PREFACE).await {
+            if let Err(e) = write_loop(write, rx, codec, &PREFACE, writer_shared.pending.finished()).await {
                 writer_shared.close(Status::unavailable(format!("writing to {addr} failed: {e}")));
             }
         });

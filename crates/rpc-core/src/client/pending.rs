@@ -7,7 +7,7 @@
 use super::Response;
 use crate::{id_map::IdMap, Status};
 use std::sync::{
-    atomic::{AtomicUsize, Ordering},
+    atomic::{AtomicU64, Ordering},
     Mutex, MutexGuard, OnceLock,
 };
 use tokio::sync::oneshot;
@@ -20,19 +20,24 @@ const SHARDS: usize = 8;
 
 pub(crate) struct PendingCalls {
     shards: [Mutex<IdMap<Waiter>>; SHARDS],
-    len: AtomicUsize,
+    /// Limit of each shard. Sequential ids spread evenly, so the shards fill together and the
+    /// connection's limit holds without a shared counter that every call would contend on.
+    max_per_shard: usize,
     max: usize,
     /// Set once the connection is gone, before the table is drained: why, for later callers.
     closed: OnceLock<Status>,
+    /// Calls removed from the table so far, by reply, cancellation or failure.
+    finished: AtomicU64,
 }
 
 impl PendingCalls {
     pub(crate) fn new(max: usize) -> Self {
         PendingCalls {
             shards: std::array::from_fn(|_| Mutex::new(IdMap::default())),
-            len: AtomicUsize::new(0),
+            max_per_shard: max.div_ceil(SHARDS).max(1),
             max,
             closed: OnceLock::new(),
+            finished: AtomicU64::new(0),
         }
     }
 
@@ -43,21 +48,20 @@ impl PendingCalls {
 
     /// Registers call `id`; fails if the connection is closed or too many calls wait.
     pub(crate) fn insert(&self, id: u32, waiter: Waiter) -> Result<(), Status> {
-        if self.len.load(Ordering::Relaxed) >= self.max {
-            return Err(Status::resource_exhausted(format!(
-                "{} calls already wait for replies on this connection (the channel's max_in_flight); add connections or wait",
-                self.max
-            ))
-            .with_not_started());
-        }
         let mut shard = self.shard(id);
         // Read under the shard lock: `close` sets the flag before draining, so a call either
         // sees it here or is drained by `close`.
         if let Some(status) = self.closed.get() {
             return Err(status.clone());
         }
+        if shard.len() >= self.max_per_shard {
+            return Err(Status::resource_exhausted(format!(
+                "about {} calls already wait for replies on this connection (the channel's max_in_flight); add connections or wait",
+                self.max
+            ))
+            .with_not_started());
+        }
         shard.insert(id, waiter);
-        self.len.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -65,13 +69,22 @@ impl PendingCalls {
     pub(crate) fn remove(&self, id: u32) -> Option<Waiter> {
         let waiter = self.shard(id).remove(&id);
         if waiter.is_some() {
-            self.len.fetch_sub(1, Ordering::Relaxed);
+            self.finished.fetch_add(1, Ordering::Relaxed);
         }
         waiter
     }
 
+    /// How many calls have left the table; with the number of calls written, it tells the
+    /// writer whether other calls are in flight.
+    pub(crate) fn finished(&self) -> &AtomicU64 {
+        &self.finished
+    }
+
     /// Delivers a batch of replies, taking each shard's lock at most once.
     pub(crate) fn complete(&self, replies: &mut Vec<(u32, Reply)>) {
+        if replies.is_empty() {
+            return;
+        }
         if let [(id, _)] = replies.as_slice() {
             let id = *id;
             if let (Some(waiter), Some((_, reply))) = (self.remove(id), replies.pop()) {
@@ -91,7 +104,7 @@ impl PendingCalls {
             }
         }
         let delivered = waiters.iter().filter(|(_, w)| w.is_some()).count();
-        self.len.fetch_sub(delivered, Ordering::Relaxed);
+        self.finished.fetch_add(delivered as u64, Ordering::Relaxed);
         for (id, reply) in replies.drain(..) {
             let waiter = waiters.iter_mut().find(|(w, _)| *w == id).and_then(|(_, w)| w.take());
             if let Some(waiter) = waiter {
@@ -106,7 +119,7 @@ impl PendingCalls {
         let status = self.closed.get().cloned().unwrap_or_else(|| Status::unavailable("connection closed"));
         for shard in &self.shards {
             let drained = std::mem::take(&mut *shard.lock().unwrap_or_else(|e| e.into_inner()));
-            self.len.fetch_sub(drained.len(), Ordering::Relaxed);
+            self.finished.fetch_add(drained.len() as u64, Ordering::Relaxed);
             for (_, waiter) in drained {
                 let _ = waiter.send(Err(status.clone()));
             }
@@ -121,7 +134,7 @@ impl PendingCalls {
                 let ids: Vec<u32> = shard.keys().copied().filter(|&id| (id.wrapping_sub(last_id) as i32) > 0).collect();
                 ids.into_iter().filter_map(|id| shard.remove(&id)).collect()
             };
-            self.len.fetch_sub(refused.len(), Ordering::Relaxed);
+            self.finished.fetch_add(refused.len() as u64, Ordering::Relaxed);
             for waiter in refused {
                 let _ = waiter.send(Err(status.clone()));
             }
@@ -159,7 +172,8 @@ mod tests {
         for (id, mut rx) in receivers.into_iter().enumerate() {
             assert_eq!(rx.try_recv().unwrap().unwrap_err().message(), id.to_string());
         }
-        assert_eq!(table.len.load(Ordering::Relaxed), 0);
+        assert!(table.shards.iter().all(|s| s.lock().unwrap().is_empty()));
+        assert_eq!(table.finished().load(Ordering::Relaxed), 20, "every delivered call counts as finished");
     }
 
     #[test]
@@ -190,15 +204,18 @@ mod tests {
 
     #[test]
     fn the_limit_counts_waiting_calls() {
-        let table = PendingCalls::new(2);
-        let (a, _ra) = oneshot::channel();
-        let (b, _rb) = oneshot::channel();
-        let (c, _rc) = oneshot::channel();
-        table.insert(1, a).unwrap();
-        table.insert(2, b).unwrap();
-        assert_eq!(table.insert(3, c).unwrap_err().code(), crate::Code::ResourceExhausted);
-        table.remove(1);
-        let (d, _rd) = oneshot::channel();
-        table.insert(4, d).unwrap();
+        let table = PendingCalls::new(2 * SHARDS as usize);
+        let mut receivers = Vec::new();
+        for id in 0..2 * SHARDS as u32 {
+            let (tx, rx) = oneshot::channel();
+            table.insert(id, tx).unwrap();
+            receivers.push(rx);
+        }
+        let (tx, _rx) = oneshot::channel();
+        let next = 2 * SHARDS as u32;
+        assert_eq!(table.insert(next, tx).unwrap_err().code(), crate::Code::ResourceExhausted);
+        table.remove(0);
+        let (tx, _rx) = oneshot::channel();
+        table.insert(next, tx).unwrap();
     }
 }

@@ -5,6 +5,8 @@
 mod frame;
 mod writer;
 
+use frame::expects_answer;
+
 pub use frame::{
     check_call_head, check_preface, Frame, FrameBuilder, FrameCodec, FrameError, Head, DEFAULT_MAX_FRAME_SIZE, PREFACE,
     VERSION,
