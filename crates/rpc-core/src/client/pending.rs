@@ -204,7 +204,7 @@ mod tests {
 
     #[test]
     fn the_limit_counts_waiting_calls() {
-        let table = PendingCalls::new(2 * SHARDS as usize);
+        let table = PendingCalls::new(2 * SHARDS);
         let mut receivers = Vec::new();
         for id in 0..2 * SHARDS as u32 {
             let (tx, rx) = oneshot::channel();
