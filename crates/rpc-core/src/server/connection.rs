@@ -163,8 +163,20 @@ where
         shutdown: &mut watch::Receiver<Option<Instant>>,
     ) {
         let peer = self.peer;
-        let mut grace_deadline = None;
-        let far_future = Instant::now() + Duration::from_secs(86400 * 365);
+        // Every future of the loop below that is not a read is made once: this loop runs per
+        // frame, and registering a shutdown waiter or a timer anew each time costs locks.
+        let shutdown_signal = async {
+            // A dropped sender means "stop now".
+            let deadline = match shutdown.changed().await {
+                Ok(()) => *shutdown.borrow(),
+                Err(_) => None,
+            };
+            deadline.unwrap_or_else(Instant::now)
+        };
+        tokio::pin!(shutdown_signal);
+        let mut shutting_down = false;
+        let grace = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(grace);
         let idle = tokio::time::sleep(config.idle_timeout);
         tokio::pin!(idle);
         let mut frames_seen = 0u64;
@@ -185,15 +197,14 @@ where
                     Err(e) => Err(e.into()),
                 },
                 _ = self.rx.recv_many(&mut replies, BATCH) => self.push_replies(&mut replies).await,
-                changed = shutdown.changed(), if grace_deadline.is_none() => {
-                    // A dropped sender means "stop now".
-                    let deadline = if changed.is_ok() { *shutdown.borrow() } else { None };
-                    grace_deadline = Some(deadline.unwrap_or_else(Instant::now));
+                deadline = &mut shutdown_signal, if !shutting_down => {
+                    shutting_down = true;
+                    grace.as_mut().reset(deadline);
                     self.go_away(Code::Unavailable, "server is shutting down; reconnect to another instance".into()).await;
                     Ok(())
                 }
-                _ = self.in_flight.idle(), if grace_deadline.is_some() => return,
-                _ = tokio::time::sleep_until(grace_deadline.unwrap_or(far_future)), if grace_deadline.is_some() => {
+                _ = self.in_flight.idle(), if shutting_down => return,
+                _ = &mut grace, if shutting_down => {
                     for id in self.in_flight.abort_all() {
                         let status = Status::unavailable("server shut down before the call finished (its grace period ended)");
                         let _ = self.writer.push(error_frame(id, &status)).await;
