@@ -157,6 +157,23 @@ async fn metadata_travels_both_ways_with_the_caller_name() {
 }
 
 #[tokio::test]
+async fn trace_context_follows_a_call_through_a_handler_to_the_next_service() {
+    let (front, _front_lab) = start_lab().await;
+    let (back, _back_lab) = start_lab().await;
+    let client = lab_client(&front, Codec::MsgPack).await;
+    let trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let seen = client
+        .relay_whoami(back.local_addr().to_string())
+        .metadata(rpc_core::TRACEPARENT, trace)
+        .metadata("tenant", "acme")
+        .await
+        .unwrap();
+    assert!(seen.contains(&(rpc_core::TRACEPARENT.into(), trace.into())), "{seen:?}");
+    assert!(seen.contains(&(rpc_core::CALLER.into(), "lab-relay".into())), "{seen:?}");
+    assert!(!seen.iter().any(|(k, _)| k == "tenant"), "other metadata is not forwarded: {seen:?}");
+}
+
+#[tokio::test]
 async fn reply_metadata_reaches_a_tower_layer_on_the_client() {
     use tower::ServiceExt;
     let (server, _lab) = start_lab().await;

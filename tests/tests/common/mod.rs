@@ -46,6 +46,8 @@ pub trait Lab {
     async fn remaining_ms(&self) -> Option<u64>;
     /// Calls `hang` on the server at `addr`, propagating this call's deadline and cancellation.
     async fn relay_hang(&self, addr: String, tag: String) -> String;
+    /// Calls `whoami` on the server at `addr` and returns what that server saw.
+    async fn relay_whoami(&self, addr: String) -> Vec<(String, String)>;
     /// Returns `n` bytes.
     async fn blob(&self, n: u32) -> Vec<u8>;
     /// Takes no arguments and returns nothing.
@@ -141,6 +143,11 @@ impl Lab for LabImpl {
             Ok(()) => "returned".into(),
             Err(status) => status.code().to_string(),
         }
+    }
+
+    async fn relay_whoami(&self, addr: String) -> Vec<(String, String)> {
+        let channel = rpc_core::Channel::builder(addr).caller("lab-relay").connect_lazy();
+        LabClient::new(channel).whoami().await.unwrap_or_default()
     }
 
     async fn blob(&self, n: u32) -> Vec<u8> {
