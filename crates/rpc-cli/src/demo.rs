@@ -160,6 +160,114 @@ pub(crate) async fn run() -> CliResult {
     say("demo", "shutting down gracefully");
     orders_server.shutdown(Duration::from_secs(1)).await?;
     inventory_server.shutdown(Duration::from_secs(1)).await?;
+    balanced().await?;
     say("demo", "done");
+    Ok(())
+}
+
+// Part two: one service calling three instances of another through a balancer, one of them
+// broken, with the circuit breaker routing around it.
+
+/// A price quoted by one product instance.
+#[rpc_core::message]
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Quote {
+    instance: String,
+    cents: u64,
+}
+
+/// Product prices, served by several instances.
+#[rpc_core::service]
+pub(crate) trait Products {
+    /// The price of `sku`.
+    #[idempotent]
+    async fn price(&self, sku: String) -> Quote;
+}
+
+/// Quotes for customers; asks `Products` through a balancer.
+#[rpc_core::service]
+pub(crate) trait Checkout {
+    /// Quotes `sku`, saying which product instance answered.
+    async fn quote(&self, sku: String) -> Result<Quote, String>;
+}
+
+struct ProductInstance {
+    name: String,
+    /// A broken instance hangs far past its callers' timeout.
+    broken: bool,
+}
+
+impl Products for ProductInstance {
+    async fn price(&self, _sku: String) -> Quote {
+        if self.broken {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+        Quote { instance: self.name.clone(), cents: 4_999 }
+    }
+}
+
+struct Counter {
+    products: ProductsClient<rpc_lb::LbChannel>,
+}
+
+impl Checkout for Counter {
+    async fn quote(&self, sku: String) -> Result<Quote, String> {
+        self.products.price(sku).await.map_err(|status| status.to_string())
+    }
+}
+
+async fn balanced() -> CliResult {
+    use rpc_lb::{BreakerConfig, BreakerState, LbChannel, RoundRobin, StaticList};
+
+    say("demo", "part two: checkout calls three product instances through a balancer");
+    let mut servers = Vec::new();
+    let mut names = HashMap::new();
+    for (name, broken) in [("product-a", false), ("product-b", false), ("product-c", true)] {
+        let instance = ProductInstance { name: name.into(), broken };
+        let server = Server::builder().add_service(ProductsServer::new(instance)).start("127.0.0.1:0").await?;
+        let state = if broken { " (broken: it hangs)" } else { "" };
+        say(name, format!("listening on {}{state}", server.local_addr()));
+        names.insert(server.local_addr().to_string(), name);
+        servers.push(server);
+    }
+    let addrs: Vec<String> = servers.iter().map(|s| s.local_addr().to_string()).collect();
+    // Round robin makes the broken instance's share visible; the default (P2C on load) would
+    // shy away from it even before its circuit opens.
+    let products = LbChannel::builder(StaticList::new(addrs))
+        .balancer(RoundRobin::new())
+        .channel(|e| Channel::builder(e.addr.clone()).caller("checkout").timeout(Duration::from_millis(100)))
+        .breaker(BreakerConfig { min_calls: 3, open_for: Duration::from_secs(30), ..BreakerConfig::default() })
+        .without_outlier()
+        .connect()
+        .await?;
+    let counter = Counter { products: ProductsClient::new(products.clone()) };
+    let checkout_server = Server::builder().add_service(CheckoutServer::new(counter)).start("127.0.0.1:0").await?;
+    say("checkout", format!("listening on {}; 100 ms timeout per product call", checkout_server.local_addr()));
+
+    let checkout = CheckoutClient::new(Channel::connect(checkout_server.local_addr().to_string()).await?);
+    let mut reported_open = false;
+    for i in 1..=15 {
+        let started = Instant::now();
+        match checkout.quote("keyboard".into()).await? {
+            Ok(quote) => say(
+                "client",
+                format!("quote #{i:<2} ← {} from {} in {:?}", quote.cents, quote.instance, started.elapsed()),
+            ),
+            Err(reason) => say("client", format!("quote #{i:<2} ← failed: {reason}")),
+        }
+        for endpoint in products.endpoints() {
+            if endpoint.breaker == Some(BreakerState::Open) && !reported_open {
+                reported_open = true;
+                let name = names.get(&endpoint.endpoint.addr).copied().unwrap_or("?");
+                say(
+                    "lb",
+                    format!("circuit of {name} is OPEN: calls now go around it, failing fast instead of waiting"),
+                );
+            }
+        }
+    }
+    for server in [checkout_server].into_iter().chain(servers) {
+        server.shutdown(Duration::from_millis(100)).await?;
+    }
     Ok(())
 }

@@ -34,6 +34,7 @@ mod bytestr;
 pub mod client;
 mod context;
 mod id_map;
+pub mod layer;
 mod metadata;
 pub mod server;
 mod status;

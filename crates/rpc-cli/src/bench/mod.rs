@@ -1,6 +1,7 @@
 //! `rpc bench ...`: benchmarks that measure a subject and its baseline in the same run and
 //! report ratios, since absolute figures on a shared machine mean little.
 
+mod lb;
 mod raft;
 mod raw;
 mod report;
@@ -13,6 +14,8 @@ use clap::Subcommand;
 pub(crate) enum BenchCommand {
     /// Unary calls over loopback between two processes, against a raw TCP echo.
     Rpc(rpc::RpcBenchArgs),
+    /// The full client stack (balancer, breakers, limiter, timeout) against a bare channel.
+    Lb(lb::LbBenchArgs),
     /// Raft throughput and failover time, 1, 3 and 5 nodes in one process.
     Raft(raft::RaftBenchArgs),
 }
@@ -20,6 +23,7 @@ pub(crate) enum BenchCommand {
 pub(crate) async fn run(what: BenchCommand) -> CliResult {
     match what {
         BenchCommand::Rpc(args) => rpc::run(args).await,
+        BenchCommand::Lb(args) => lb::run(args).await,
         BenchCommand::Raft(args) => raft::run_bench(args).await,
     }
 }

@@ -26,7 +26,7 @@ pub(crate) struct BenchRequest {
 }
 
 impl BenchRequest {
-    fn sample() -> BenchRequest {
+    pub(super) fn sample() -> BenchRequest {
         BenchRequest {
             id: 0x1234_5678_9abc,
             name: "bench-request-16".into(),
@@ -76,24 +76,24 @@ pub(crate) struct RpcBenchArgs {
 
 /// Results of the rounds of one subject.
 #[derive(Default)]
-struct Rounds {
+pub(super) struct Rounds {
     qps: Vec<f64>,
     latencies: Latencies,
 }
 
 impl Rounds {
-    fn add(&mut self, (qps, latencies): (f64, Latencies)) {
+    pub(super) fn add(&mut self, (qps, latencies): (f64, Latencies)) {
         self.qps.push(qps);
         self.latencies.merge(latencies);
     }
 
-    fn median_qps(&self) -> f64 {
+    pub(super) fn median_qps(&self) -> f64 {
         let mut qps = self.qps.clone();
         qps.sort_by(f64::total_cmp);
         qps.get(qps.len() / 2).copied().unwrap_or(0.0)
     }
 
-    fn row(mut self, scenario: &'static str, subject: &'static str, baseline_qps: f64) -> RpcRow {
+    pub(super) fn row(mut self, scenario: &'static str, subject: &'static str, baseline_qps: f64) -> RpcRow {
         let qps = self.median_qps();
         RpcRow {
             scenario,
@@ -174,7 +174,7 @@ pub(crate) async fn run(args: RpcBenchArgs) -> CliResult {
 /// Runs `per_client` concurrent callers on each client for `warmup + measured`, and returns calls
 /// per second and latencies of the calls started after the warm-up. A failed call is an error:
 /// a benchmark that counts failures as throughput measures nothing.
-async fn drive<C, F, Fut>(
+pub(super) async fn drive<C, F, Fut>(
     clients: Vec<C>,
     per_client: usize,
     warmup: Duration,
@@ -228,7 +228,7 @@ where
 }
 
 /// Starts `rpc __bench-server KIND` and reads the address it listens on.
-async fn spawn_server(kind: &str) -> Result<(Child, SocketAddr), Box<dyn std::error::Error + Send + Sync>> {
+pub(super) async fn spawn_server(kind: &str) -> Result<(Child, SocketAddr), Box<dyn std::error::Error + Send + Sync>> {
     let mut child = Command::new(std::env::current_exe()?)
         .args(["__bench-server", kind])
         .stdin(Stdio::piped())

@@ -1,0 +1,128 @@
+//! The core's resilience layers over real sockets: timeouts with deadline propagation, retries,
+//! rate and concurrency limits, and per-method circuit breaking.
+
+mod common;
+mod lb_support;
+
+use lb_support::{start_node, start_node_with, NodeClient};
+use rpc_core::{
+    layer::{ConcurrencyLimitLayer, RateLimitLayer, RetryLayer, RetryPolicy, TimeoutLayer},
+    Channel, Code,
+};
+use rpc_lb::{BreakerConfig, CircuitBreakerLayer};
+use std::{sync::atomic::Ordering, time::Duration};
+use tower::ServiceBuilder;
+
+#[tokio::test]
+async fn client_timeout_travels_to_the_server_and_cancels_the_handler() {
+    let (server, lab) = common::start_lab().await;
+    let mut events = lab.events.subscribe();
+    let channel = Channel::builder(server.local_addr().to_string()).connect().await.unwrap();
+    let client = common::LabClient::new(
+        ServiceBuilder::new().layer(TimeoutLayer::new(Duration::from_millis(300))).service(channel),
+    );
+    let remaining = client.remaining_ms().await.unwrap().expect("the server sees a deadline");
+    assert!(remaining <= 300 && remaining > 0, "{remaining}");
+    let status = client.hang("bounded".into()).await.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded);
+    common::expect_event(&mut events, "cancelled:bounded").await;
+}
+
+#[tokio::test]
+async fn server_timeout_bounds_a_slow_handler() {
+    let (server, _ctl) = start_node_with(0, TimeoutLayer::new(Duration::from_millis(50))).await;
+    let client = NodeClient::new(Channel::connect(server.local_addr().to_string()).await.unwrap());
+    assert_eq!(client.work(5_000).await.unwrap_err().code(), Code::DeadlineExceeded);
+    assert_eq!(client.work(0).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn retries_idempotent_calls_and_leaves_others_alone() {
+    let (server, ctl) = start_node(0).await;
+    let channel = Channel::connect(server.local_addr().to_string()).await.unwrap();
+    let policy = RetryPolicy { max_attempts: 3, ..RetryPolicy::default() };
+    let client = NodeClient::new(ServiceBuilder::new().layer(RetryLayer::new(policy)).service(channel));
+
+    ctl.fail_next.store(2, Ordering::SeqCst);
+    assert_eq!(client.id().await.unwrap(), 0, "idempotent: two failures retried away");
+    assert_eq!(ctl.seen.load(Ordering::SeqCst), 3);
+
+    ctl.fail_next.store(1, Ordering::SeqCst);
+    assert_eq!(client.work(0).await.unwrap_err().code(), Code::Unavailable, "not idempotent: not retried");
+    assert_eq!(ctl.seen.load(Ordering::SeqCst), 4);
+
+    ctl.fail_next.store(10, Ordering::SeqCst);
+    assert_eq!(client.id().await.unwrap_err().code(), Code::Unavailable, "gives up after 3 attempts");
+    assert_eq!(ctl.seen.load(Ordering::SeqCst), 7);
+}
+
+#[tokio::test]
+async fn calls_that_never_started_are_retried_even_when_not_idempotent() {
+    let (server, _ctl) = start_node(0).await;
+    let addr = server.local_addr().to_string();
+    server.shutdown(Duration::ZERO).await.unwrap();
+    let channel = Channel::builder(addr).connect_lazy();
+    let client = NodeClient::new(ServiceBuilder::new().layer(RetryLayer::default()).service(channel));
+    // Nothing listens: every attempt is refused before reaching a handler, so all three are made.
+    let status = client.work(0).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(status.not_started());
+}
+
+#[tokio::test]
+async fn rate_limit_per_caller_keeps_a_noisy_caller_from_starving_a_quiet_one() {
+    let (server, _ctl) = start_node_with(0, RateLimitLayer::per_second(5).burst(5).per_caller()).await;
+    let addr = server.local_addr().to_string();
+    let noisy = NodeClient::new(Channel::builder(addr.clone()).caller("noisy").connect().await.unwrap());
+    let quiet = NodeClient::new(Channel::builder(addr).caller("quiet").connect().await.unwrap());
+    let mut refused = 0;
+    for _ in 0..20 {
+        if let Err(status) = noisy.id().await {
+            assert_eq!(status.code(), Code::ResourceExhausted);
+            assert!(status.message().contains("noisy"), "{status}");
+            refused += 1;
+        }
+    }
+    assert!(refused >= 10, "{refused}");
+    assert_eq!(quiet.id().await.unwrap(), 0, "the quiet caller has its own limit");
+}
+
+#[tokio::test]
+async fn concurrency_limit_sheds_calls_beyond_running_plus_queued() {
+    let (server, ctl) = start_node_with(0, ConcurrencyLimitLayer::new(2).queue(2)).await;
+    let client = NodeClient::new(Channel::connect(server.local_addr().to_string()).await.unwrap());
+    let calls: Vec<_> = (0..10)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { client.work(100).await })
+        })
+        .collect();
+    let mut shed = 0;
+    for call in calls {
+        if let Err(status) = call.await.unwrap() {
+            assert_eq!(status.code(), Code::ResourceExhausted, "{status}");
+            shed += 1;
+        }
+    }
+    assert_eq!(shed, 6, "2 run, 2 wait, 6 are shed");
+    assert_eq!(ctl.served(), 4);
+}
+
+#[tokio::test]
+async fn method_breaker_on_a_client_fails_fast_once_open() {
+    let (server, ctl) = start_node(0).await;
+    ctl.fail_next.store(1000, Ordering::SeqCst);
+    let channel = Channel::connect(server.local_addr().to_string()).await.unwrap();
+    let config = BreakerConfig { min_calls: 5, open_for: Duration::from_secs(30), ..BreakerConfig::default() };
+    let client = NodeClient::new(ServiceBuilder::new().layer(CircuitBreakerLayer::new(config)).service(channel));
+    for _ in 0..5 {
+        assert!(!client.id().await.unwrap_err().not_started(), "reached the server");
+    }
+    let status = client.id().await.unwrap_err();
+    assert!(status.not_started() && status.message().contains("circuit open"), "{status}");
+    assert_eq!(ctl.seen.load(Ordering::SeqCst), 5, "the open circuit kept the call local");
+    assert!(
+        client.work(0).await.unwrap_err().message().contains("failed on purpose"),
+        "other methods have their own breaker"
+    );
+}
