@@ -3,6 +3,7 @@
 mod bench;
 mod call;
 mod demo;
+mod idl;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -25,6 +26,8 @@ enum Command {
     },
     /// Call a method with JSON arguments and print the JSON result.
     Call(call::CallArgs),
+    /// Print an example service's schema as .proto or .thrift.
+    Idl(idl::IdlArgs),
     /// Serve the benchmark service in this process (started by `rpc bench`).
     #[command(hide = true, name = "__bench-server")]
     BenchServer {
@@ -52,6 +55,7 @@ fn main() -> ExitCode {
             Command::Demo => demo::run().await,
             Command::Bench { what } => bench::run(what).await,
             Command::Call(args) => call::run(args).await,
+            Command::Idl(args) => idl::run(args),
             Command::BenchServer { kind } => bench::rpc::serve_child(&kind).await,
         }
     });

@@ -12,6 +12,8 @@ pub enum CodecErrorKind {
     Decode,
     /// A codec id or name is not known to this build.
     UnknownCodec,
+    /// The codec needs a schema (Protobuf, Thrift) and the value has none (`serde_json::Value`).
+    NoSchema,
 }
 
 /// A typed codec failure with a message that says what was wrong.
@@ -49,6 +51,7 @@ impl std::fmt::Display for CodecError {
         let action = match self.kind {
             CodecErrorKind::Encode => "encode",
             CodecErrorKind::Decode => "decode",
+            CodecErrorKind::NoSchema => "encode",
             CodecErrorKind::UnknownCodec => return f.write_str(&self.message),
         };
         match self.codec {

@@ -1,5 +1,6 @@
 //! `#[service]`: from a trait to a client stub, a server dispatcher and a method table.
 
+use crate::message::doc_string;
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote, ToTokens};
 use syn::{Attribute, FnArg, Ident, ItemTrait, LitStr, Pat, ReturnType, TraitItem, TraitItemFn, Type};
@@ -204,22 +205,6 @@ fn check_owned(ty: &Type, what: &str) -> syn::Result<()> {
     }
 }
 
-fn doc_string(attrs: &[Attribute]) -> String {
-    let lines: Vec<String> = attrs
-        .iter()
-        .filter(|a| a.path().is_ident("doc"))
-        .filter_map(|a| match &a.meta {
-            syn::Meta::NameValue(nv) => match &nv.value {
-                syn::Expr::Lit(syn::ExprLit { lit: syn::Lit::Str(s), .. }) => Some(s.value()),
-                _ => None,
-            },
-            _ => None,
-        })
-        .map(|line| line.strip_prefix(' ').unwrap_or(&line).to_owned())
-        .collect();
-    lines.join("\n").trim().to_owned()
-}
-
 /// A type as source text without the token spacing `quote` adds (`Result<T, E>`).
 fn type_text(ty: &Type) -> String {
     let raw = ty.to_token_stream().to_string();
@@ -275,11 +260,11 @@ fn generate(item: &ItemTrait, name: &str, methods: &[Method]) -> TokenStream {
     let arg_structs = methods.iter().map(|m| {
         let s = args_struct(m);
         let fields = m.args.iter().map(|(a, t)| quote!(#a: #t));
+        // Apache Thrift's `method_args`: the arguments are fields 1..n.
         quote! {
             #[doc(hidden)]
             #[allow(non_camel_case_types)]
-            #[derive(#private::serde::Serialize, #private::serde::Deserialize)]
-            #[serde(crate = "::rpc_core::__private::serde")]
+            #[::rpc_core::message]
             struct #s { #(#fields),* }
         }
     });
@@ -301,6 +286,26 @@ fn generate(item: &ItemTrait, name: &str, methods: &[Method]) -> TokenStream {
                 returns: #returns,
                 oneway: #oneway,
                 idempotent: #idempotent,
+            }
+        }
+    });
+
+    let idl_methods = methods.iter().map(|m| {
+        let method_name = m.ident.to_string();
+        let doc = &m.doc;
+        let oneway = m.oneway;
+        let output = &m.output;
+        let args = m.args.iter().map(|(a, t)| {
+            let a = a.to_string();
+            quote!((::std::string::String::from(#a), <#t as #private::schema::Schema>::idl(idl)))
+        });
+        quote! {
+            #private::schema::MethodDef {
+                name: ::std::string::String::from(#method_name),
+                doc: ::std::string::String::from(#doc),
+                args: ::std::vec![#(#args),*],
+                returns: <#output as #private::schema::Schema>::idl(idl),
+                oneway: #oneway,
             }
         }
     });
@@ -360,10 +365,17 @@ fn generate(item: &ItemTrait, name: &str, methods: &[Method]) -> TokenStream {
 
         #[doc(hidden)]
         #[allow(non_upper_case_globals)]
-        const #info: #private::ServiceInfo = #private::ServiceInfo {
-            name: #name,
-            doc: #service_doc,
-            methods: &[#(#method_infos),*],
+        const #info: #private::ServiceInfo = {
+            fn describe(idl: &mut #private::schema::Idl) {
+                let methods = ::std::vec![#(#idl_methods),*];
+                idl.add_service(#name, #service_doc, methods);
+            }
+            #private::ServiceInfo {
+                name: #name,
+                doc: #service_doc,
+                methods: &[#(#method_infos),*],
+                describe,
+            }
         };
 
         #[doc = #client_doc]

@@ -1,6 +1,7 @@
 //! `rpc bench ...`: benchmarks that measure a subject and its baseline in the same run and
 //! report ratios, since absolute figures on a shared machine mean little.
 
+mod codecs;
 mod lb;
 mod raft;
 mod raw;
@@ -14,16 +15,19 @@ use clap::Subcommand;
 pub(crate) enum BenchCommand {
     /// Unary calls over loopback between two processes, against a raw TCP echo.
     Rpc(rpc::RpcBenchArgs),
-    /// The full client stack (balancer, breakers, limiter, timeout) against a bare channel.
-    Lb(lb::LbBenchArgs),
+    /// Encode and decode time and size of every codec, against the libraries called directly.
+    Codecs(codecs::CodecBenchArgs),
     /// Raft throughput and failover time, 1, 3 and 5 nodes in one process.
     Raft(raft::RaftBenchArgs),
+    /// The full client stack (balancer, breakers, limiter, timeout) against a bare channel.
+    Lb(lb::LbBenchArgs),
 }
 
 pub(crate) async fn run(what: BenchCommand) -> CliResult {
     match what {
         BenchCommand::Rpc(args) => rpc::run(args).await,
         BenchCommand::Lb(args) => lb::run(args).await,
+        BenchCommand::Codecs(args) => codecs::run(args).await,
         BenchCommand::Raft(args) => raft::run_bench(args).await,
     }
 }

@@ -1,9 +1,9 @@
 //! The typed call a generated client method returns.
 
 use super::{Request, Response};
-use crate::Status;
+use crate::{Message, Status};
 use pin_project_lite::pin_project;
-use serde::de::{DeserializeOwned, IntoDeserializer};
+use serde::de::IntoDeserializer;
 use std::{
     future::{Future, IntoFuture},
     marker::PhantomData,
@@ -52,7 +52,7 @@ impl<S, T> Call<S, T> {
 impl<S, T> IntoFuture for Call<S, T>
 where
     S: Service<Request, Response = Response, Error = Status>,
-    T: DeserializeOwned,
+    T: Message,
 {
     type Output = Result<T, Status>;
     type IntoFuture = CallFuture<S, T>;
@@ -81,7 +81,7 @@ pin_project! {
 impl<S, T> Future for CallFuture<S, T>
 where
     S: Service<Request, Response = Response, Error = Status>,
-    T: DeserializeOwned,
+    T: Message,
 {
     type Output = Result<T, Status>;
 
@@ -94,7 +94,7 @@ where
                 Status::internal(format!("one-way method must return (): {e}"))
             }));
         }
-        Poll::Ready(response.codec.decode(&response.body).map_err(|e| {
+        Poll::Ready(response.codec.decode_reply(&response.body).map_err(|e| {
             Status::internal(format!(
                 "the reply could not be decoded as {}: {e}; client and server may disagree on the method's type",
                 std::any::type_name::<T>()

@@ -11,7 +11,9 @@ mod channel;
 mod connection;
 mod pending;
 mod request;
+mod thrift;
 
 pub use call::{Call, CallFuture};
 pub use channel::{Channel, ChannelBuilder, ChannelFuture};
 pub use request::{Body, CallOptions, Request, Response};
+pub use thrift::ThriftChannel;

@@ -138,9 +138,17 @@ pub(crate) async fn serve<S>(
         .await;
     } else {
         match tokio::time::timeout(config.handshake_timeout, reader.preface()).await {
-            Ok(Ok(preface)) => match check_preface(&preface) {
-                Ok(()) => conn.run(&mut reader, &config, &mut shutdown).await,
-                Err(e) => conn.go_away(Code::Protocol, e.to_string()).await,
+            Ok(Ok(preface)) => match (check_preface(&preface), crate::transport::thrift::detect(&preface)) {
+                (Ok(()), _) => conn.run(&mut reader, &config, &mut shutdown).await,
+                // Not our preface but an Apache Thrift frame: serve it in Thrift.
+                (Err(_), Some(thrift)) => {
+                    let (read, rest) = reader.into_parts();
+                    let mut buffered = bytes::BytesMut::from(&preface[..]);
+                    buffered.extend_from_slice(&rest);
+                    let (service, writer) = (conn.service.clone(), &mut conn.writer);
+                    super::thrift::serve(read, buffered, writer, service, peer, thrift, &config, &mut shutdown).await
+                }
+                (Err(e), None) => conn.go_away(Code::Protocol, e.to_string()).await,
             },
             Ok(Err(e)) => tracing::debug!(%peer, error = %e, "connection closed before its preface"),
             Err(_) => conn.go_away(Code::Protocol, "no connection preface within the handshake timeout".into()).await,

@@ -2,7 +2,7 @@
 
 use crate::{ByteStr, Codec, Metadata, Status};
 use bytes::{Bytes, BytesMut};
-use serde::{de::DeserializeOwned, Serialize};
+use rpc_codecs::{Idl, Message};
 use std::{future::Future, net::SocketAddr, pin::Pin};
 use tokio::time::Instant;
 
@@ -27,7 +27,7 @@ pub struct ServerRequest {
 
 impl ServerRequest {
     /// Decodes the arguments, mapping failure to `InvalidArgument`.
-    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, Status> {
+    pub fn decode<T: Message>(&self) -> Result<T, Status> {
         self.codec.decode(&self.body).map_err(|e| {
             Status::invalid_argument(format!(
                 "arguments of {}.{} could not be decoded: {e}; check that client and server agree on the method",
@@ -37,11 +37,11 @@ impl ServerRequest {
     }
 
     /// Encodes `value` as the reply, in the request's codec.
-    pub fn reply<T: Serialize + ?Sized>(&self, value: &T) -> Result<ServerResponse, Status> {
+    pub fn reply<T: Message>(&self, value: &T) -> Result<ServerResponse, Status> {
         // Replies are usually about the size of requests; start there to avoid regrowing.
         let mut buf = BytesMut::with_capacity(self.body.len().max(64));
         self.codec
-            .encode(value, &mut buf)
+            .encode_reply(value, &mut buf)
             .map_err(|e| Status::internal(format!("reply of {}.{}: {e}", self.service, self.method)))?;
         Ok(ServerResponse { body: buf.freeze(), metadata: Metadata::new() })
     }
@@ -82,9 +82,19 @@ pub struct ServiceInfo {
     pub doc: &'static str,
     /// The methods, in declaration order.
     pub methods: &'static [MethodInfo],
+    /// Adds the service and the types it uses to a schema (see [`ServiceInfo::idl`]).
+    pub describe: fn(&mut Idl),
 }
 
 impl ServiceInfo {
+    /// The service's schema, to print as `.proto` or `.thrift` for stock peers; the package is
+    /// the service name in lower case.
+    pub fn idl(&self) -> Idl {
+        let mut idl = Idl::new(&self.name.to_lowercase());
+        (self.describe)(&mut idl);
+        idl
+    }
+
     /// The method called `name`.
     pub fn method(&self, name: &str) -> Option<&'static MethodInfo> {
         self.methods.iter().find(|m| m.name == name)

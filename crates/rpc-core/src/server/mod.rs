@@ -10,6 +10,7 @@ mod catch_unwind;
 mod connection;
 mod dispatch;
 mod router;
+mod thrift;
 
 pub use builder::{RunningServer, Server, ServerBuilder};
 pub use dispatch::{Dispatch, MethodInfo, ServerRequest, ServerResponse, ServiceInfo};

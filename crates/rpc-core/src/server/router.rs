@@ -47,7 +47,13 @@ impl tower::Service<ServerRequest> for Router {
 
     fn call(&mut self, request: ServerRequest) -> Self::Future {
         // A handful of services per listener: a scan beats hashing.
-        match self.services.iter().find(|s| s.info().name.as_bytes() == request.service.as_bytes()) {
+        // An empty service name (a plain Apache Thrift client) means the service with the method.
+        let by_method = request.service.is_empty();
+        let found = self.services.iter().find(|s| {
+            s.info().name.as_bytes() == request.service.as_bytes()
+                || (by_method && s.info().method(request.method.as_str()).is_some())
+        });
+        match found {
             Some(service) => service.dispatch(request),
             None => {
                 let status = Status::unimplemented(format!(

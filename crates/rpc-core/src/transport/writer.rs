@@ -136,6 +136,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         self.codec.decode(&mut self.buf)
     }
 
+    /// The socket and the bytes read from it but not yet decoded, to hand the connection to
+    /// another protocol (Apache Thrift).
+    pub(crate) fn into_parts(self) -> (R, BytesMut) {
+        (self.io, self.buf)
+    }
+
     /// The connection's first eight bytes.
     pub(crate) async fn preface(&mut self) -> Result<[u8; 8], FrameError> {
         while self.buf.len() < 8 {

@@ -1,0 +1,243 @@
+//! `rpc bench codecs`: encode time, decode time and size of every codec on datasets that
+//! resemble real traffic, next to the underlying library called directly, so the table shows
+//! what our codec layer costs on top of it.
+
+#[path = "../../../rpc-codecs/benches/datasets/mod.rs"]
+mod datasets;
+
+use super::report::quantile;
+use crate::CliResult;
+use bytes::{BufMut, BytesMut};
+use clap::Args;
+use rpc_core::__private::schema::Schema;
+use rpc_core::{Codec, Message};
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+use thrift::protocol::{TBinaryInputProtocol, TBinaryOutputProtocol, TCompactInputProtocol, TCompactOutputProtocol};
+
+#[derive(Args)]
+pub(crate) struct CodecBenchArgs {
+    /// Print one JSON object per codec and dataset instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Write a bar chart of encode and decode times to this SVG file.
+    #[arg(long)]
+    svg: Option<std::path::PathBuf>,
+    /// Milliseconds measured per codec, dataset, operation and round.
+    #[arg(long, default_value_t = 100)]
+    millis: u64,
+    /// Rounds; ours and the direct call alternate in each and the median round is reported.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+}
+
+/// One line of the report.
+#[derive(serde::Serialize)]
+struct Row {
+    dataset: &'static str,
+    codec: &'static str,
+    bytes: usize,
+    encode_ns: f64,
+    decode_ns: f64,
+    direct_encode_ns: f64,
+    direct_decode_ns: f64,
+    direct: &'static str,
+}
+
+/// Median nanoseconds per call of `f` over `rounds` rounds of about `budget` each.
+fn time(rounds: usize, budget: Duration, mut f: impl FnMut()) -> Vec<f64> {
+    // Calibrate: how many calls fit in a tenth of the budget.
+    let start = Instant::now();
+    let mut calibration = 0u64;
+    while start.elapsed() < budget / 10 {
+        f();
+        calibration += 1;
+    }
+    let iterations = (calibration * 10).max(1);
+    (0..rounds)
+        .map(|_| {
+            let start = Instant::now();
+            for _ in 0..iterations {
+                f();
+            }
+            start.elapsed().as_nanos() as f64 / iterations as f64
+        })
+        .collect()
+}
+
+/// Ours and the direct call, alternated round by round; the median of each.
+fn compare(rounds: usize, budget: Duration, mut ours: impl FnMut(), mut direct: impl FnMut()) -> (f64, f64) {
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        a.extend(time(1, budget, &mut ours));
+        b.extend(time(1, budget, &mut direct));
+    }
+    (quantile(&mut a, 0.5), quantile(&mut b, 0.5))
+}
+
+/// The direct calls of one dataset: prost on the hand-derived struct, serde_json, rmp-serde and
+/// the thrift crate's protocols driven by the generated code without our `Codec` layer.
+fn bench_dataset<T: Message + Schema, P: prost::Message + Default>(
+    name: &'static str,
+    value: &T,
+    prost_value: &P,
+    args: &CodecBenchArgs,
+    rows: &mut Vec<Row>,
+) -> CliResult {
+    let budget = Duration::from_millis(args.millis);
+    for &codec in Codec::ALL {
+        let mut buf = BytesMut::new();
+        codec.encode(value, &mut buf)?;
+        let encoded = buf.clone().freeze();
+        let mut direct_buf = BytesMut::new();
+        let (encode_ns, direct_encode_ns) = compare(
+            args.rounds,
+            budget,
+            || {
+                buf.clear();
+                codec.encode(black_box(value), &mut buf).expect("encodes");
+            },
+            || {
+                direct_buf.clear();
+                direct_encode(codec, value, prost_value, &mut direct_buf);
+            },
+        );
+        let (decode_ns, direct_decode_ns) = compare(
+            args.rounds,
+            budget,
+            || {
+                black_box(codec.decode::<T>(black_box(&encoded)).expect("decodes"));
+            },
+            || direct_decode::<T, P>(codec, &encoded),
+        );
+        let direct = match codec {
+            Codec::Protobuf => "prost (derived)",
+            Codec::Json => "serde_json",
+            Codec::MsgPack => "rmp-serde",
+            _ => "thrift protocol",
+        };
+        rows.push(Row {
+            dataset: name,
+            codec: codec.name(),
+            bytes: encoded.len(),
+            encode_ns,
+            decode_ns,
+            direct_encode_ns,
+            direct_decode_ns,
+            direct,
+        });
+    }
+    Ok(())
+}
+
+fn direct_encode<T: Message + Schema, P: prost::Message>(codec: Codec, value: &T, prost_value: &P, buf: &mut BytesMut) {
+    let done = match codec {
+        Codec::Protobuf => prost_value.encode(buf).map_err(|e| e.to_string()),
+        Codec::Json => serde_json::to_writer(buf.writer(), value).map_err(|e| e.to_string()),
+        Codec::MsgPack => rmp_serde::encode::write_named(&mut buf.writer(), value).map_err(|e| e.to_string()),
+        Codec::ThriftCompact => {
+            value.thrift_write_message(&mut TCompactOutputProtocol::new(buf.writer())).map_err(|e| e.to_string())
+        }
+        _ => value.thrift_write_message(&mut TBinaryOutputProtocol::new(buf.writer(), true)).map_err(|e| e.to_string()),
+    };
+    done.expect("direct encode");
+}
+
+fn direct_decode<T: Message + Schema, P: prost::Message + Default>(codec: Codec, bytes: &[u8]) {
+    match codec {
+        Codec::Protobuf => drop(black_box(P::decode(bytes).expect("prost decodes"))),
+        Codec::Json => drop(black_box(serde_json::from_slice::<T>(bytes).expect("serde_json decodes"))),
+        Codec::MsgPack => drop(black_box(rmp_serde::from_slice::<T>(bytes).expect("rmp-serde decodes"))),
+        Codec::ThriftCompact => {
+            drop(black_box(T::thrift_read_message(&mut TCompactInputProtocol::new(bytes), 0).expect("decodes")))
+        }
+        _ => drop(black_box(T::thrift_read_message(&mut TBinaryInputProtocol::new(bytes, true), 0).expect("decodes"))),
+    }
+}
+
+pub(crate) async fn run(args: CodecBenchArgs) -> CliResult {
+    let mut rows = Vec::new();
+    let (s, p) = datasets::small();
+    bench_dataset("small", &s, &p, &args, &mut rows)?;
+    let (s, p) = datasets::logs();
+    bench_dataset("logs", &s, &p, &args, &mut rows)?;
+    let (s, p) = datasets::mesh();
+    bench_dataset("mesh", &s, &p, &args, &mut rows)?;
+    let (s, p) = datasets::tree();
+    bench_dataset("tree", &s, &p, &args, &mut rows)?;
+    print_rows(&rows, args.json);
+    if let Some(path) = &args.svg {
+        std::fs::write(path, svg(&rows)).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn print_rows(rows: &[Row], json: bool) {
+    if json {
+        for row in rows {
+            println!("{}", serde_json::to_string(row).unwrap_or_default());
+        }
+        return;
+    }
+    println!(
+        "{:<6} {:<15} {:>8} {:>11} {:>11} {:>9} {:>9}  direct",
+        "data", "codec", "bytes", "encode µs", "decode µs", "enc/dir", "dec/dir"
+    );
+    for r in rows {
+        println!(
+            "{:<6} {:<15} {:>8} {:>11.2} {:>11.2} {:>9.2} {:>9.2}  {}",
+            r.dataset,
+            r.codec,
+            r.bytes,
+            r.encode_ns / 1e3,
+            r.decode_ns / 1e3,
+            r.encode_ns / r.direct_encode_ns,
+            r.decode_ns / r.direct_decode_ns,
+            r.direct
+        );
+    }
+}
+
+/// Horizontal bars of encode and decode time, one group per dataset, each scaled to its slowest.
+fn svg(rows: &[Row]) -> String {
+    const BAR: f64 = 12.0;
+    const LABEL: f64 = 190.0;
+    const WIDTH: f64 = 420.0;
+    let mut out = String::new();
+    let mut y = 30.0;
+    let mut body = String::new();
+    let mut datasets: Vec<&str> = rows.iter().map(|r| r.dataset).collect();
+    datasets.dedup();
+    for dataset in datasets {
+        let group: Vec<&Row> = rows.iter().filter(|r| r.dataset == dataset).collect();
+        let max = group.iter().map(|r| r.encode_ns.max(r.decode_ns)).fold(1.0, f64::max);
+        body.push_str(&format!(
+            "<text x=\"10\" y=\"{y}\" font-weight=\"bold\">{dataset} (µs, bar scaled to the slowest)</text>\n"
+        ));
+        y += 8.0;
+        for r in group {
+            for (what, ns, color) in [("encode", r.encode_ns, "#4e79a7"), ("decode", r.decode_ns, "#f28e2b")] {
+                let w = ns / max * WIDTH;
+                body.push_str(&format!(
+                    "<text x=\"10\" y=\"{:.0}\">{} {what}</text><rect x=\"{LABEL}\" y=\"{:.0}\" width=\"{w:.1}\" height=\"{}\" fill=\"{color}\"/><text x=\"{:.1}\" y=\"{:.0}\">{:.2}</text>\n",
+                    y + BAR - 2.0,
+                    r.codec,
+                    y,
+                    BAR - 2.0,
+                    LABEL + w + 4.0,
+                    y + BAR - 2.0,
+                    ns / 1e3
+                ));
+                y += BAR;
+            }
+        }
+        y += 24.0;
+    }
+    out.push_str(&format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{y:.0}\" font-family=\"sans-serif\" font-size=\"10\">\n",
+        LABEL + WIDTH + 60.0
+    ));
+    out.push_str(&body);
+    out.push_str("</svg>\n");
+    out
+}

@@ -1,0 +1,330 @@
+//! Schema text: `.proto` (proto3) and `.thrift` emitted from [`Schema`](crate::schema::Schema)
+//! types and `#[service]` traits, so stock protobuf and Thrift peers can be generated from them.
+
+use std::collections::HashSet;
+use std::fmt::Write;
+
+/// How a field's type is spelled in each IDL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TypeRef {
+    proto: String,
+    thrift: String,
+    shape: Shape,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Shape {
+    Plain,
+    Unit,
+    Result(Box<TypeRef>, Box<TypeRef>),
+}
+
+impl TypeRef {
+    /// A built-in type: its protobuf and Thrift names.
+    pub fn scalar(proto: &str, thrift: &str) -> TypeRef {
+        TypeRef { proto: proto.to_owned(), thrift: thrift.to_owned(), shape: Shape::Plain }
+    }
+
+    /// A message, enum or union defined in the same file.
+    pub fn named(name: &str) -> TypeRef {
+        TypeRef::scalar(name, name)
+    }
+
+    /// A list of `inner`.
+    pub fn list(inner: TypeRef) -> TypeRef {
+        TypeRef::plain(format!("repeated {}", inner.proto), format!("list<{}>", inner.thrift))
+    }
+
+    /// An optional `inner`.
+    pub fn optional(inner: TypeRef) -> TypeRef {
+        TypeRef::plain(format!("optional {}", inner.proto), format!("optional {}", inner.thrift))
+    }
+
+    /// A map from `key` to `value`.
+    pub fn map(key: TypeRef, value: TypeRef) -> TypeRef {
+        TypeRef::plain(format!("map<{}, {}>", key.proto, value.proto), format!("map<{}, {}>", key.thrift, value.thrift))
+    }
+
+    /// `()`: no field in protobuf, `void` as a Thrift result.
+    pub fn unit() -> TypeRef {
+        TypeRef { proto: String::new(), thrift: "void".to_owned(), shape: Shape::Unit }
+    }
+
+    /// `Result<T, E>`: a method result with a declared error.
+    pub fn result(ok: TypeRef, err: TypeRef) -> TypeRef {
+        TypeRef { proto: String::new(), thrift: String::new(), shape: Shape::Result(Box::new(ok), Box::new(err)) }
+    }
+
+    fn plain(proto: String, thrift: String) -> TypeRef {
+        TypeRef { proto, thrift, shape: Shape::Plain }
+    }
+}
+
+/// One field of a message: its name, number and type.
+#[derive(Clone, Debug)]
+pub struct FieldDef {
+    /// The field's name.
+    pub name: String,
+    /// The protobuf field number and Thrift field id.
+    pub tag: u32,
+    /// The field's type.
+    pub ty: TypeRef,
+}
+
+impl FieldDef {
+    /// A field.
+    pub fn new(name: &str, tag: u32, ty: TypeRef) -> FieldDef {
+        FieldDef { name: name.to_owned(), tag, ty }
+    }
+}
+
+/// One method of a service.
+#[derive(Clone, Debug)]
+pub struct MethodDef {
+    /// The method's name.
+    pub name: String,
+    /// Its doc comment.
+    pub doc: String,
+    /// Arguments, numbered from 1.
+    pub args: Vec<(String, TypeRef)>,
+    /// The return type, `Result<T, E>` for a declared error.
+    pub returns: TypeRef,
+    /// The method gets no reply.
+    pub oneway: bool,
+}
+
+#[derive(Clone, Debug)]
+enum Kind {
+    Struct(Vec<FieldDef>),
+    Union(Vec<FieldDef>),
+    Enum(Vec<(String, i32)>),
+}
+
+#[derive(Clone, Debug)]
+struct Def {
+    name: String,
+    doc: String,
+    kind: Kind,
+}
+
+/// A schema being collected: messages, enums and services, in dependency order.
+#[derive(Clone, Debug)]
+pub struct Idl {
+    package: String,
+    defs: Vec<Def>,
+    seen: HashSet<String>,
+    exceptions: HashSet<String>,
+    services: Vec<(String, String, Vec<MethodDef>)>,
+}
+
+impl Idl {
+    /// An empty schema in `package` (protobuf package and Thrift namespace).
+    pub fn new(package: &str) -> Idl {
+        Idl {
+            package: package.to_owned(),
+            defs: Vec::new(),
+            seen: HashSet::new(),
+            exceptions: HashSet::new(),
+            services: Vec::new(),
+        }
+    }
+
+    /// Adds `T` and every type it uses; returns how fields name it.
+    pub fn add<T: crate::schema::Schema>(&mut self) -> TypeRef {
+        T::idl(self)
+    }
+
+    /// Whether `name` still needs a definition; marks it as defined, so recursion stops.
+    pub fn begin(&mut self, name: &str) -> bool {
+        self.seen.insert(name.to_owned())
+    }
+
+    /// Defines a message (protobuf) / struct (Thrift).
+    pub fn define_struct(&mut self, name: &str, doc: &str, fields: Vec<FieldDef>) {
+        self.push(name, doc, Kind::Struct(fields));
+    }
+
+    /// Defines a message with a `oneof` (protobuf) / union (Thrift).
+    pub fn define_union(&mut self, name: &str, doc: &str, fields: Vec<FieldDef>) {
+        self.push(name, doc, Kind::Union(fields));
+    }
+
+    /// Defines a message for a tuple, named after its fields' types (`Tuple_string_int64`).
+    pub fn define_tuple(&mut self, fields: Vec<FieldDef>) -> TypeRef {
+        let parts: Vec<String> = fields.iter().map(|f| ident_part(&f.ty.proto)).collect();
+        let name = format!("Tuple_{}", parts.join("_"));
+        if self.begin(&name) {
+            self.define_struct(&name, "", fields);
+        }
+        TypeRef::named(&name)
+    }
+
+    /// Defines an enum.
+    pub fn define_enum(&mut self, name: &str, doc: &str, values: Vec<(&str, i32)>) {
+        self.push(name, doc, Kind::Enum(values.into_iter().map(|(n, v)| (n.to_owned(), v)).collect()));
+    }
+
+    /// Adds a service; its arguments and results must already be added with [`Idl::add`].
+    pub fn add_service(&mut self, name: &str, doc: &str, methods: Vec<MethodDef>) {
+        for method in &methods {
+            if let Shape::Result(_, err) = &method.returns.shape {
+                self.exceptions.insert(err.thrift.clone());
+            }
+        }
+        self.services.push((name.to_owned(), doc.to_owned(), methods));
+    }
+
+    fn push(&mut self, name: &str, doc: &str, kind: Kind) {
+        self.defs.push(Def { name: name.to_owned(), doc: doc.to_owned(), kind });
+    }
+
+    /// The schema as a proto3 `.proto` file.
+    pub fn to_proto(&self) -> String {
+        let mut out = format!("syntax = \"proto3\";\n\npackage {};\n", self.package);
+        for def in &self.defs {
+            out.push('\n');
+            comment(&mut out, "//", &def.doc, "");
+            match &def.kind {
+                Kind::Struct(fields) => proto_message(&mut out, &def.name, fields),
+                Kind::Union(fields) => {
+                    let _ = writeln!(out, "message {} {{\n  oneof value {{", def.name);
+                    for f in fields {
+                        let _ = writeln!(out, "    {} {} = {};", f.ty.proto, f.name, f.tag);
+                    }
+                    out.push_str("  }\n}\n");
+                }
+                Kind::Enum(values) => {
+                    let prefix = screaming(&def.name);
+                    let _ = writeln!(out, "enum {} {{", def.name);
+                    if !values.iter().any(|(_, v)| *v == 0) {
+                        let _ = writeln!(out, "  {prefix}_UNSPECIFIED = 0;");
+                    }
+                    for (name, value) in values {
+                        let _ = writeln!(out, "  {prefix}_{} = {value};", screaming(name));
+                    }
+                    out.push_str("}\n");
+                }
+            }
+        }
+        for (service, doc, methods) in &self.services {
+            for m in methods {
+                let args: Vec<FieldDef> =
+                    m.args.iter().enumerate().map(|(i, (n, t))| FieldDef::new(n, i as u32 + 1, t.clone())).collect();
+                out.push('\n');
+                proto_message(&mut out, &format!("{}_args", m.name), &args);
+                out.push('\n');
+                let fields = match &m.returns.shape {
+                    Shape::Unit => vec![],
+                    Shape::Plain => vec![FieldDef::new("success", 1, m.returns.clone())],
+                    Shape::Result(ok, err) => {
+                        let mut fields = vec![];
+                        if ok.shape != Shape::Unit {
+                            fields.push(FieldDef::new("success", 1, (**ok).clone()));
+                        }
+                        fields.push(FieldDef::new("error", 2, (**err).clone()));
+                        fields
+                    }
+                };
+                proto_message(&mut out, &format!("{}_result", m.name), &fields);
+            }
+            out.push('\n');
+            comment(&mut out, "//", doc, "");
+            let _ = writeln!(out, "service {service} {{");
+            for m in methods {
+                comment(&mut out, "//", &m.doc, "  ");
+                let _ = writeln!(out, "  rpc {0}({0}_args) returns ({0}_result);", m.name);
+            }
+            out.push_str("}\n");
+        }
+        out
+    }
+
+    /// The schema as a `.thrift` file.
+    pub fn to_thrift(&self) -> String {
+        let mut out = format!("namespace py {0}\nnamespace rs {0}\n", self.package);
+        for def in &self.defs {
+            out.push('\n');
+            comment(&mut out, "//", &def.doc, "");
+            match &def.kind {
+                Kind::Struct(fields) | Kind::Union(fields) => {
+                    let keyword = match (&def.kind, self.exceptions.contains(&def.name)) {
+                        (Kind::Union(_), _) => "union",
+                        (_, true) => "exception",
+                        _ => "struct",
+                    };
+                    let _ = writeln!(out, "{keyword} {} {{", def.name);
+                    for f in fields.iter().filter(|f| f.ty.shape != Shape::Unit) {
+                        let _ = writeln!(out, "  {}: {} {};", f.tag, f.ty.thrift, f.name);
+                    }
+                    out.push_str("}\n");
+                }
+                Kind::Enum(values) => {
+                    let _ = writeln!(out, "enum {} {{", def.name);
+                    for (name, value) in values {
+                        let _ = writeln!(out, "  {name} = {value},");
+                    }
+                    out.push_str("}\n");
+                }
+            }
+        }
+        for (service, doc, methods) in &self.services {
+            out.push('\n');
+            comment(&mut out, "//", doc, "");
+            let _ = writeln!(out, "service {service} {{");
+            for m in methods {
+                comment(&mut out, "//", &m.doc, "  ");
+                let args: Vec<String> =
+                    m.args.iter().enumerate().map(|(i, (n, t))| format!("{}: {} {n}", i + 1, t.thrift)).collect();
+                let (returns, throws) = match &m.returns.shape {
+                    Shape::Result(ok, err) => (ok.thrift.as_str(), format!(" throws (1: {} error)", err.thrift)),
+                    _ => (m.returns.thrift.as_str(), String::new()),
+                };
+                // A Thrift result cannot be optional; its absence already means "no value".
+                let returns = returns.strip_prefix("optional ").unwrap_or(returns);
+                let oneway = if m.oneway { "oneway " } else { "" };
+                let _ = writeln!(out, "  {oneway}{returns} {}({}){throws},", m.name, args.join(", "));
+            }
+            out.push_str("}\n");
+        }
+        out
+    }
+}
+
+fn proto_message(out: &mut String, name: &str, fields: &[FieldDef]) {
+    let _ = writeln!(out, "message {name} {{");
+    for f in fields.iter().filter(|f| f.ty.shape != Shape::Unit) {
+        let _ = writeln!(out, "  {} {} = {};", f.ty.proto, f.name, f.tag);
+    }
+    out.push_str("}\n");
+}
+
+fn comment(out: &mut String, marker: &str, doc: &str, indent: &str) {
+    for line in doc.lines() {
+        let _ = writeln!(out, "{indent}{marker} {line}");
+    }
+}
+
+/// A type's name reduced to identifier characters: `map<string, int64>` → `map_string_int64`.
+fn ident_part(ty: &str) -> String {
+    let mut out = String::new();
+    for c in ty.chars() {
+        if c.is_ascii_alphanumeric() {
+            out.push(c);
+        } else if !out.ends_with('_') {
+            out.push('_');
+        }
+    }
+    out.trim_end_matches('_').to_owned()
+}
+
+/// `LogRecord` → `LOG_RECORD`.
+fn screaming(name: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in name.chars().enumerate() {
+        if c.is_uppercase() && i > 0 && !out.ends_with('_') {
+            out.push('_');
+        }
+        out.extend(c.to_uppercase());
+    }
+    out
+}

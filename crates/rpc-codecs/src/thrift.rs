@@ -1,0 +1,371 @@
+//! Thrift encoding helpers over the `thrift` crate's binary and compact protocols.
+//!
+//! The crate's input protocols allocate a buffer of a string's declared length before reading
+//! it, so decoding goes through [`Guarded`], which checks every declared length against the
+//! bytes left in the input first.
+
+use crate::schema::{Schema, Single, ThriftResult};
+use crate::{Codec, CodecError, CodecErrorKind, Role, MAX_DEPTH};
+use bytes::{BufMut, BytesMut};
+use std::cell::Cell;
+use std::io::Read;
+use thrift::protocol::{
+    TBinaryInputProtocol, TBinaryOutputProtocol, TCompactInputProtocol, TCompactOutputProtocol, TFieldIdentifier,
+    TInputProtocol, TListIdentifier, TMapIdentifier, TMessageIdentifier, TOutputProtocol, TSetIdentifier,
+    TStructIdentifier, TType,
+};
+use thrift::{ProtocolError, ProtocolErrorKind};
+
+/// A Thrift scalar: how it is written.
+pub(crate) trait Scalar {
+    fn write<P: TOutputProtocol + ?Sized>(&self, o: &mut P) -> ThriftResult<()>;
+}
+
+pub(crate) fn write_scalar<T: Scalar, P: TOutputProtocol + ?Sized>(value: &T, o: &mut P) -> ThriftResult<()> {
+    value.write(o)
+}
+
+pub(crate) fn invalid(message: impl Into<String>) -> thrift::Error {
+    thrift::Error::Protocol(ProtocolError::new(ProtocolErrorKind::InvalidData, message.into()))
+}
+
+/// A wider wire integer narrowed to the field's type, or an error if it does not fit.
+pub(crate) fn narrow<W: Copy + std::fmt::Display, T: TryFrom<W>>(raw: W) -> ThriftResult<T> {
+    T::try_from(raw).map_err(|_| invalid(format!("{raw} does not fit in {}", std::any::type_name::<T>())))
+}
+
+pub(crate) fn deeper(depth: usize) -> ThriftResult<usize> {
+    if depth >= MAX_DEPTH {
+        Err(thrift::Error::Protocol(ProtocolError::new(
+            ProtocolErrorKind::DepthLimit,
+            format!("structs nested deeper than {MAX_DEPTH} levels"),
+        )))
+    } else {
+        Ok(depth + 1)
+    }
+}
+
+/// The header of a struct; binary and compact protocols do not send its name.
+pub fn struct_header() -> TStructIdentifier {
+    TStructIdentifier { name: String::new() }
+}
+
+/// The header of field `id` of type `ty`; names are not sent either.
+pub fn field_header(ty: TType, id: i16) -> TFieldIdentifier {
+    TFieldIdentifier { name: None, field_type: ty, id: Some(id) }
+}
+
+/// The decoded value of a field, its absent value, or a "missing field" error.
+pub fn finish<T: Schema>(slot: Option<T>, ty: &str, field: &str) -> ThriftResult<T> {
+    slot.or_else(T::absent).ok_or_else(|| invalid(format!("{ty}.{field} is missing")))
+}
+
+pub(crate) fn write_field<T: Schema, P: TOutputProtocol + ?Sized>(value: &T, id: i16, o: &mut P) -> ThriftResult<()> {
+    if value.thrift_present() {
+        o.write_field_begin(&field_header(T::THRIFT_TYPE, id))?;
+        value.thrift_write(o)?;
+        o.write_field_end()?;
+    }
+    Ok(())
+}
+
+pub(crate) fn write_empty<P: TOutputProtocol + ?Sized>(o: &mut P) -> ThriftResult<()> {
+    o.write_struct_begin(&struct_header())?;
+    o.write_field_stop()?;
+    o.write_struct_end()
+}
+
+/// A value outside a struct travels as field 0 of a wrapper, like a method's `success`.
+pub(crate) fn write_wrapper<T: Schema, P: TOutputProtocol + ?Sized>(value: &T, o: &mut P) -> ThriftResult<()> {
+    o.write_struct_begin(&struct_header())?;
+    write_field(value, 0, o)?;
+    o.write_field_stop()?;
+    o.write_struct_end()
+}
+
+pub(crate) fn read_wrapper<T: Schema, P: TInputProtocol + ?Sized>(i: &mut P, depth: usize) -> ThriftResult<T> {
+    let mut slot = None;
+    i.read_struct_begin()?;
+    loop {
+        let field = i.read_field_begin()?;
+        match (field.field_type, field.id) {
+            (TType::Stop, _) => break,
+            (t, Some(0)) if t == T::THRIFT_TYPE => T::thrift_merge(&mut slot, i, depth)?,
+            (t, _) => i.skip(t)?,
+        }
+        i.read_field_end()?;
+    }
+    i.read_struct_end()?;
+    finish(slot, "result", "success")
+}
+
+fn size(n: usize) -> ThriftResult<i32> {
+    i32::try_from(n).map_err(|_| invalid(format!("{n} elements are more than Thrift can count")))
+}
+
+pub(crate) fn write_list<T: Single, P: TOutputProtocol + ?Sized>(list: &[T], o: &mut P) -> ThriftResult<()> {
+    o.write_list_begin(&TListIdentifier::new(T::THRIFT_TYPE, size(list.len())?))?;
+    for value in list {
+        value.thrift_write(o)?;
+    }
+    o.write_list_end()
+}
+
+/// Preallocation for a declared element count, which is untrusted: never more than this.
+const MAX_PREALLOC: usize = 1024;
+
+fn count(declared: i32) -> ThriftResult<usize> {
+    usize::try_from(declared).map_err(|_| invalid(format!("negative element count {declared}")))
+}
+
+pub(crate) fn read_list<T: Single, P: TInputProtocol + ?Sized>(i: &mut P, depth: usize) -> ThriftResult<Vec<T>> {
+    let depth = deeper(depth)?;
+    let header = i.read_list_begin()?;
+    let n = count(header.size)?;
+    if n > 0 && header.element_type != T::THRIFT_TYPE {
+        return Err(invalid(format!("list of {:?} where {:?} was expected", header.element_type, T::THRIFT_TYPE)));
+    }
+    let mut list = Vec::with_capacity(n.min(MAX_PREALLOC));
+    for _ in 0..n {
+        list.push(T::thrift_read(i, depth)?);
+    }
+    i.read_list_end()?;
+    Ok(list)
+}
+
+pub(crate) fn write_map<'a, K: Single + 'a, V: Single + 'a, P: TOutputProtocol + ?Sized>(
+    len: usize,
+    entries: impl Iterator<Item = (&'a K, &'a V)>,
+    o: &mut P,
+) -> ThriftResult<()> {
+    o.write_map_begin(&TMapIdentifier::new(K::THRIFT_TYPE, V::THRIFT_TYPE, size(len)?))?;
+    for (k, v) in entries {
+        k.thrift_write(o)?;
+        v.thrift_write(o)?;
+    }
+    o.write_map_end()
+}
+
+pub(crate) fn read_map<K: Single, V: Single, P: TInputProtocol + ?Sized>(
+    i: &mut P,
+    depth: usize,
+    mut insert: impl FnMut(K, V),
+) -> ThriftResult<()> {
+    let depth = deeper(depth)?;
+    let header = i.read_map_begin()?;
+    let n = count(header.size)?;
+    if n > 0 && (header.key_type != Some(K::THRIFT_TYPE) || header.value_type != Some(V::THRIFT_TYPE)) {
+        return Err(invalid(format!(
+            "map of {:?} to {:?} where {:?} to {:?} was expected",
+            header.key_type,
+            header.value_type,
+            K::THRIFT_TYPE,
+            V::THRIFT_TYPE
+        )));
+    }
+    for _ in 0..n {
+        let k = K::thrift_read(i, depth)?;
+        let v = V::thrift_read(i, depth)?;
+        insert(k, v);
+    }
+    i.read_map_end()
+}
+
+/// Encodes `value` with the binary (`compact == false`) or compact protocol.
+pub(crate) fn encode<T: Schema>(value: &T, codec: Codec, role: Role, buf: &mut BytesMut) -> Result<(), CodecError> {
+    let writer = buf.writer();
+    let result = if codec == Codec::ThriftCompact {
+        write(value, role, &mut TCompactOutputProtocol::new(writer))
+    } else {
+        write(value, role, &mut TBinaryOutputProtocol::new(writer, true))
+    };
+    result.map_err(|e| CodecError::new(Some(codec), CodecErrorKind::Encode, describe(e)))
+}
+
+fn write<T: Schema, P: TOutputProtocol>(value: &T, role: Role, o: &mut P) -> ThriftResult<()> {
+    match role {
+        Role::Message => value.thrift_write_message(o),
+        Role::Reply => value.thrift_write_reply(o),
+    }
+}
+
+/// Decodes a whole body; trailing bytes are an error.
+pub(crate) fn decode<T: Schema>(codec: Codec, role: Role, bytes: &[u8]) -> Result<T, CodecError> {
+    let pos = Cell::new(0);
+    let input = Input { data: bytes, pos: &pos };
+    let result = if codec == Codec::ThriftCompact {
+        read(role, &mut Guarded { inner: TCompactInputProtocol::new(input), data: bytes, pos: &pos, compact: true })
+    } else {
+        read(
+            role,
+            &mut Guarded { inner: TBinaryInputProtocol::new(input, true), data: bytes, pos: &pos, compact: false },
+        )
+    };
+    let error = |m: String| CodecError::new(Some(codec), CodecErrorKind::Decode, m);
+    let value = result.map_err(|e| error(describe(e)))?;
+    if pos.get() != bytes.len() {
+        return Err(error(format!("{} trailing bytes after the message", bytes.len() - pos.get())));
+    }
+    Ok(value)
+}
+
+fn read<T: Schema, P: TInputProtocol>(role: Role, i: &mut P) -> ThriftResult<T> {
+    match role {
+        Role::Message => T::thrift_read_message(i, 0),
+        Role::Reply => T::thrift_read_reply(i, 0),
+    }
+}
+
+/// The thrift crate's `Display` shows only the error's kind; the message says what was wrong.
+fn describe(e: thrift::Error) -> String {
+    match e {
+        thrift::Error::Transport(e) if e.kind == thrift::TransportErrorKind::EndOfFile => {
+            "input ends before the message does".to_owned()
+        }
+        thrift::Error::Transport(e) => e.message,
+        thrift::Error::Protocol(e) => e.message,
+        thrift::Error::Application(e) => e.message,
+        thrift::Error::User(e) => e.to_string(),
+    }
+}
+
+/// A slice reader whose position the [`Guarded`] protocol can see.
+pub(crate) struct Input<'a> {
+    pub(crate) data: &'a [u8],
+    pub(crate) pos: &'a Cell<usize>,
+}
+
+impl Read for Input<'_> {
+    #[inline]
+    fn read_exact(&mut self, out: &mut [u8]) -> std::io::Result<()> {
+        let start = self.pos.get();
+        match self.data.get(start..start + out.len()) {
+            Some(bytes) => {
+                out.copy_from_slice(bytes);
+                self.pos.set(start + out.len());
+                Ok(())
+            }
+            None => Err(std::io::ErrorKind::UnexpectedEof.into()),
+        }
+    }
+
+    #[inline]
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let start = self.pos.get();
+        let n = out.len().min(self.data.len() - start);
+        out[..n].copy_from_slice(&self.data[start..start + n]);
+        self.pos.set(start + n);
+        Ok(n)
+    }
+}
+
+/// An input protocol that checks a string's declared length against the input before the
+/// wrapped protocol allocates for it.
+pub(crate) struct Guarded<'a, P> {
+    pub(crate) inner: P,
+    pub(crate) data: &'a [u8],
+    pub(crate) pos: &'a Cell<usize>,
+    pub(crate) compact: bool,
+}
+
+impl<P> Guarded<'_, P> {
+    fn check_length_prefix(&self) -> ThriftResult<()> {
+        let rest = &self.data[self.pos.get()..];
+        let (declared, header) = if self.compact {
+            peek_varint(rest)?
+        } else {
+            let Some(prefix) = rest.get(..4) else { return Err(eof()) };
+            let declared = i32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
+            (u64::try_from(declared).map_err(|_| invalid(format!("negative length {declared}")))?, 4)
+        };
+        let left = rest.len() - header;
+        if declared > left as u64 {
+            return Err(invalid(format!("declared length {declared} exceeds the {left} bytes left")));
+        }
+        Ok(())
+    }
+}
+
+fn eof() -> thrift::Error {
+    thrift::Error::Transport(thrift::TransportError::new(thrift::TransportErrorKind::EndOfFile, "input ends early"))
+}
+
+/// A varint at the start of `rest` and the bytes it takes.
+fn peek_varint(rest: &[u8]) -> ThriftResult<(u64, usize)> {
+    let mut value = 0u64;
+    for (n, byte) in rest.iter().take(10).enumerate() {
+        value |= u64::from(byte & 0x7f) << (7 * n);
+        if byte & 0x80 == 0 {
+            return Ok((value, n + 1));
+        }
+    }
+    Err(if rest.len() < 10 { eof() } else { invalid("varint longer than 10 bytes") })
+}
+
+impl<P: TInputProtocol> TInputProtocol for Guarded<'_, P> {
+    fn read_message_begin(&mut self) -> ThriftResult<TMessageIdentifier> {
+        self.inner.read_message_begin()
+    }
+    fn read_message_end(&mut self) -> ThriftResult<()> {
+        self.inner.read_message_end()
+    }
+    fn read_struct_begin(&mut self) -> ThriftResult<Option<TStructIdentifier>> {
+        self.inner.read_struct_begin()
+    }
+    fn read_struct_end(&mut self) -> ThriftResult<()> {
+        self.inner.read_struct_end()
+    }
+    fn read_field_begin(&mut self) -> ThriftResult<TFieldIdentifier> {
+        self.inner.read_field_begin()
+    }
+    fn read_field_end(&mut self) -> ThriftResult<()> {
+        self.inner.read_field_end()
+    }
+    fn read_bool(&mut self) -> ThriftResult<bool> {
+        self.inner.read_bool()
+    }
+    fn read_bytes(&mut self) -> ThriftResult<Vec<u8>> {
+        self.check_length_prefix()?;
+        self.inner.read_bytes()
+    }
+    fn read_i8(&mut self) -> ThriftResult<i8> {
+        self.inner.read_i8()
+    }
+    fn read_i16(&mut self) -> ThriftResult<i16> {
+        self.inner.read_i16()
+    }
+    fn read_i32(&mut self) -> ThriftResult<i32> {
+        self.inner.read_i32()
+    }
+    fn read_i64(&mut self) -> ThriftResult<i64> {
+        self.inner.read_i64()
+    }
+    fn read_double(&mut self) -> ThriftResult<f64> {
+        self.inner.read_double()
+    }
+    fn read_string(&mut self) -> ThriftResult<String> {
+        self.check_length_prefix()?;
+        self.inner.read_string()
+    }
+    fn read_list_begin(&mut self) -> ThriftResult<TListIdentifier> {
+        self.inner.read_list_begin()
+    }
+    fn read_list_end(&mut self) -> ThriftResult<()> {
+        self.inner.read_list_end()
+    }
+    fn read_set_begin(&mut self) -> ThriftResult<TSetIdentifier> {
+        self.inner.read_set_begin()
+    }
+    fn read_set_end(&mut self) -> ThriftResult<()> {
+        self.inner.read_set_end()
+    }
+    fn read_map_begin(&mut self) -> ThriftResult<TMapIdentifier> {
+        self.inner.read_map_begin()
+    }
+    fn read_map_end(&mut self) -> ThriftResult<()> {
+        self.inner.read_map_end()
+    }
+    fn read_byte(&mut self) -> ThriftResult<u8> {
+        self.inner.read_byte()
+    }
+}

@@ -1,0 +1,4 @@
+#[rpc_core::message]
+pub struct Meters(f64);
+
+fn main() {}

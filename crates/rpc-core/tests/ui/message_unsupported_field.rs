@@ -1,0 +1,7 @@
+#[rpc_core::message]
+pub struct Reading {
+    pub initial: char,
+    pub values: Vec<Vec<f64>>,
+}
+
+fn main() {}

@@ -1,0 +1,88 @@
+"""Apache Thrift peer for tests/tests/interop.rs: a stock client calling our server, or a stock
+server our client calls, over TFramedTransport.
+
+usage: thrift_peer.py client GEN_DIR PORT PROTOCOL
+       thrift_peer.py server GEN_DIR PORT PROTOCOL
+PROTOCOL: binary or compact. GEN_DIR holds `thrift --gen py` output of the Bank service.
+"""
+
+import sys
+
+MODE, GEN_DIR, PORT, PROTOCOL = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+sys.path.insert(0, GEN_DIR)
+
+from bank import Bank, ttypes  # noqa: E402
+from thrift.protocol import TBinaryProtocol, TCompactProtocol  # noqa: E402
+from thrift.server import TServer  # noqa: E402
+from thrift.Thrift import TApplicationException, TMessageType  # noqa: E402
+from thrift.transport import TSocket, TTransport  # noqa: E402
+
+
+def check(condition, message):
+    if not condition:
+        print(f"thrift {MODE} {PROTOCOL}: {message}", file=sys.stderr)
+        sys.exit(1)
+
+
+def client():
+    transport = TTransport.TFramedTransport(TSocket.TSocket("127.0.0.1", PORT))
+    protocol = (TCompactProtocol.TCompactProtocol if PROTOCOL == "compact" else TBinaryProtocol.TBinaryProtocol)(
+        transport
+    )
+    bank = Bank.Client(protocol)
+    transport.open()
+    account = bank.open("ada", -5)
+    check(account == ttypes.Account(id=1, owner="ada", balance=-5), f"open returned {account}")
+    check(bank.get(1) == account, "get(1) differs from what open returned")
+    try:
+        bank.get(999)
+        check(False, "get(999) did not raise the declared exception")
+    except ttypes.NoSuchAccount as e:
+        check(e.id == 999, f"exception carries id {e.id}")
+    bank.ping()
+    # A method the service does not have.
+    protocol.writeMessageBegin("nope", TMessageType.CALL, 77)
+    protocol.writeStructBegin("nope_args")
+    protocol.writeFieldStop()
+    protocol.writeStructEnd()
+    protocol.writeMessageEnd()
+    transport.flush()
+    _, kind, seq = protocol.readMessageBegin()
+    check(kind == TMessageType.EXCEPTION and seq == 77, f"unknown method answered with type {kind}, seq {seq}")
+    error = TApplicationException()
+    error.read(protocol)
+    protocol.readMessageEnd()
+    check(error.type == TApplicationException.UNKNOWN_METHOD, f"unknown method gave {error}")
+    transport.close()
+    print("ok")
+
+
+class Handler:
+    def __init__(self):
+        self.accounts = {}
+
+    def open(self, owner, deposit):
+        account = ttypes.Account(id=len(self.accounts) + 1, owner=owner, balance=deposit)
+        self.accounts[account.id] = account
+        return account
+
+    def get(self, id):
+        if id not in self.accounts:
+            raise ttypes.NoSuchAccount(id=id)
+        return self.accounts[id]
+
+    def ping(self):
+        pass
+
+
+def server():
+    factory = (
+        TCompactProtocol.TCompactProtocolFactory() if PROTOCOL == "compact" else TBinaryProtocol.TBinaryProtocolFactory()
+    )
+    socket = TSocket.TServerSocket(host="127.0.0.1", port=PORT)
+    server = TServer.TSimpleServer(Bank.Processor(Handler()), socket, TTransport.TFramedTransportFactory(), factory)
+    print("serving", flush=True)
+    server.serve()
+
+
+client() if MODE == "client" else server()

@@ -1,0 +1,56 @@
+//! Apache Thrift framing on our port, without Python: detection, limits and hostile frames.
+
+use rpc_core::{Codec, Server, ThriftChannel};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Echoes.
+#[rpc_core::service]
+pub trait Echo {
+    /// Returns its argument.
+    async fn echo(&self, text: String) -> String;
+    /// Fails on purpose.
+    async fn boom(&self) -> u32;
+}
+
+struct MyEcho;
+
+impl Echo for MyEcho {
+    async fn echo(&self, text: String) -> String {
+        text
+    }
+    async fn boom(&self) -> u32 {
+        panic!("boom")
+    }
+}
+
+async fn closes_without_answer(addr: std::net::SocketAddr, bytes: &[u8]) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await.expect("the server closes");
+    assert_eq!(n.unwrap_or(0), 0, "no answer to {bytes:?}");
+}
+
+#[tokio::test]
+async fn our_thrift_channel_calls_our_server_and_hostile_frames_only_close_their_connection() {
+    let server = Server::builder().add_service(EchoServer::new(MyEcho)).start("127.0.0.1:0").await.unwrap();
+    let addr = server.local_addr();
+    for codec in [Codec::ThriftBinary, Codec::ThriftCompact] {
+        let client = EchoClient::new(ThriftChannel::connect(addr, codec).await.unwrap());
+        assert_eq!(client.echo("ünï".into()).await.unwrap(), "ünï", "{codec}");
+        let err = client.boom().await.unwrap_err();
+        assert_eq!(err.code(), rpc_core::Code::Internal, "{codec}: a panic is an exception, not a dead connection");
+        assert!(err.message().contains("panicked"), "{err}");
+        assert_eq!(client.echo(String::new()).await.unwrap(), "", "{codec}: the connection survives");
+    }
+    // A frame over the 16 MiB limit, a binary header whose name length lies, a compact header
+    // cut short: each closes its connection.
+    closes_without_answer(addr, &[0x7f, 0xff, 0xff, 0xff, 0x80, 0x01, 0x00, 0x01]).await;
+    closes_without_answer(addr, &[0, 0, 0, 12, 0x80, 0x01, 0x00, 0x01, 0x7f, 0xff, 0xff, 0xff, 0, 0, 0, 0]).await;
+    closes_without_answer(addr, &[0, 0, 0, 4, 0x82, 0x21, 0xff, 0xff]).await;
+    assert!(ThriftChannel::connect(addr, Codec::Json).await.is_err(), "a ThriftChannel speaks only Thrift");
+    let client = EchoClient::new(rpc_core::Channel::connect(addr.to_string()).await.unwrap());
+    assert_eq!(client.echo("still here".into()).await.unwrap(), "still here");
+    server.shutdown(Duration::from_secs(1)).await.unwrap();
+}

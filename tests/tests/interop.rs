@@ -1,0 +1,301 @@
+//! Interop with the reference implementations: the schema we emit is compiled by `protoc` and
+//! the Apache Thrift compiler, and Python's protobuf, thrift, msgpack and json libraries read
+//! what our codecs write and write what our codecs read (`tests/interop/check.py`).
+//!
+//! Needs `python3` with the `google.protobuf`, `thrift` and `msgpack` modules, `protoc` and
+//! `thrift` (`.ci/run` installs them). Without them the test says so and passes, unless `CI` is
+//! set, where a missing tool fails it.
+
+use bytes::BytesMut;
+use rpc_core::{Codec, Idl};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A C-like enum.
+#[rpc_core::message]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Level {
+    Debug,
+    Info,
+    Warn = 7,
+}
+
+/// A nested message.
+#[rpc_core::message]
+#[derive(Clone, Debug, PartialEq)]
+pub struct Point {
+    pub x: f64,
+    pub y: f32,
+}
+
+/// A oneof / union.
+#[rpc_core::message]
+#[derive(Clone, Debug, PartialEq)]
+pub enum Shape {
+    Circle(Point),
+    Label(String),
+    Code(i64),
+}
+
+/// Every supported field type, with negative, extreme, empty and absent values.
+#[rpc_core::message]
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    pub flag: bool,
+    pub small: i8,
+    pub medium: i16,
+    pub number: i32,
+    pub big: i64,
+    pub octet: u8,
+    pub word: u16,
+    pub count: u32,
+    pub huge: u64,
+    pub ratio: f32,
+    pub precise: f64,
+    pub text: String,
+    pub blob: Vec<u8>,
+    pub numbers: Vec<i64>,
+    pub names: Vec<String>,
+    pub points: Vec<Point>,
+    pub by_name: HashMap<String, i32>,
+    pub by_id: BTreeMap<u32, Point>,
+    pub maybe: Option<i32>,
+    pub maybe_text: Option<String>,
+    pub origin: Point,
+    pub level: Level,
+    pub shape: Shape,
+    pub shapes: Vec<Shape>,
+}
+
+fn sample() -> Sample {
+    Sample {
+        flag: true,
+        small: -8,
+        medium: i16::MIN,
+        number: -1,
+        big: i64::MIN,
+        octet: u8::MAX,
+        word: u16::MAX,
+        count: u32::MAX,
+        huge: u64::MAX,
+        ratio: -1.5,
+        precise: 3.25,
+        text: "ünïcode ✓".into(),
+        blob: vec![0, 1, 255],
+        numbers: vec![-1, 0, 1, i64::MAX],
+        names: vec!["a".into(), String::new()],
+        points: vec![Point { x: 1.0, y: -2.0 }, Point { x: 0.0, y: 0.0 }],
+        by_name: [("one".to_string(), 1), ("minus".to_string(), -1)].into(),
+        by_id: [(3, Point { x: 3.0, y: 3.0 })].into(),
+        maybe: Some(0),
+        maybe_text: None,
+        origin: Point { x: 0.0, y: 0.0 },
+        level: Level::Warn,
+        shape: Shape::Code(0),
+        shapes: vec![Shape::Label(String::new()), Shape::Circle(Point { x: 1.0, y: 0.0 })],
+    }
+}
+
+/// A Python with the reference modules: the one on `PATH`, else Debian's (a pyenv or venv on
+/// `PATH` does not see the modules apt installs).
+fn python() -> Option<&'static str> {
+    ["python3", "/usr/bin/python3"].into_iter().find(|python| {
+        Command::new(python)
+            .args(["-c", "import google.protobuf, thrift, msgpack"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+}
+
+/// The Python to run, if the reference tools are here; without them, fail under CI and skip
+/// elsewhere.
+fn tools() -> Option<&'static str> {
+    let python = python();
+    let mut missing: Vec<&str> = Vec::new();
+    if python.is_none() {
+        missing.push("python3 with google.protobuf, thrift and msgpack");
+    }
+    for (tool, arg) in [("protoc", "--version"), ("thrift", "--version")] {
+        if !Command::new(tool).arg(arg).output().is_ok_and(|o| o.status.success()) {
+            missing.push(tool);
+        }
+    }
+    if missing.is_empty() {
+        return python;
+    }
+    let message = format!(
+        "interop tools missing ({}); install protobuf-compiler python3-protobuf thrift-compiler python3-thrift python3-msgpack",
+        missing.join(", ")
+    );
+    assert!(std::env::var_os("CI").is_none(), "{message}");
+    println!("SKIPPED: {message}");
+    None
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn workdir() -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("rpc-interop-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn generate(dir: &Path) {
+    let mut idl = Idl::new("interop");
+    idl.add::<Sample>();
+    std::fs::write(dir.join("interop.proto"), idl.to_proto()).unwrap();
+    std::fs::write(dir.join("interop.thrift"), idl.to_thrift()).unwrap();
+    run(Command::new("protoc").arg("-I").arg(dir).arg("--python_out").arg(dir).arg(dir.join("interop.proto")));
+    run(Command::new("thrift").args(["--gen", "py", "-out"]).arg(dir).arg(dir.join("interop.thrift")));
+}
+
+#[test]
+fn reference_implementations_read_and_write_every_codec() {
+    let Some(python) = tools() else { return };
+    let dir = workdir();
+    generate(&dir);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("interop/check.py");
+    for &codec in Codec::ALL {
+        let (ours, theirs) = (dir.join(format!("{codec}.ours")), dir.join(format!("{codec}.theirs")));
+        let mut buf = BytesMut::new();
+        codec.encode(&sample(), &mut buf).unwrap();
+        std::fs::write(&ours, &buf).unwrap();
+        run(Command::new(python).arg(&script).arg(codec.name()).arg(&dir).arg(&ours).arg(&theirs));
+        let bytes = std::fs::read(&theirs).unwrap();
+        let back = codec.decode::<Sample>(&bytes).unwrap_or_else(|e| panic!("{codec}: {e}"));
+        assert_eq!(back, sample(), "{codec}: what the reference implementation wrote");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An account.
+#[rpc_core::message]
+#[derive(Clone, Debug, PartialEq)]
+pub struct Account {
+    pub id: u64,
+    pub owner: String,
+    pub balance: i64,
+}
+
+/// The declared error of `Bank.get`.
+#[rpc_core::message]
+#[derive(Clone, Debug, PartialEq)]
+pub struct NoSuchAccount {
+    pub id: u64,
+}
+
+/// A service for the Thrift-on-the-wire tests.
+#[rpc_core::service]
+pub trait Bank {
+    /// Opens an account.
+    async fn open(&self, owner: String, deposit: i64) -> Account;
+    /// An account, or the declared exception.
+    async fn get(&self, id: u64) -> Result<Account, NoSuchAccount>;
+    /// Does nothing.
+    async fn ping(&self) -> ();
+}
+
+#[derive(Default)]
+struct MyBank(std::sync::Mutex<Vec<Account>>);
+
+impl Bank for MyBank {
+    async fn open(&self, owner: String, deposit: i64) -> Account {
+        let mut accounts = self.0.lock().unwrap();
+        let account = Account { id: accounts.len() as u64 + 1, owner, balance: deposit };
+        accounts.push(account.clone());
+        account
+    }
+    async fn get(&self, id: u64) -> Result<Account, NoSuchAccount> {
+        self.0.lock().unwrap().iter().find(|a| a.id == id).cloned().ok_or(NoSuchAccount { id })
+    }
+    async fn ping(&self) {}
+}
+
+fn generate_bank(dir: &Path) {
+    let thrift = BankClient::<rpc_core::Channel>::INFO.idl().to_thrift();
+    std::fs::write(dir.join("bank.thrift"), thrift).unwrap();
+    run(Command::new("thrift").args(["--gen", "py", "-out"]).arg(dir).arg(dir.join("bank.thrift")));
+}
+
+fn peer_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("interop/thrift_peer.py")
+}
+
+#[tokio::test]
+async fn a_stock_thrift_client_calls_our_server_on_its_usual_port() {
+    let Some(python) = tools() else { return };
+    let dir = workdir();
+    generate_bank(&dir);
+    for protocol in ["binary", "compact"] {
+        let bank = BankServer::new(MyBank::default());
+        let server = rpc_core::Server::builder().add_service(bank).start("127.0.0.1:0").await.unwrap();
+        let port = server.local_addr().port().to_string();
+        let mut cmd = tokio::process::Command::new(python);
+        cmd.arg(peer_script()).args(["client"]).arg(&dir).args([port.as_str(), protocol]);
+        let out = cmd.output().await.unwrap();
+        assert!(
+            out.status.success(),
+            "{protocol}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Our own protocol still works on the same port and sees what the Thrift client did.
+        let client = BankClient::new(rpc_core::Channel::connect(server.local_addr().to_string()).await.unwrap());
+        assert_eq!(client.get(1).await.unwrap().unwrap().owner, "ada");
+        server.shutdown(std::time::Duration::from_secs(1)).await.unwrap();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn our_client_calls_a_stock_thrift_server() {
+    let Some(python) = tools() else { return };
+    let dir = workdir();
+    generate_bank(&dir);
+    for (protocol, codec) in [("binary", Codec::ThriftBinary), ("compact", Codec::ThriftCompact)] {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut child = tokio::process::Command::new(python)
+            .arg(peer_script())
+            .arg("server")
+            .arg(&dir)
+            .args([port.to_string().as_str(), protocol])
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        // The server binds after it starts; retry until it accepts, for a few seconds at most.
+        let mut channel = None;
+        for _ in 0..100 {
+            match rpc_core::ThriftChannel::connect(("127.0.0.1", port), codec).await {
+                Ok(c) => {
+                    channel = Some(c);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            }
+        }
+        let channel = channel.unwrap_or_else(|| panic!("the Python {protocol} server did not start"));
+        let client = BankClient::new(channel.clone());
+        let account = client.open("ada".into(), -5).await.unwrap();
+        assert_eq!(account, Account { id: 1, owner: "ada".into(), balance: -5 }, "{protocol}");
+        assert_eq!(client.get(1).await.unwrap(), Ok(account), "{protocol}");
+        assert_eq!(client.get(999).await.unwrap(), Err(NoSuchAccount { id: 999 }), "{protocol}");
+        client.ping().await.unwrap();
+        let unknown = rpc_core::Call::<_, ()>::new(channel, rpc_core::Request::new("Bank", "nope", ())).await;
+        assert_eq!(unknown.unwrap_err().code(), rpc_core::Code::Unimplemented, "{protocol}");
+        child.kill().await.unwrap();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
