@@ -21,7 +21,7 @@
 use crate::codec::{Reader, Writer};
 use crate::crc32::crc32;
 use crate::message::{ConfState, Entry, HardState, Snapshot, SnapshotMeta};
-use crate::storage::{FileSystem, Storage, StorageError};
+use crate::storage::{FileSystem, MemStorage, Storage, StorageError};
 
 const HS_MAGIC: &[u8; 4] = b"RHS1";
 const SNAP_MAGIC: &[u8; 4] = b"RSN1";
@@ -57,11 +57,11 @@ pub struct DurableStorage<F: FileSystem> {
     fs: F,
     dir: String,
     opts: DurableOptions,
-    hard_state: HardState,
+    /// What is on disk, as it reads back: every read is served from here, and it is updated
+    /// only after the disk write it mirrors succeeded.
+    mem: MemStorage,
     /// Term and vote as last written to the `hardstate` file.
     file_hs: HardState,
-    snapshot: Snapshot,
-    entries: Vec<Entry>,
     segments: Vec<Segment>,
 }
 
@@ -120,10 +120,8 @@ impl<F: FileSystem> DurableStorage<F> {
             fs,
             dir: dir.trim_end_matches('/').to_string(),
             opts,
-            hard_state: HardState::default(),
+            mem: MemStorage::default(),
             file_hs: HardState::default(),
-            snapshot: Snapshot::default(),
-            entries: Vec::new(),
             segments: Vec::new(),
         };
         let r = s.fs.create_dir_all(&s.dir);
@@ -132,8 +130,8 @@ impl<F: FileSystem> DurableStorage<F> {
         let names = s.io("list", "", r)?;
         let fresh = !names.iter().any(|n| n == "snapshot");
         if fresh {
-            s.snapshot.meta.conf = conf;
-            let snap = s.snapshot.clone();
+            s.mem.snapshot.meta.conf = conf;
+            let snap = s.mem.snapshot.clone();
             s.write_atomic("snapshot", &encode_snapshot(&snap))?;
         } else {
             s.load_snapshot()?;
@@ -149,7 +147,7 @@ impl<F: FileSystem> DurableStorage<F> {
         if reset {
             // Record the discard, or entries appended from now on would not follow the
             // stale ones still in older segments.
-            let m = s.snapshot.meta.clone();
+            let m = s.mem.snapshot.meta.clone();
             let mut p = vec![REC_BASE];
             Writer(&mut p).u64(m.index);
             Writer(&mut p).u64(m.term);
@@ -177,7 +175,7 @@ impl<F: FileSystem> DurableStorage<F> {
         let mut r = Reader::new(&body[4..]);
         let meta = r.snap_meta().map_err(bad)?;
         let data = r.bytes().map_err(bad)?;
-        self.snapshot = Snapshot { meta, data };
+        self.mem.snapshot = Snapshot { meta, data };
         Ok(())
     }
 
@@ -194,8 +192,8 @@ impl<F: FileSystem> DurableStorage<F> {
         let term = r.u64().map_err(bad)?;
         let vote = r.u64().map_err(bad)?;
         let commit = r.u64().map_err(bad)?;
-        self.hard_state = HardState { term, vote: (vote != 0).then_some(vote), commit };
-        self.file_hs = self.hard_state.clone();
+        self.mem.hard_state = HardState { term, vote: (vote != 0).then_some(vote), commit };
+        self.file_hs = self.mem.hard_state.clone();
         Ok(())
     }
 
@@ -273,7 +271,7 @@ impl<F: FileSystem> DurableStorage<F> {
         }
         // Reconcile with the snapshot: keep what follows it only if the log provably
         // continues it (it holds the snapshot's entry, or starts right after it).
-        let (si, st) = (self.snapshot.meta.index, self.snapshot.meta.term);
+        let (si, st) = (self.mem.snapshot.meta.index, self.mem.snapshot.meta.term);
         let term_at = |i: u64| -> Option<u64> {
             if base == Some((i, st)) && i == start {
                 return Some(st);
@@ -299,9 +297,9 @@ impl<F: FileSystem> DurableStorage<F> {
                 ));
             }
         }
-        self.entries = log;
+        self.mem.entries = log;
         let last = self.last_index();
-        self.hard_state.commit = self.hard_state.commit.max(commit).max(si).min(last);
+        self.mem.hard_state.commit = self.mem.hard_state.commit.max(commit).max(si).min(last);
         Ok(reset)
     }
 
@@ -354,10 +352,6 @@ impl<F: FileSystem> DurableStorage<F> {
         Ok(())
     }
 
-    fn offset(&self) -> u64 {
-        self.snapshot.meta.index + 1
-    }
-
     /// Number of fsync-able WAL segments on disk (for tests and monitoring).
     pub fn segment_count(&self) -> usize {
         self.segments.len()
@@ -406,54 +400,31 @@ fn decode_record(p: &[u8]) -> Result<Record, String> {
 
 impl<F: FileSystem> Storage for DurableStorage<F> {
     fn hard_state(&self) -> HardState {
-        self.hard_state.clone()
+        self.mem.hard_state()
     }
 
     fn entries(&self, lo: u64, hi: u64, max_bytes: u64) -> Result<Vec<Entry>, StorageError> {
-        if lo < self.offset() {
-            return Err(StorageError::Compacted);
-        }
-        if hi > self.last_index() + 1 {
-            return Err(StorageError::Unavailable);
-        }
-        let off = self.offset();
-        let mut out = Vec::new();
-        let mut size = 0;
-        for e in &self.entries[(lo.min(hi) - off) as usize..(hi - off) as usize] {
-            size += e.size();
-            if !out.is_empty() && size > max_bytes {
-                break;
-            }
-            out.push(e.clone());
-        }
-        Ok(out)
+        self.mem.entries(lo, hi, max_bytes)
     }
 
     fn term(&self, index: u64) -> Result<u64, StorageError> {
-        let m = &self.snapshot.meta;
-        if index == m.index {
-            return Ok(m.term);
-        }
-        if index < m.index {
-            return Err(StorageError::Compacted);
-        }
-        self.entries.get((index - self.offset()) as usize).map(|e| e.term).ok_or(StorageError::Unavailable)
+        self.mem.term(index)
     }
 
     fn first_index(&self) -> u64 {
-        self.offset()
+        self.mem.first_index()
     }
 
     fn last_index(&self) -> u64 {
-        self.snapshot.meta.index + self.entries.len() as u64
+        self.mem.last_index()
     }
 
     fn snapshot_meta(&self) -> SnapshotMeta {
-        self.snapshot.meta.clone()
+        self.mem.snapshot_meta()
     }
 
     fn snapshot(&self) -> Result<Snapshot, StorageError> {
-        Ok(self.snapshot.clone())
+        self.mem.snapshot()
     }
 
     fn persist(
@@ -462,27 +433,20 @@ impl<F: FileSystem> Storage for DurableStorage<F> {
         snapshot: Option<&Snapshot>,
         entries: &[Entry],
     ) -> Result<(), StorageError> {
+        self.mem.check(snapshot, entries)?;
         let mut buf = Vec::new();
         let mut max_index = 0;
         if let Some(s) = snapshot {
-            if s.meta.index < self.snapshot.meta.index {
-                return Err(StorageError::SnapshotOutOfDate);
-            }
             // The snapshot file first: a crash before the base record leaves the old
             // log, which recovery discards because it does not continue the snapshot.
             self.write_atomic("snapshot", &encode_snapshot(s))?;
-            self.snapshot = s.clone();
-            self.entries.clear();
             let mut p = vec![REC_BASE];
             Writer(&mut p).u64(s.meta.index);
             Writer(&mut p).u64(s.meta.term);
             frame(&mut buf, &p);
             max_index = s.meta.index;
         }
-        if let Some(first) = entries.first().map(|e| e.index) {
-            if first > self.last_index() + 1 || first <= self.snapshot.meta.index {
-                return Err(StorageError::LogGap { expected: self.last_index() + 1, got: first });
-            }
+        if let Some(last) = entries.last() {
             let mut p = Vec::with_capacity(64);
             for e in entries {
                 p.clear();
@@ -490,12 +454,10 @@ impl<F: FileSystem> Storage for DurableStorage<F> {
                 Writer(&mut p).entry(e);
                 frame(&mut buf, &p);
             }
-            max_index = max_index.max(entries[entries.len() - 1].index);
-            self.entries.truncate((first - self.offset()) as usize);
-            self.entries.extend_from_slice(entries);
+            max_index = max_index.max(last.index);
         }
         if let Some(hs) = hard_state {
-            if hs.commit != self.hard_state.commit {
+            if hs.commit != self.mem.hard_state.commit {
                 let mut p = vec![REC_COMMIT];
                 Writer(&mut p).u64(hs.commit);
                 frame(&mut buf, &p);
@@ -519,8 +481,8 @@ impl<F: FileSystem> Storage for DurableStorage<F> {
                 self.write_atomic("hardstate", &with_crc(body))?;
                 self.file_hs = hs.clone();
             }
-            self.hard_state = hs.clone();
         }
+        self.mem.persist(hard_state, snapshot, entries)?;
         let size = self.segments.last().map_or(0, |s| s.size);
         if size >= self.opts.segment_bytes {
             if self.opts.sync {
@@ -536,14 +498,10 @@ impl<F: FileSystem> Storage for DurableStorage<F> {
     }
 
     fn compact(&mut self, snapshot: Snapshot) -> Result<(), StorageError> {
+        self.mem.check_compact(&snapshot)?;
         let idx = snapshot.meta.index;
-        if idx <= self.snapshot.meta.index || idx > self.last_index() {
-            return Err(StorageError::SnapshotOutOfDate);
-        }
         self.write_atomic("snapshot", &encode_snapshot(&snapshot))?;
-        let drop = (idx - self.snapshot.meta.index) as usize;
-        self.entries.drain(..drop);
-        self.snapshot = snapshot;
+        self.mem.compact(snapshot)?;
         // Sealed segments wholly covered by the snapshot are no longer needed.
         let active = self.segments.len().saturating_sub(1);
         let mut keep = Vec::new();

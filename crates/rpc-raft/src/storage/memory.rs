@@ -9,10 +9,10 @@ use crate::storage::{Storage, StorageError};
 /// A [`Storage`] kept entirely in memory.
 #[derive(Clone, Debug, Default)]
 pub struct MemStorage {
-    hard_state: HardState,
-    snapshot: Snapshot,
+    pub(super) hard_state: HardState,
+    pub(super) snapshot: Snapshot,
     // entries[0].index == snapshot.meta.index + 1
-    entries: Vec<Entry>,
+    pub(super) entries: Vec<Entry>,
 }
 
 impl MemStorage {
@@ -34,8 +34,34 @@ impl MemStorage {
         &self.entries
     }
 
-    fn offset(&self) -> u64 {
+    pub(super) fn offset(&self) -> u64 {
         self.snapshot.meta.index + 1
+    }
+
+    /// Checks that `persist` would accept `snapshot` and `entries`, without changing anything,
+    /// so that a durable store can refuse them before it writes to disk.
+    pub(super) fn check(&self, snapshot: Option<&Snapshot>, entries: &[Entry]) -> Result<(), StorageError> {
+        let base = match snapshot {
+            Some(s) if s.meta.index < self.snapshot.meta.index => return Err(StorageError::SnapshotOutOfDate),
+            Some(s) => (s.meta.index, s.meta.index),
+            None => (self.snapshot.meta.index, self.last_index()),
+        };
+        if let Some(first) = entries.first().map(|e| e.index) {
+            let (snap_index, last) = base;
+            if first > last + 1 || first <= snap_index {
+                return Err(StorageError::LogGap { expected: last + 1, got: first });
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that `compact` would accept `snapshot`.
+    pub(super) fn check_compact(&self, snapshot: &Snapshot) -> Result<(), StorageError> {
+        let idx = snapshot.meta.index;
+        if idx <= self.snapshot.meta.index || idx > self.last_index() {
+            return Err(StorageError::SnapshotOutOfDate);
+        }
+        Ok(())
     }
 }
 
@@ -100,21 +126,15 @@ impl Storage for MemStorage {
         snapshot: Option<&Snapshot>,
         entries: &[Entry],
     ) -> Result<(), StorageError> {
+        self.check(snapshot, entries)?;
         if let Some(s) = snapshot {
-            if s.meta.index < self.snapshot.meta.index {
-                return Err(StorageError::SnapshotOutOfDate);
-            }
             // The core only installs a snapshot whose position its log does not
             // match, so nothing after it can be trusted.
             self.snapshot = s.clone();
             self.entries.clear();
         }
         if let Some(first) = entries.first() {
-            let first = first.index;
-            if first > self.last_index() + 1 || first <= self.snapshot.meta.index {
-                return Err(StorageError::LogGap { expected: self.last_index() + 1, got: first });
-            }
-            self.entries.truncate((first - self.offset()) as usize);
+            self.entries.truncate((first.index - self.offset()) as usize);
             self.entries.extend_from_slice(entries);
         }
         if let Some(hs) = hard_state {
@@ -124,11 +144,8 @@ impl Storage for MemStorage {
     }
 
     fn compact(&mut self, snapshot: Snapshot) -> Result<(), StorageError> {
-        let idx = snapshot.meta.index;
-        if idx <= self.snapshot.meta.index || idx > self.last_index() {
-            return Err(StorageError::SnapshotOutOfDate);
-        }
-        let drop = (idx - self.snapshot.meta.index) as usize;
+        self.check_compact(&snapshot)?;
+        let drop = (snapshot.meta.index - self.snapshot.meta.index) as usize;
         self.entries.drain(..drop);
         self.snapshot = snapshot;
         Ok(())
