@@ -14,9 +14,12 @@ fn scenario(name: &str) -> (SimConfig, u64) {
         "5nodes" => (SimConfig { nodes: 5, initial_voters: 5, clients: 4, ..base }, 2_000),
         "membership" => (SimConfig { nodes: 5, initial_voters: 3, membership: true, ..base }, 3_000),
         "lossy" => (SimConfig { drop: 0.2, duplicate: 0.1, max_delay: 8, pre_vote: false, ..base }, 4_000),
-        "chaos" => (SimConfig { crash_rate: 0.05, partition_rate: 0.08, snapshot_every: 10, ..base }, 5_000),
+        "chaos" => (
+            SimConfig { crash_rate: 0.05, crash_in_ready: 0.003, partition_rate: 0.08, snapshot_every: 10, ..base },
+            5_000,
+        ),
         "no-check-quorum" => (SimConfig { check_quorum: false, partition_rate: 0.05, ..base }, 6_000),
-        "durable" => (SimConfig { durable: true, crash_rate: 0.03, ..base }, 7_000),
+        "durable" => (SimConfig { durable: true, crash_rate: 0.03, crash_in_ready: 0.003, ..base }, 7_000),
         "leader-churn" => (
             SimConfig {
                 nodes: 5,
@@ -30,8 +33,66 @@ fn scenario(name: &str) -> (SimConfig, u64) {
             8_000,
         ),
         "drift" => (
-            SimConfig { slow_clock_every: 10, partition_rate: 0.1, max_delay: 1, drop: 0.01, clients: 6, ..base },
+            SimConfig {
+                clock_drift_pct: 15,
+                leader_nemesis: 0.3,
+                partition_rate: 0.1,
+                max_delay: 1,
+                drop: 0.01,
+                clients: 6,
+                ..base
+            },
             9_000,
+        ),
+        "figure8" => (
+            SimConfig {
+                max_entries_per_msg: 1,
+                leader_nemesis: 0.6,
+                leader_drop: 0.4,
+                crash_in_ready: 0.005,
+                partition_rate: 0.01,
+                ..base
+            },
+            11_000,
+        ),
+        "figure8-5nodes" => (
+            SimConfig {
+                nodes: 5,
+                initial_voters: 5,
+                clients: 4,
+                max_entries_per_msg: 1,
+                leader_nemesis: 0.5,
+                leader_drop: 0.3,
+                crash_in_ready: 0.005,
+                partition_rate: 0.01,
+                ..base
+            },
+            12_000,
+        ),
+        "wild-drift" => (
+            SimConfig {
+                clock_drift_pct: 80,
+                lease_reads: false,
+                leader_nemesis: 0.5,
+                crash_rate: 0.0,
+                max_delay: 1,
+                drop: 0.01,
+                clients: 6,
+                ..base
+            },
+            13_000,
+        ),
+        "drift-beyond-bound" => (
+            SimConfig {
+                clock_drift_pct: 80,
+                leader_nemesis: 0.5,
+                crash_rate: 0.0,
+                max_delay: 0,
+                drop: 0.01,
+                clients: 6,
+                ..base
+            },
+            14_000,
         ),
         "durable-membership" => (
             SimConfig { nodes: 5, initial_voters: 3, membership: true, durable: true, crash_rate: 0.02, ..base },
@@ -43,6 +104,10 @@ fn scenario(name: &str) -> (SimConfig, u64) {
 
 fn batch(name: &str, default_seeds: u64) {
     let (template, first) = scenario(name);
+    assert!(
+        !template.lease_reads || !template.check_quorum || template.clock_drift_pct < template.lease_drift_bound_pct(),
+        "{name}: lease reads with clock drift beyond what the lease margin absorbs are expected to fail"
+    );
     let n = seed_count(default_seeds);
     match run_seeds(&template, first..first + n) {
         Ok(stats) => {
@@ -99,8 +164,35 @@ fn lease_reads_under_bounded_clock_drift() {
 }
 
 #[test]
+fn figure8_leader_nemesis() {
+    batch("figure8", 200);
+}
+
+#[test]
+fn figure8_leader_nemesis_five_nodes() {
+    batch("figure8-5nodes", 200);
+}
+
+#[test]
+fn safe_reads_under_unbounded_clock_drift() {
+    batch("wild-drift", 200);
+}
+
+#[test]
 fn membership_changes_on_durable_storage() {
     batch("durable-membership", 200);
+}
+
+/// A test of the test: clocks drift far beyond what the lease margin absorbs, so lease
+/// reads are unsafe, and the simulator must catch a stale read.
+#[test]
+fn lease_reads_beyond_the_drift_bound_are_caught() {
+    let (template, first) = scenario("drift-beyond-bound");
+    assert!(template.lease_reads && template.clock_drift_pct > template.lease_drift_bound_pct());
+    match run_seeds(&template, first..first + 300) {
+        Ok(_) => panic!("no stale lease read found in 300 seeds with clock drift beyond the bound"),
+        Err(f) => assert!(f.reason.contains("not linearizable"), "expected a stale read, got: {f}"),
+    }
 }
 
 /// Reruns one seed with a full trace: `RAFT_REPLAY=membership:3017`.
