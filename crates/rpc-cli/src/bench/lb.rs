@@ -5,7 +5,7 @@
 //! connection's per-call deadline timer rather than the stack itself.
 
 use super::{
-    report::print_rpc_rows,
+    report::{print_rpc_rows, RoundArgs},
     rpc::{drive, spawn_server, BenchClient, BenchRequest, Rounds},
 };
 use crate::CliResult;
@@ -19,18 +19,8 @@ use tower::{util::BoxCloneSyncService, ServiceBuilder};
 
 #[derive(clap::Args)]
 pub(crate) struct LbBenchArgs {
-    /// Print one JSON object per line instead of a table.
-    #[arg(long)]
-    json: bool,
-    /// Seconds measured per scenario, subject and round.
-    #[arg(long, default_value_t = 1.0)]
-    seconds: f64,
-    /// Rounds per scenario; the median round is reported.
-    #[arg(long, default_value_t = 5)]
-    rounds: usize,
-    /// Seconds of warm-up before each measurement.
-    #[arg(long, default_value_t = 0.2)]
-    warmup: f64,
+    #[command(flatten)]
+    run: RoundArgs,
 }
 
 /// (scenario, calls in flight).
@@ -41,8 +31,8 @@ type Stack = BoxCloneSyncService<Request, Response, Status>;
 pub(crate) async fn run(args: LbBenchArgs) -> CliResult {
     let (mut child, addr) = spawn_server("rpc").await?;
     let addr = addr.to_string();
-    let warmup = Duration::from_secs_f64(args.warmup);
-    let measured = Duration::from_secs_f64(args.seconds);
+    let warmup = Duration::from_secs_f64(args.run.warmup);
+    let measured = Duration::from_secs_f64(args.run.seconds);
     let bare: Stack = BoxCloneSyncService::new(Channel::connect(addr.clone()).await?);
     // The same deadline as the stack's timeout, on a bare channel: separates what a deadline
     // costs the connection (a timer per call) from what the stack's own types cost.
@@ -60,7 +50,7 @@ pub(crate) async fn run(args: LbBenchArgs) -> CliResult {
     let mut rows = Vec::new();
     for (scenario, in_flight) in SCENARIOS {
         let (mut channel, mut with_deadline, mut stack) = (Rounds::default(), Rounds::default(), Rounds::default());
-        for _ in 0..args.rounds.max(1) {
+        for _ in 0..args.run.rounds.max(1) {
             for (subject, rounds) in [(&bare, &mut channel), (&deadline, &mut with_deadline), (&full, &mut stack)] {
                 let expected = request.clone();
                 let client = BenchClient::new(subject.clone());
@@ -78,7 +68,7 @@ pub(crate) async fn run(args: LbBenchArgs) -> CliResult {
         rows.push(with_deadline.row(scenario, "deadline", baseline));
         rows.push(stack.row(scenario, "lb-stack", baseline));
     }
-    print_rpc_rows(&rows, args.json);
+    print_rpc_rows(&rows, args.run.json);
     let _ = child.kill().await;
     Ok(())
 }

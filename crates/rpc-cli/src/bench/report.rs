@@ -34,6 +34,24 @@ pub(crate) fn quantile<T: Copy + Default + PartialOrd>(values: &mut [T], q: f64)
     values[((values.len() - 1) as f64 * q).round() as usize]
 }
 
+/// How long and how often a call benchmark measures, and how it prints.
+#[derive(clap::Args)]
+pub(crate) struct RoundArgs {
+    /// Print one JSON object per line instead of a table.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Seconds measured per scenario, subject and round.
+    #[arg(long, default_value_t = 1.0)]
+    pub(crate) seconds: f64,
+    /// Rounds per scenario; subjects alternate in each, and the median round is reported, so a
+    /// burst of load from elsewhere on the machine skews one round, not the result.
+    #[arg(long, default_value_t = 5)]
+    pub(crate) rounds: usize,
+    /// Seconds of warm-up before each measurement.
+    #[arg(long, default_value_t = 0.2)]
+    pub(crate) warmup: f64,
+}
+
 /// One line of an RPC benchmark report.
 #[derive(serde::Serialize)]
 pub(crate) struct RpcRow {

@@ -2,7 +2,7 @@
 
 use super::{
     raw::{self, RawClient},
-    report::{print_rpc_rows, Latencies, RpcRow},
+    report::{print_rpc_rows, Latencies, RoundArgs, RpcRow},
 };
 use crate::CliResult;
 use bytes::BytesMut;
@@ -53,19 +53,8 @@ impl Bench for Echo {
 
 #[derive(clap::Args)]
 pub(crate) struct RpcBenchArgs {
-    /// Print one JSON object per line instead of a table.
-    #[arg(long)]
-    json: bool,
-    /// Seconds measured per scenario, subject and round.
-    #[arg(long, default_value_t = 1.0)]
-    seconds: f64,
-    /// Rounds per scenario; raw and rpc alternate in each, and the median round is reported,
-    /// so a burst of load from elsewhere on the machine skews one round, not the result.
-    #[arg(long, default_value_t = 5)]
-    rounds: usize,
-    /// Seconds of warm-up before each measurement.
-    #[arg(long, default_value_t = 0.2)]
-    warmup: f64,
+    #[command(flatten)]
+    run: RoundArgs,
     /// Codec of the RPC subject (json or msgpack).
     #[arg(long, default_value = "msgpack")]
     codec: Codec,
@@ -126,8 +115,8 @@ pub(crate) async fn run(args: RpcBenchArgs) -> CliResult {
     }
     let (mut raw_child, raw_addr) = spawn_server("raw").await?;
     let (mut rpc_child, rpc_addr) = spawn_server("rpc").await?;
-    let warmup = Duration::from_secs_f64(args.warmup);
-    let measured = Duration::from_secs_f64(args.seconds);
+    let warmup = Duration::from_secs_f64(args.run.warmup);
+    let measured = Duration::from_secs_f64(args.run.seconds);
     let request = BenchRequest::sample();
     let mut payload = BytesMut::new();
     args.codec.encode(&request, &mut payload)?;
@@ -143,7 +132,7 @@ pub(crate) async fn run(args: RpcBenchArgs) -> CliResult {
             rpc_clients.push(BenchClient::new(channel));
         }
         let (mut raw, mut rpc) = (Rounds::default(), Rounds::default());
-        for _ in 0..args.rounds.max(1) {
+        for _ in 0..args.run.rounds.max(1) {
             let payload = payload.clone();
             raw.add(
                 drive(raw_clients.clone(), scenario.in_flight_per_connection, warmup, measured, move |c| {
@@ -165,7 +154,7 @@ pub(crate) async fn run(args: RpcBenchArgs) -> CliResult {
         rows.push(raw.row(scenario.name, "raw", raw_qps));
         rows.push(rpc.row(scenario.name, "rpc", raw_qps));
     }
-    print_rpc_rows(&rows, args.json);
+    print_rpc_rows(&rows, args.run.json);
     let _ = raw_child.kill().await;
     let _ = rpc_child.kill().await;
     Ok(())
