@@ -169,19 +169,24 @@ fn crash_at_every_write_and_fsync_point_loses_nothing_acknowledged() {
                 Some(n) => verify(&rec, &acked, &ops[n], &ctx),
                 None => assert_eq!(rec.last_index(), 0, "{ctx}"),
             }
-            // The recovered storage accepts new writes and survives another reopen.
+            // The recovered node redoes the interrupted write and goes on with the rest of the
+            // workload (a second life in a new segment, whose conflicts and compactions reach
+            // back into the first); the next reopen must return exactly the model's state.
             let mut rec = rec;
-            let next = rec.last_index() + 1;
-            let hs = rec.hard_state();
-            let e = Entry {
-                term: hs.term.max(rec.snapshot_meta().term).max(1),
-                index: next,
-                kind: EntryKind::Normal,
-                data: b"after".to_vec(),
-            };
-            rec.persist(None, None, std::slice::from_ref(&e)).unwrap();
+            let mut model = acked;
+            for op in &ops[crashed_op.unwrap_or(0)..] {
+                match (op, apply(&mut rec, op)) {
+                    (Op::Compact(s), Err(StorageError::SnapshotOutOfDate)) if rec.snapshot_meta() == s.meta => {}
+                    (_, r) => r.unwrap_or_else(|e| panic!("{ctx}: write after recovery failed: {e}")),
+                }
+                apply(&mut model, op).unwrap();
+            }
+            drop(rec);
             let again = DurableStorage::open(fs.clone(), DIR, opts(), conf()).unwrap();
-            assert_eq!(again.entries(next, next + 1, u64::MAX).unwrap(), vec![e], "{ctx}");
+            let si = model.snapshot_meta().index;
+            assert_eq!(again.snapshot_meta(), model.snapshot_meta(), "{ctx}");
+            assert_eq!(again.hard_state(), model.hard_state(), "{ctx}");
+            assert_eq!(log_after(&again, si), log_after(&model, si), "{ctx}");
             crash_point += 1;
         }
     }
@@ -266,4 +271,46 @@ fn corrupt_middle_is_refused() {
     hs_corrupt.corrupt(&format!("{DIR}/hardstate"), 6).unwrap();
     let err = DurableStorage::open(hs_corrupt, DIR, opts(), conf()).unwrap_err();
     assert!(err.to_string().contains("hardstate"), "{err}");
+}
+
+/// A conflict written into a newer segment can reach back into an older one; once the older
+/// segment is compacted away, recovery must still accept the newer one (a bug the simulator found).
+#[test]
+fn overwrite_reaching_into_a_compacted_segment_recovers() {
+    let fs = FaultFs::new();
+    let opts = DurableOptions { sync: true, segment_bytes: 1 << 20 };
+    let mut st = DurableStorage::open(fs.clone(), DIR, opts.clone(), conf()).unwrap();
+    st.persist(Some(&HardState { term: 1, vote: Some(1), commit: 5 }), None, &(1..=7).map(sample).collect::<Vec<_>>())
+        .unwrap();
+    drop(st);
+    // Reopening starts a new segment; entry 8 lands there, then a new leader overwrites 7 and 8.
+    let mut st = DurableStorage::open(fs.clone(), DIR, opts.clone(), conf()).unwrap();
+    st.persist(None, None, &[sample(8)]).unwrap();
+    let newer = |index| Entry { term: 2, ..sample(index) };
+    let hs = HardState { term: 2, vote: Some(2), commit: 9 };
+    st.persist(Some(&hs), None, &[newer(7), newer(8), newer(9)]).unwrap();
+    st.compact(Snapshot { meta: SnapshotMeta { index: 8, term: 2, conf: conf() }, data: b"s".to_vec() }).unwrap();
+    assert_eq!(segments(&fs).len(), 1, "the first segment is wholly covered by the snapshot");
+    drop(st);
+    let st = DurableStorage::open(fs, DIR, opts, conf()).unwrap();
+    assert_eq!(st.first_index(), 9);
+    assert_eq!(st.entries(9, 10, u64::MAX).unwrap(), vec![newer(9)]);
+    assert_eq!(st.hard_state(), hs);
+}
+
+#[test]
+fn missing_segment_is_refused() {
+    let fs = FaultFs::new();
+    let mut st = DurableStorage::open(fs.clone(), DIR, opts(), conf()).unwrap();
+    for i in 1..=20 {
+        st.persist(None, None, &[sample(i)]).unwrap();
+    }
+    drop(st);
+    let segs = segments(&fs);
+    assert!(segs.len() >= 3, "{segs:?}");
+    for (seg, expect) in [(&segs[1], "does not continue"), (&segs[0], "segment missing")] {
+        fs.clone().remove(&format!("{DIR}/{seg}")).unwrap();
+        let err = DurableStorage::open(fs.clone(), DIR, opts(), conf()).unwrap_err();
+        assert!(matches!(err, StorageError::Corrupt { .. }) && err.to_string().contains(expect), "{err}");
+    }
 }

@@ -204,6 +204,9 @@ impl<F: FileSystem> DurableStorage<F> {
         // Position just before log[0], and its term when known (a base record).
         let mut start = 0u64;
         let mut base: Option<(u64, u64)> = None;
+        // Whether `start` was guessed from the first entry found (older segments were
+        // removed by compaction) rather than known from a base record or entry 1.
+        let mut inferred = false;
         let mut commit = 0;
         for (n, &seq) in seqs.iter().enumerate() {
             let name = seg_name(seq);
@@ -244,8 +247,14 @@ impl<F: FileSystem> DurableStorage<F> {
                 match rec {
                     Record::Entry(e) => {
                         let next = start + 1 + log.len() as u64;
-                        if log.is_empty() && base.is_none() && start == 0 {
+                        let unanchored = base.is_none() && (inferred || log.is_empty() && start == 0);
+                        if unanchored && (log.is_empty() || e.index <= start) {
+                            // The first entry found, or, when older segments were compacted
+                            // away (all they held is covered by the snapshot), an overwrite
+                            // reaching back into them: the log restarts at this entry.
+                            log.clear();
                             start = e.index - 1;
+                            inferred = start > 0;
                         } else if e.index <= start || e.index > next {
                             return Err(StorageError::corrupt(
                                 &path,
@@ -259,6 +268,7 @@ impl<F: FileSystem> DurableStorage<F> {
                     }
                     Record::Commit(c) => commit = commit.max(c),
                     Record::Base(i, t) => {
+                        inferred = false;
                         log.clear();
                         start = i;
                         base = Some((i, t));
@@ -272,6 +282,15 @@ impl<F: FileSystem> DurableStorage<F> {
         // Reconcile with the snapshot: keep what follows it only if the log provably
         // continues it (it holds the snapshot's entry, or starts right after it).
         let (si, st) = (self.mem.snapshot.meta.index, self.mem.snapshot.meta.term);
+        if inferred && start > si {
+            // Compaction only removes segments the snapshot covers: a log resuming past the
+            // snapshot means a segment file went missing.
+            return Err(StorageError::corrupt(
+                &self.dir,
+                0,
+                format!("WAL segment missing: the log resumes at entry {} but the snapshot ends at {si}", start + 1),
+            ));
+        }
         let term_at = |i: u64| -> Option<u64> {
             if base == Some((i, st)) && i == start {
                 return Some(st);
