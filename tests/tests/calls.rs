@@ -249,3 +249,62 @@ async fn a_pool_of_connections_spreads_calls() {
     assert_eq!(debug.matches("127.0.0.1").count(), 4, "address plus three connections: {debug}");
     assert!(channel.ping().await.unwrap() < Duration::from_secs(1));
 }
+
+/// A server that reads calls and never answers: only the client's own deadline handling can end
+/// them. Returns the ids of the cancel frames it received once it has seen `cancels` of them,
+/// then closes the connection.
+async fn black_hole(listener: tokio::net::TcpListener, cancels: usize) -> Vec<u32> {
+    use tokio::io::AsyncReadExt;
+    use tokio_util::codec::Decoder;
+    let (mut stream, _) = listener.accept().await.unwrap();
+    let mut buf = bytes::BytesMut::new();
+    while buf.len() < 8 {
+        stream.read_buf(&mut buf).await.unwrap();
+    }
+    let _preface = buf.split_to(8);
+    let mut codec = rpc_core::transport::FrameCodec::default();
+    let mut cancelled = Vec::new();
+    loop {
+        while let Some(frame) = codec.decode(&mut buf).unwrap() {
+            if matches!(frame.head, rpc_core::transport::Head::Cancel) {
+                cancelled.push(frame.id);
+            }
+        }
+        if cancelled.len() >= cancels || stream.read_buf(&mut buf).await.unwrap() == 0 {
+            return cancelled;
+        }
+    }
+}
+
+#[tokio::test]
+async fn deadlines_expire_on_the_client_even_when_the_server_never_answers() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(black_hole(listener, 3));
+    let client = LabClient::new(Channel::connect(addr.to_string()).await.unwrap());
+    let patient = tokio::spawn({
+        let client = client.clone();
+        async move { client.sleep_then(0, 0).await }
+    });
+    let calls = [150u64, 50, 100].map(|ms| {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            let outcome = client.sleep_then(ms, 0).timeout(Duration::from_millis(ms)).await;
+            (ms, started.elapsed(), outcome)
+        })
+    });
+    for call in calls {
+        let (ms, elapsed, outcome) = call.await.unwrap();
+        let err = outcome.unwrap_err();
+        assert_eq!(err.code(), Code::DeadlineExceeded, "{err}");
+        assert!(elapsed >= Duration::from_millis(ms), "a {ms} ms deadline fired after {elapsed:?}");
+    }
+    let mut cancelled = tokio::time::timeout(Duration::from_secs(5), server).await.unwrap().unwrap();
+    cancelled.sort_unstable();
+    cancelled.dedup();
+    assert_eq!(cancelled.len(), 3, "the server is told to cancel each expired call once: {cancelled:?}");
+    // The call without a deadline waited until the server went away.
+    let err = patient.await.unwrap().unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
+}

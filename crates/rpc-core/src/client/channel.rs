@@ -5,13 +5,15 @@
 //! body with its codec. Choosing among several servers is `rpc-lb`'s job.
 
 use super::{
-    connection::{Connection, ConnectionConfig},
+    connection::{Connection, ConnectionConfig, ReplyFuture, Started},
+    pending::Reply,
     Request, Response,
 };
 use crate::{
     transport::{check_call_head, FrameBuilder, Head, DEFAULT_MAX_FRAME_SIZE},
     Codec, Context, Status, CALLER, TRACEPARENT,
 };
+use bytes::{Bytes, BytesMut};
 use std::{
     fmt,
     future::Future,
@@ -104,7 +106,7 @@ impl ChannelBuilder {
     /// Builds the channel and opens its first connection, failing if the server is unreachable.
     pub async fn connect(self) -> Result<Channel, Status> {
         let channel = self.connect_lazy();
-        channel.connection().await?;
+        channel.connection(&channel.inner.slots[0]).await?;
         Ok(channel)
     }
 
@@ -181,16 +183,20 @@ impl Channel {
 
     /// Round-trip time of a ping on one of the channel's connections.
     pub async fn ping(&self) -> Result<Duration, Status> {
-        self.connection().await?.ping().await
+        self.connection(&self.inner.slots[self.pick()]).await?.ping().await
     }
 
-    /// A usable connection, opening one if its slot has none.
-    async fn connection(&self) -> Result<Arc<Connection>, Status> {
+    /// The slot the next call uses.
+    fn pick(&self) -> usize {
+        match self.inner.slots.len() {
+            1 => 0,
+            n => self.inner.next.fetch_add(1, Ordering::Relaxed) % n,
+        }
+    }
+
+    /// A usable connection in `slot`, opening one if it has none.
+    async fn connection(&self, slot: &Slot) -> Result<Arc<Connection>, Status> {
         let inner = &self.inner;
-        let slot = match &*inner.slots {
-            [only] => only,
-            slots => &slots[inner.next.fetch_add(1, Ordering::Relaxed) % slots.len()],
-        };
         if let Some(conn) = slot.live() {
             return Ok(conn);
         }
@@ -225,7 +231,8 @@ impl Channel {
         }
     }
 
-    async fn call(self, request: Request) -> Result<Response, Status> {
+    /// Everything about a call that needs no connection: metadata, deadline, the encoded frame.
+    fn prepare(&self, request: Request) -> Result<Prepared, Status> {
         let inner = &self.inner;
         let mut metadata = request.options.metadata;
         let (inherited_deadline, trace) = Context::inherited();
@@ -243,25 +250,78 @@ impl Channel {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        if deadline.is_some_and(|d| d <= Instant::now()) {
-            return Err(Status::deadline_exceeded(format!(
-                "deadline passed before {}.{} was sent",
-                request.service, request.method
-            )));
+        let now = deadline.map(|_| Instant::now());
+        if let (Some(deadline), Some(now)) = (deadline, now) {
+            if deadline <= now {
+                return Err(Status::deadline_exceeded(format!(
+                    "deadline passed before {}.{} was sent",
+                    request.service, request.method
+                )));
+            }
         }
         let codec = inner.codec;
         let oneway = request.options.oneway;
         let head = Head::Call {
             service: request.service,
             method: request.method,
-            timeout: deadline.map(|d| d.saturating_duration_since(Instant::now())),
+            timeout: deadline.zip(now).map(|(d, now)| d - now),
             metadata,
             oneway,
         };
         let mut frame = FrameBuilder::new(codec.id(), &head, 256);
         request.body.encode(codec, frame.body_mut()).map_err(|e| Status::invalid_argument(format!("request {e}")))?;
-        let conn = self.connection().await?;
-        conn.call(frame, oneway, codec, deadline).await
+        Ok(Prepared { frame, oneway, deadline })
+    }
+
+    /// The path of a call that must wait: for a connection, or for room in the write queue.
+    async fn call_slow(self, slot: usize, deadline: Option<Instant>, call: SlowCall) -> Reply {
+        let codec = self.inner.codec;
+        let sent = async {
+            let (conn, frame, reply) = match call {
+                SlowCall::Queued(conn, frame, reply) => (conn, frame, reply),
+                SlowCall::Unsent(call) => {
+                    let conn = self.connection(&self.inner.slots[slot]).await?;
+                    match conn.start(call.frame, call.oneway, call.deadline)? {
+                        Started::Sent(reply) => return finish(reply, codec).await,
+                        Started::QueueFull(frame, reply) => (conn, frame, reply),
+                    }
+                }
+            };
+            conn.send(frame).await?;
+            finish(reply, codec).await
+        };
+        match deadline {
+            None => sent.await,
+            Some(deadline) => tokio::time::timeout_at(deadline, sent).await.unwrap_or_else(|_| {
+                Err(Status::deadline_exceeded(format!(
+                    "the deadline passed while waiting to send to {}; the server may be overloaded",
+                    self.inner.addr
+                )))
+            }),
+        }
+    }
+}
+
+/// A call that must wait before it is sent.
+enum SlowCall {
+    /// Not yet on a connection.
+    Unsent(Prepared),
+    /// Registered on a connection whose write queue was full.
+    Queued(Arc<Connection>, BytesMut, Option<ReplyFuture>),
+}
+
+/// A call ready to go on a connection.
+struct Prepared {
+    frame: FrameBuilder,
+    oneway: bool,
+    deadline: Option<Instant>,
+}
+
+/// The reply of a call, or an empty one for a one-way call.
+async fn finish(reply: Option<ReplyFuture>, codec: Codec) -> Reply {
+    match reply {
+        Some(reply) => reply.await,
+        None => Ok(Response { codec, body: Bytes::new(), metadata: Default::default() }),
     }
 }
 
@@ -307,13 +367,29 @@ impl fmt::Debug for Channel {
 }
 
 /// The future of a [`Channel`] call.
-pub struct ChannelFuture(Pin<Box<dyn Future<Output = Result<Response, Status>> + Send>>);
+///
+/// A call on a connected channel with room in its write queue (the common case) is sent before
+/// this future is first polled, which then only waits for the reply; anything else takes a
+/// boxed slow path.
+pub struct ChannelFuture(State);
+
+enum State {
+    Waiting(ReplyFuture),
+    Done(Option<Reply>),
+    Slow(Pin<Box<dyn Future<Output = Reply> + Send>>),
+}
 
 impl Future for ChannelFuture {
     type Output = Result<Response, Status>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
-        self.0.as_mut().poll(cx)
+        match &mut self.0 {
+            State::Waiting(reply) => Pin::new(reply).poll(cx),
+            State::Done(outcome) => {
+                Poll::Ready(outcome.take().unwrap_or_else(|| Err(Status::internal("call polled after it completed"))))
+            }
+            State::Slow(fut) => fut.as_mut().poll(cx),
+        }
     }
 }
 
@@ -334,6 +410,30 @@ impl tower::Service<Request> for Channel {
     }
 
     fn call(&mut self, request: Request) -> ChannelFuture {
-        ChannelFuture(Box::pin(self.clone().call(request)))
+        let call = match self.prepare(request) {
+            Ok(call) => call,
+            Err(status) => return ChannelFuture(State::Done(Some(Err(status)))),
+        };
+        let slot = self.pick();
+        let deadline = call.deadline;
+        let Some(conn) = self.inner.slots[slot].live() else {
+            return ChannelFuture(State::Slow(Box::pin(self.clone().call_slow(
+                slot,
+                deadline,
+                SlowCall::Unsent(call),
+            ))));
+        };
+        let codec = self.inner.codec;
+        ChannelFuture(match conn.start(call.frame, call.oneway, deadline) {
+            Ok(Started::Sent(Some(reply))) => State::Waiting(reply),
+            Ok(Started::Sent(None)) => {
+                State::Done(Some(Ok(Response { codec, body: Bytes::new(), metadata: Default::default() })))
+            }
+            Ok(Started::QueueFull(frame, reply)) => {
+                let queued = SlowCall::Queued(conn, frame, reply);
+                State::Slow(Box::pin(self.clone().call_slow(slot, deadline, queued)))
+            }
+            Err(status) => State::Done(Some(Err(status))),
+        })
     }
 }

@@ -12,13 +12,16 @@ use crate::{
     transport::{write_loop, FrameBuilder, FrameCodec, FrameReader, Head, PREFACE},
     Code, Codec, Status,
 };
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use std::{
+    future::Future,
     net::SocketAddr,
+    pin::Pin,
     sync::{
         atomic::{AtomicBool, AtomicU32, Ordering},
         Arc,
     },
+    task::{ready, Context as TaskContext, Poll},
     time::Duration,
 };
 use tokio::{
@@ -64,7 +67,7 @@ impl Shared {
 
 /// A live connection to one server.
 pub(crate) struct Connection {
-    tx: mpsc::Sender<Bytes>,
+    tx: mpsc::Sender<BytesMut>,
     shared: Arc<Shared>,
     next_id: AtomicU32,
     max_frame_size: usize,
@@ -104,6 +107,7 @@ impl Connection {
             }
         });
         tokio::spawn(read_loop(FrameReader::new(read, codec), shared.clone(), tx.downgrade()));
+        tokio::spawn(expire_loop(shared.clone(), tx.downgrade()));
         Ok(Arc::new(Connection { tx, shared, next_id: AtomicU32::new(1), max_frame_size: config.max_frame_size }))
     }
 
@@ -121,63 +125,45 @@ impl Connection {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Sends the call in `frame` and waits for its reply until `deadline`.
-    pub(crate) async fn call(
-        &self,
+    /// Sends the call in `frame` if the write queue has room, registered to fail with
+    /// `DeadlineExceeded` once `deadline` passes. Never waits: a full queue hands the frame back.
+    pub(crate) fn start(
+        self: &Arc<Self>,
         frame: FrameBuilder,
         oneway: bool,
-        codec: Codec,
         deadline: Option<Instant>,
-    ) -> Reply {
+    ) -> Result<Started, Status> {
         let id = self.next_id();
         let frame = frame.finish(id, self.max_frame_size).map_err(|e| {
             Status::invalid_argument(format!("request to {}: {e}", self.shared.peer)).with_not_started()
         })?;
-        if oneway {
-            self.send(frame).await?;
-            return Ok(Response { codec, body: Bytes::new(), metadata: Default::default() });
-        }
-        let (tx, rx) = oneshot::channel();
-        self.shared.pending.insert(id, tx)?;
-        let guard = CancelOnDrop { conn: self, id, armed: true };
-        self.send(frame).await?;
-        let reply = match deadline {
-            None => rx.await,
-            Some(deadline) => match tokio::time::timeout_at(deadline, rx).await {
-                Ok(reply) => reply,
-                Err(_) => {
-                    return Err(Status::deadline_exceeded(format!(
-                        "no reply from {} before the deadline; the server was told to cancel the call",
-                        self.shared.peer
-                    )))
-                }
-            },
+        let reply = if oneway {
+            None
+        } else {
+            let (tx, rx) = oneshot::channel();
+            self.shared.pending.insert(id, tx, deadline)?;
+            Some(ReplyFuture { rx, conn: self.clone(), id, done: false })
         };
-        guard.disarm();
-        match reply {
-            Ok(reply) => reply,
-            Err(_) => Err(self.closed_status()),
+        match self.tx.try_send(frame) {
+            Ok(()) => Ok(Started::Sent(reply)),
+            Err(mpsc::error::TrySendError::Full(frame)) => Ok(Started::QueueFull(frame, reply)),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(self.closed_status()),
         }
     }
 
     /// Sends a ping and waits for its pong.
-    pub(crate) async fn ping(&self) -> Result<Duration, Status> {
+    pub(crate) async fn ping(self: &Arc<Self>) -> Result<Duration, Status> {
         let id = self.next_id();
         let (tx, rx) = oneshot::channel();
-        self.shared.pending.insert(id, tx)?;
-        let guard = CancelOnDrop { conn: self, id, armed: true };
+        self.shared.pending.insert(id, tx, None)?;
+        let pong = ReplyFuture { rx, conn: self.clone(), id, done: false };
         let started = Instant::now();
         self.send(control_frame(id, &Head::Ping, Bytes::new())).await?;
-        let reply = rx.await;
-        guard.disarm();
-        match reply {
-            Ok(Ok(_)) => Ok(started.elapsed()),
-            Ok(Err(status)) => Err(status),
-            Err(_) => Err(self.closed_status()),
-        }
+        pong.await.map(|_| started.elapsed())
     }
 
-    async fn send(&self, frame: Bytes) -> Result<(), Status> {
+    /// Queues `frame`, waiting for room in the write queue.
+    pub(crate) async fn send(&self, frame: BytesMut) -> Result<(), Status> {
         self.tx.send(frame).await.map_err(|_| self.closed_status())
     }
 
@@ -188,38 +174,92 @@ impl Connection {
             .cloned()
             .unwrap_or_else(|| Status::unavailable(format!("connection to {} closed", self.shared.peer)))
     }
-}
 
-/// Removes a call that is dropped or times out before its reply and tells the server to cancel it.
-struct CancelOnDrop<'a> {
-    conn: &'a Connection,
-    id: u32,
-    armed: bool,
-}
-
-impl CancelOnDrop<'_> {
-    fn disarm(mut self) {
-        self.armed = false;
+    /// Tells the server to stop working on call `id`.
+    fn cancel(&self, id: u32) {
+        send_cancel(&self.tx, id);
     }
 }
 
-impl Drop for CancelOnDrop<'_> {
+fn send_cancel(tx: &mpsc::Sender<BytesMut>, id: u32) {
+    let cancel = control_frame(id, &Head::Cancel, Bytes::new());
+    if let Err(mpsc::error::TrySendError::Full(cancel)) = tx.try_send(cancel) {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let _ = tx.send(cancel).await;
+        });
+    }
+}
+
+/// What [`Connection::start`] did with a call.
+pub(crate) enum Started {
+    /// Queued for writing; the reply arrives through the future (none for a one-way call).
+    Sent(Option<ReplyFuture>),
+    /// The write queue is full: send the frame with [`Connection::send`], then wait.
+    QueueFull(BytesMut, Option<ReplyFuture>),
+}
+
+/// The reply of one call. Dropped before the reply, it removes the call and tells the server
+/// to cancel it.
+pub(crate) struct ReplyFuture {
+    rx: oneshot::Receiver<Reply>,
+    conn: Arc<Connection>,
+    id: u32,
+    done: bool,
+}
+
+impl Future for ReplyFuture {
+    type Output = Reply;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Reply> {
+        let outcome = ready!(Pin::new(&mut self.rx).poll(cx));
+        self.done = true;
+        Poll::Ready(outcome.unwrap_or_else(|_| Err(self.conn.closed_status())))
+    }
+}
+
+impl Drop for ReplyFuture {
     fn drop(&mut self) {
-        if !self.armed || self.conn.shared.pending.remove(self.id).is_none() {
+        if !self.done && self.conn.shared.pending.remove(self.id).is_some() {
+            self.conn.cancel(self.id);
+        }
+    }
+}
+
+/// Fails calls whose deadline passed and tells the server to cancel them: one timer for the
+/// whole connection, re-armed for the earliest deadline, instead of one per call.
+async fn expire_loop(shared: Arc<Shared>, tx: mpsc::WeakSender<BytesMut>) {
+    let peer = shared.peer;
+    loop {
+        let changed = shared.pending.deadline_changed();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        if shared.pending.closed().is_some() {
             return;
         }
-        let cancel = control_frame(self.id, &Head::Cancel, Bytes::new());
-        if let Err(mpsc::error::TrySendError::Full(cancel)) = self.conn.tx.try_send(cancel) {
-            let tx = self.conn.tx.clone();
-            tokio::spawn(async move {
-                let _ = tx.send(cancel).await;
-            });
+        let Some(at) = shared.pending.next_deadline() else {
+            changed.await;
+            continue;
+        };
+        tokio::select! {
+            _ = tokio::time::sleep_until(at) => {}
+            _ = changed => continue,
+        }
+        let expired = shared.pending.expire(Instant::now(), || {
+            Status::deadline_exceeded(format!(
+                "no reply from {peer} before the deadline; the server was told to cancel the call"
+            ))
+        });
+        if let Some(tx) = tx.upgrade() {
+            for id in expired {
+                send_cancel(&tx, id);
+            }
         }
     }
 }
 
 /// A frame without a codec body: cancel, ping, pong.
-fn control_frame(id: u32, head: &Head, body: Bytes) -> Bytes {
+fn control_frame(id: u32, head: &Head, body: Bytes) -> BytesMut {
     let mut frame = FrameBuilder::new(0, head, body.len());
     frame.body_mut().extend_from_slice(&body);
     // Control frames are a few bytes; only a peer's oversized ping could exceed the limit, and
@@ -230,7 +270,7 @@ fn control_frame(id: u32, head: &Head, body: Bytes) -> Bytes {
 async fn read_loop(
     mut reader: FrameReader<tokio::net::tcp::OwnedReadHalf>,
     shared: Arc<Shared>,
-    tx: mpsc::WeakSender<Bytes>,
+    tx: mpsc::WeakSender<BytesMut>,
 ) {
     let peer = shared.peer;
     let mut replies = Vec::new();

@@ -3,6 +3,9 @@
 //! Callers insert from any worker thread while the reader task removes, so the table is split
 //! into shards by id: consecutive ids land in different shards, and the reader takes each shard's
 //! lock once per batch of replies rather than once per reply.
+//!
+//! The table also keeps each call's deadline, so one timer per connection expires them (see
+//! [`PendingCalls::expire`]) instead of a timer registered and cancelled for every call.
 
 use super::Response;
 use crate::{id_map::IdMap, Status};
@@ -10,16 +13,27 @@ use std::sync::{
     atomic::{AtomicU64, Ordering},
     Mutex, MutexGuard, OnceLock,
 };
-use tokio::sync::oneshot;
+use tokio::{
+    sync::{oneshot, Notify},
+    time::Instant,
+};
 
 /// A call's outcome.
 pub(crate) type Reply = Result<Response, Status>;
 type Waiter = oneshot::Sender<Reply>;
 
 const SHARDS: usize = 8;
+/// `next_deadline` when no waiting call has a deadline.
+const NO_DEADLINE: u64 = u64::MAX;
+
+struct Entry {
+    waiter: Waiter,
+    /// Nanoseconds after `PendingCalls::epoch`, or [`NO_DEADLINE`].
+    deadline: u64,
+}
 
 pub(crate) struct PendingCalls {
-    shards: [Mutex<IdMap<Waiter>>; SHARDS],
+    shards: [Mutex<IdMap<Entry>>; SHARDS],
     /// Limit of each shard. Sequential ids spread evenly, so the shards fill together and the
     /// connection's limit holds without a shared counter that every call would contend on.
     max_per_shard: usize,
@@ -28,6 +42,12 @@ pub(crate) struct PendingCalls {
     closed: OnceLock<Status>,
     /// Calls removed from the table so far, by reply, cancellation or failure.
     finished: AtomicU64,
+    /// Origin of the deadlines kept as integers.
+    epoch: Instant,
+    /// No waiting call's deadline is earlier than this (nanoseconds after `epoch`).
+    next_deadline: AtomicU64,
+    /// Signalled when `next_deadline` moves earlier or the table closes.
+    deadline_changed: Notify,
 }
 
 impl PendingCalls {
@@ -38,16 +58,24 @@ impl PendingCalls {
             max,
             closed: OnceLock::new(),
             finished: AtomicU64::new(0),
+            epoch: Instant::now(),
+            next_deadline: AtomicU64::new(NO_DEADLINE),
+            deadline_changed: Notify::new(),
         }
     }
 
-    fn shard(&self, id: u32) -> MutexGuard<'_, IdMap<Waiter>> {
+    fn shard(&self, id: u32) -> MutexGuard<'_, IdMap<Entry>> {
         // Every update is a single insert or remove, so a panic cannot leave a shard torn.
         self.shards[id as usize % SHARDS].lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers call `id`; fails if the connection is closed or too many calls wait.
-    pub(crate) fn insert(&self, id: u32, waiter: Waiter) -> Result<(), Status> {
+    /// Registers call `id`, to fail with [`PendingCalls::expire`] once `deadline` passes; fails
+    /// if the connection is closed or too many calls wait.
+    pub(crate) fn insert(&self, id: u32, waiter: Waiter, deadline: Option<Instant>) -> Result<(), Status> {
+        // Saturates far in the future; never equal to NO_DEADLINE, which would hide the call.
+        let deadline = deadline.map_or(NO_DEADLINE, |d| {
+            u64::try_from(d.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(NO_DEADLINE - 1)
+        });
         let mut shard = self.shard(id);
         // Read under the shard lock: `close` sets the flag before draining, so a call either
         // sees it here or is drained by `close`.
@@ -61,17 +89,63 @@ impl PendingCalls {
             ))
             .with_not_started());
         }
-        shard.insert(id, waiter);
+        shard.insert(id, Entry { waiter, deadline });
+        drop(shard);
+        // Inserted before published: `expire` resets `next_deadline` before it scans, so it
+        // either sees this call or sees the earlier deadline set here.
+        if deadline < self.next_deadline.load(Ordering::Acquire)
+            && deadline < self.next_deadline.fetch_min(deadline, Ordering::AcqRel)
+        {
+            self.deadline_changed.notify_one();
+        }
         Ok(())
     }
 
     /// Removes call `id`, returning its waiter if it was still waiting.
     pub(crate) fn remove(&self, id: u32) -> Option<Waiter> {
-        let waiter = self.shard(id).remove(&id);
+        let waiter = self.shard(id).remove(&id).map(|e| e.waiter);
         if waiter.is_some() {
             self.finished.fetch_add(1, Ordering::Relaxed);
         }
         waiter
+    }
+
+    /// When the earliest deadline of a waiting call passes, if any call has one.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        match self.next_deadline.load(Ordering::Acquire) {
+            NO_DEADLINE => None,
+            at => Some(self.epoch + std::time::Duration::from_nanos(at)),
+        }
+    }
+
+    /// Resolves when the earliest deadline moves earlier or the table closes. Create it before
+    /// reading [`PendingCalls::next_deadline`], so a change in between is not missed.
+    pub(crate) fn deadline_changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.deadline_changed.notified()
+    }
+
+    /// Fails the calls whose deadline is at or before `now` with `status()` and returns their
+    /// ids.
+    pub(crate) fn expire(&self, now: Instant, status: impl Fn() -> Status) -> Vec<u32> {
+        let now = u64::try_from(now.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(NO_DEADLINE - 1);
+        self.next_deadline.store(NO_DEADLINE, Ordering::Release);
+        let mut expired = Vec::new();
+        let mut earliest = NO_DEADLINE;
+        for shard in &self.shards {
+            let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            let due: Vec<u32> = shard.iter().filter(|(_, e)| e.deadline <= now).map(|(&id, _)| id).collect();
+            expired.extend(due.into_iter().filter_map(|id| shard.remove(&id).map(|e| (id, e))));
+            earliest = shard.values().map(|e| e.deadline).fold(earliest, u64::min);
+        }
+        self.next_deadline.fetch_min(earliest, Ordering::AcqRel);
+        self.finished.fetch_add(expired.len() as u64, Ordering::Relaxed);
+        expired
+            .into_iter()
+            .map(|(id, entry)| {
+                let _ = entry.waiter.send(Err(status()));
+                id
+            })
+            .collect()
     }
 
     /// How many calls have left the table; with the number of calls written, it tells the
@@ -100,7 +174,7 @@ impl PendingCalls {
             }
             let mut shard = self.shards[s].lock().unwrap_or_else(|e| e.into_inner());
             for (id, _) in replies.iter().filter(|(id, _)| *id as usize % SHARDS == s) {
-                waiters.push((*id, shard.remove(id)));
+                waiters.push((*id, shard.remove(id).map(|e| e.waiter)));
             }
         }
         let delivered = waiters.iter().filter(|(_, w)| w.is_some()).count();
@@ -120,10 +194,11 @@ impl PendingCalls {
         for shard in &self.shards {
             let drained = std::mem::take(&mut *shard.lock().unwrap_or_else(|e| e.into_inner()));
             self.finished.fetch_add(drained.len() as u64, Ordering::Relaxed);
-            for (_, waiter) in drained {
-                let _ = waiter.send(Err(status.clone()));
+            for (_, entry) in drained {
+                let _ = entry.waiter.send(Err(status.clone()));
             }
         }
+        self.deadline_changed.notify_one();
     }
 
     /// Removes the calls sent after `last_id` (in wrapping order) and fails them with `status`.
@@ -132,7 +207,7 @@ impl PendingCalls {
             let refused: Vec<Waiter> = {
                 let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
                 let ids: Vec<u32> = shard.keys().copied().filter(|&id| (id.wrapping_sub(last_id) as i32) > 0).collect();
-                ids.into_iter().filter_map(|id| shard.remove(&id)).collect()
+                ids.into_iter().filter_map(|id| shard.remove(&id).map(|e| e.waiter)).collect()
             };
             self.finished.fetch_add(refused.len() as u64, Ordering::Relaxed);
             for waiter in refused {
@@ -162,7 +237,7 @@ mod tests {
         let mut receivers = Vec::new();
         for id in 0..20u32 {
             let (tx, rx) = oneshot::channel();
-            table.insert(id, tx).unwrap();
+            table.insert(id, tx, None).unwrap();
             receivers.push(rx);
         }
         let mut replies: Vec<(u32, Reply)> =
@@ -180,11 +255,11 @@ mod tests {
     fn close_fails_waiters_and_refuses_newcomers() {
         let table = PendingCalls::new(100);
         let (tx, mut rx) = oneshot::channel();
-        table.insert(1, tx).unwrap();
+        table.insert(1, tx, None).unwrap();
         table.close(Status::unavailable("gone"));
         assert_eq!(rx.try_recv().unwrap().unwrap_err().message(), "gone");
         let (tx, _rx) = oneshot::channel();
-        assert_eq!(table.insert(2, tx).unwrap_err().message(), "gone");
+        assert_eq!(table.insert(2, tx, None).unwrap_err().message(), "gone");
     }
 
     #[test]
@@ -194,7 +269,7 @@ mod tests {
         let mut receivers = Vec::new();
         for id in ids {
             let (tx, rx) = oneshot::channel();
-            table.insert(id, tx).unwrap();
+            table.insert(id, tx, None).unwrap();
             receivers.push(rx);
         }
         table.refuse_after(u32::MAX, Status::unavailable("going away"));
@@ -208,14 +283,38 @@ mod tests {
         let mut receivers = Vec::new();
         for id in 0..2 * SHARDS as u32 {
             let (tx, rx) = oneshot::channel();
-            table.insert(id, tx).unwrap();
+            table.insert(id, tx, None).unwrap();
             receivers.push(rx);
         }
         let (tx, _rx) = oneshot::channel();
         let next = 2 * SHARDS as u32;
-        assert_eq!(table.insert(next, tx).unwrap_err().code(), crate::Code::ResourceExhausted);
+        assert_eq!(table.insert(next, tx, None).unwrap_err().code(), crate::Code::ResourceExhausted);
         table.remove(0);
         let (tx, _rx) = oneshot::channel();
-        table.insert(next, tx).unwrap();
+        table.insert(next, tx, None).unwrap();
+    }
+
+    #[test]
+    fn expiry_fails_only_calls_past_their_deadline_and_tracks_the_next_one() {
+        let table = PendingCalls::new(100);
+        let t0 = Instant::now();
+        let ms = std::time::Duration::from_millis;
+        let mut receivers = Vec::new();
+        for (id, deadline) in [(1, Some(t0 + ms(30))), (2, None), (3, Some(t0 + ms(10))), (4, Some(t0 + ms(20)))] {
+            let (tx, rx) = oneshot::channel();
+            table.insert(id, tx, deadline).unwrap();
+            receivers.push(rx);
+        }
+        assert_eq!(table.next_deadline(), Some(t0 + ms(10)));
+        let mut expired = table.expire(t0 + ms(20), || Status::deadline_exceeded("late"));
+        expired.sort_unstable();
+        assert_eq!(expired, [3, 4]);
+        assert_eq!(table.next_deadline(), Some(t0 + ms(30)), "the earliest deadline left");
+        let outcomes: Vec<bool> = receivers.iter_mut().map(|rx| rx.try_recv().is_ok()).collect();
+        assert_eq!(outcomes, [false, false, true, true]);
+        assert!(table.remove(1).is_some());
+        assert_eq!(table.expire(t0 + ms(40), || Status::deadline_exceeded("late")), Vec::<u32>::new());
+        assert_eq!(table.next_deadline(), None, "the call without a deadline never expires");
+        assert_eq!(table.finished().load(Ordering::Relaxed), 3);
     }
 }

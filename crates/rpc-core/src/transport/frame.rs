@@ -463,10 +463,10 @@ impl FrameBuilder {
     }
 
     /// Sets the request id and the length; fails if the frame exceeds `max_frame_size`.
-    pub fn finish(mut self, id: u32, max_frame_size: usize) -> Result<Bytes, FrameError> {
+    pub fn finish(mut self, id: u32, max_frame_size: usize) -> Result<BytesMut, FrameError> {
         self.buf[7..11].copy_from_slice(&id.to_be_bytes());
         finish_frame(&mut self.buf, 0, max_frame_size)?;
-        Ok(self.buf.freeze())
+        Ok(self.buf)
     }
 }
 

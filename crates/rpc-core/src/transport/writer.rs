@@ -4,7 +4,7 @@
 //! next single `write`, so a connection under load makes one syscall for many frames.
 
 use super::{expects_answer, Frame, FrameCodec, FrameError};
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
@@ -66,7 +66,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
 /// loop wrote, it tells whether other calls are in flight.
 pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
     io: W,
-    mut rx: mpsc::Receiver<Bytes>,
+    mut rx: mpsc::Receiver<BytesMut>,
     codec: FrameCodec,
     first: &[u8],
     calls_finished: &AtomicU64,
