@@ -308,3 +308,27 @@ async fn deadlines_expire_on_the_client_even_when_the_server_never_answers() {
     let err = patient.await.unwrap().unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err}");
 }
+
+#[tokio::test]
+async fn a_request_larger_than_the_socket_buffer_goes_out_whole_beside_small_calls() {
+    let (server, _lab) = start_lab().await;
+    let client = lab_client(&server, Codec::MsgPack).await;
+    // Alone on the connection, the caller writes its frame itself; the kernel takes only part of
+    // 8 MiB at once and the writer task must finish it before any other frame goes out.
+    let big = Item { id: 1, name: "big".into(), data: (0..8 << 20).map(|i| i as u8).collect() };
+    let big_call = tokio::spawn({
+        let client = client.clone();
+        let big = big.clone();
+        async move { client.echo(big).await }
+    });
+    let small: Vec<_> = (0..50u64)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move { client.sleep_then(i, 0).await })
+        })
+        .collect();
+    assert_eq!(big_call.await.unwrap().unwrap(), big);
+    for (i, call) in small.into_iter().enumerate() {
+        assert_eq!(call.await.unwrap().unwrap(), i as u64);
+    }
+}

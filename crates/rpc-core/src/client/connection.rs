@@ -6,10 +6,11 @@
 
 use super::{
     pending::{PendingCalls, Reply},
+    writer::{write_loop, Direct, WriteSide},
     Response,
 };
 use crate::{
-    transport::{write_loop, FrameBuilder, FrameCodec, FrameReader, Head, PREFACE},
+    transport::{FrameBuilder, FrameCodec, FrameReader, Head, PREFACE},
     Code, Codec, Status,
 };
 use bytes::{Bytes, BytesMut};
@@ -67,7 +68,10 @@ impl Shared {
 
 /// A live connection to one server.
 pub(crate) struct Connection {
+    /// Frames for the writer task.
     tx: mpsc::Sender<BytesMut>,
+    /// The socket's write side, for a caller alone on the connection to write to directly.
+    write: Arc<WriteSide>,
     shared: Arc<Shared>,
     next_id: AtomicU32,
     max_frame_size: usize,
@@ -94,21 +98,28 @@ impl Connection {
         let _ = stream.set_nodelay(true);
         let (read, write) = stream.into_split();
         let (tx, rx) = mpsc::channel(config.write_queue);
+        let write = Arc::new(WriteSide::new(write, &PREFACE));
         let shared = Arc::new(Shared {
             peer: addr,
             pending: PendingCalls::new(config.max_in_flight),
             draining: AtomicBool::new(false),
         });
         let codec = FrameCodec::new(config.max_frame_size);
-        let writer_shared = shared.clone();
+        let (writer_shared, writer_side) = (shared.clone(), write.clone());
         tokio::spawn(async move {
-            if let Err(e) = write_loop(write, rx, codec, &PREFACE, writer_shared.pending.finished()).await {
+            if let Err(e) = write_loop(&writer_side, rx, &writer_shared.pending).await {
                 writer_shared.close(Status::unavailable(format!("writing to {addr} failed: {e}")));
             }
         });
         tokio::spawn(read_loop(FrameReader::new(read, codec), shared.clone(), tx.downgrade()));
         tokio::spawn(expire_loop(shared.clone(), tx.downgrade()));
-        Ok(Arc::new(Connection { tx, shared, next_id: AtomicU32::new(1), max_frame_size: config.max_frame_size }))
+        Ok(Arc::new(Connection {
+            tx,
+            write,
+            shared,
+            next_id: AtomicU32::new(1),
+            max_frame_size: config.max_frame_size,
+        }))
     }
 
     /// True while new calls may use this connection.
@@ -125,8 +136,9 @@ impl Connection {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Sends the call in `frame` if the write queue has room, registered to fail with
-    /// `DeadlineExceeded` once `deadline` passes. Never waits: a full queue hands the frame back.
+    /// Sends the call in `frame` (itself if no other call is in flight, else through the writer
+    /// task's queue), registered to fail with `DeadlineExceeded` once `deadline` passes. Never
+    /// waits: a full queue hands the frame back.
     pub(crate) fn start(
         self: &Arc<Self>,
         frame: FrameBuilder,
@@ -144,6 +156,25 @@ impl Connection {
             self.shared.pending.insert(id, tx, deadline)?;
             Some(ReplyFuture { rx, conn: self.clone(), id, done: false })
         };
+        let mut frame = frame;
+        // Alone on the connection, with nothing queued: no batch to join.
+        let alone = self.shared.pending.in_flight() <= u64::from(reply.is_some());
+        if alone && self.tx.capacity() == self.tx.max_capacity() {
+            match self.write.try_write(frame) {
+                Ok(Direct::Written { whole }) => {
+                    if !whole {
+                        // The writer task finishes the frame; a full queue means it is awake anyway.
+                        let _ = self.tx.try_send(BytesMut::new());
+                    }
+                    return Ok(Started::Sent(reply));
+                }
+                Ok(Direct::Busy(busy)) => frame = busy,
+                Err(e) => {
+                    self.shared.close(Status::unavailable(format!("writing to {} failed: {e}", self.shared.peer)));
+                    return Err(self.closed_status());
+                }
+            }
+        }
         match self.tx.try_send(frame) {
             Ok(()) => Ok(Started::Sent(reply)),
             Err(mpsc::error::TrySendError::Full(frame)) => Ok(Started::QueueFull(frame, reply)),

@@ -12,6 +12,7 @@ mod connection;
 mod pending;
 mod request;
 mod thrift;
+mod writer;
 
 pub use call::{Call, CallFuture};
 pub use channel::{Channel, ChannelBuilder, ChannelFuture};

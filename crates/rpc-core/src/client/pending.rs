@@ -40,6 +40,8 @@ pub(crate) struct PendingCalls {
     max: usize,
     /// Set once the connection is gone, before the table is drained: why, for later callers.
     closed: OnceLock<Status>,
+    /// Calls inserted into the table so far.
+    inserted: AtomicU64,
     /// Calls removed from the table so far, by reply, cancellation or failure.
     finished: AtomicU64,
     /// Origin of the deadlines kept as integers.
@@ -57,6 +59,7 @@ impl PendingCalls {
             max_per_shard: max.div_ceil(SHARDS).max(1),
             max,
             closed: OnceLock::new(),
+            inserted: AtomicU64::new(0),
             finished: AtomicU64::new(0),
             epoch: Instant::now(),
             next_deadline: AtomicU64::new(NO_DEADLINE),
@@ -91,6 +94,7 @@ impl PendingCalls {
         }
         shard.insert(id, Entry { waiter, deadline });
         drop(shard);
+        self.inserted.fetch_add(1, Ordering::Relaxed);
         // Inserted before published: `expire` resets `next_deadline` before it scans, so it
         // either sees this call or sees the earlier deadline set here.
         if deadline < self.next_deadline.load(Ordering::Acquire)
@@ -148,10 +152,10 @@ impl PendingCalls {
             .collect()
     }
 
-    /// How many calls have left the table; with the number of calls written, it tells the
-    /// writer whether other calls are in flight.
-    pub(crate) fn finished(&self) -> &AtomicU64 {
-        &self.finished
+    /// Calls waiting for their reply (sent or about to be).
+    pub(crate) fn in_flight(&self) -> u64 {
+        // Saturating: another thread may see a call's removal before its insertion.
+        self.inserted.load(Ordering::Relaxed).saturating_sub(self.finished.load(Ordering::Relaxed))
     }
 
     /// Delivers a batch of replies, taking each shard's lock at most once.
@@ -248,7 +252,7 @@ mod tests {
             assert_eq!(rx.try_recv().unwrap().unwrap_err().message(), id.to_string());
         }
         assert!(table.shards.iter().all(|s| s.lock().unwrap().is_empty()));
-        assert_eq!(table.finished().load(Ordering::Relaxed), 20, "every delivered call counts as finished");
+        assert_eq!(table.in_flight(), 0, "every delivered call counts as finished");
     }
 
     #[test]
@@ -315,6 +319,6 @@ mod tests {
         assert!(table.remove(1).is_some());
         assert_eq!(table.expire(t0 + ms(40), || Status::deadline_exceeded("late")), Vec::<u32>::new());
         assert_eq!(table.next_deadline(), None, "the call without a deadline never expires");
-        assert_eq!(table.finished().load(Ordering::Relaxed), 3);
+        assert_eq!(table.in_flight(), 1, "only the call without a deadline is left");
     }
 }

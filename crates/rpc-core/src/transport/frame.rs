@@ -425,11 +425,6 @@ fn put_head(dst: &mut BytesMut, id: u32, codec: u8, head: &Head) {
     }
 }
 
-/// True for an encoded frame that the peer answers: a call (not one-way) or a ping.
-pub(crate) fn expects_answer(frame: &[u8]) -> bool {
-    matches!(frame.get(4), Some(1 | 6))
-}
-
 /// Fills in the length of the frame that starts at `start`, or removes it if it is too large.
 fn finish_frame(dst: &mut BytesMut, start: usize, max_frame_size: usize) -> Result<(), FrameError> {
     let len = dst.len() - start - 4;

@@ -6,10 +6,8 @@ mod frame;
 pub(crate) mod thrift;
 mod writer;
 
-use frame::expects_answer;
-
 pub use frame::{
     check_call_head, check_preface, Frame, FrameBuilder, FrameCodec, FrameError, Head, DEFAULT_MAX_FRAME_SIZE, PREFACE,
     VERSION,
 };
-pub(crate) use writer::{write_loop, FrameReader, FrameWriter, BATCH};
+pub(crate) use writer::{FrameReader, FrameWriter, BATCH, FLUSH_AT};

@@ -1,21 +1,17 @@
 //! Moving frames between a socket and the tasks of a connection.
 //!
-//! Writes coalesce: every frame queued while the previous write was in progress goes out in the
-//! next single `write`, so a connection under load makes one syscall for many frames.
+//! Writes coalesce: frames are gathered in one buffer and written together, so a connection
+//! under load makes one syscall for many frames.
 
-use super::{expects_answer, Frame, FrameCodec, FrameError};
+use super::{Frame, FrameCodec, FrameError};
 use bytes::BytesMut;
-use std::sync::atomic::{AtomicU64, Ordering};
-use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
-    sync::mpsc,
-};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::codec::{Decoder, Encoder};
 
 /// Most frames taken from a queue per wake-up.
 pub(crate) const BATCH: usize = 256;
 /// Bytes gathered before a write even if more frames are waiting, to bound the buffer.
-const FLUSH_AT: usize = 256 * 1024;
+pub(crate) const FLUSH_AT: usize = 256 * 1024;
 
 /// Encodes frames into one buffer and writes it with as few syscalls as possible.
 pub(crate) struct FrameWriter<W> {
@@ -57,46 +53,6 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.io.shutdown().await?;
         Ok(())
     }
-}
-
-/// Writes queued, already encoded frames to `io` until every sender is gone, then shuts the
-/// write side down. `first` is written before any frame (the client's preface).
-///
-/// `calls_finished` counts calls that got their reply or were abandoned; with the calls this
-/// loop wrote, it tells whether other calls are in flight.
-pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
-    io: W,
-    mut rx: mpsc::Receiver<BytesMut>,
-    codec: FrameCodec,
-    first: &[u8],
-    calls_finished: &AtomicU64,
-) -> Result<(), FrameError> {
-    let mut writer = FrameWriter::new(io, codec);
-    writer.push_raw(first);
-    let mut batch = Vec::with_capacity(BATCH);
-    let mut calls_written = 0u64;
-    while rx.recv_many(&mut batch, BATCH).await > 0 {
-        // Calls in flight come back in batches, and their callers send the next calls moments
-        // apart. Yielding once lets those calls join this write: one syscall, and one wake-up
-        // of the server, instead of many. A lone caller is never delayed.
-        let others_in_flight = calls_written.wrapping_sub(calls_finished.load(Ordering::Relaxed)) as i64 > 0;
-        if others_in_flight || batch.len() > 1 {
-            tokio::task::yield_now().await;
-            while batch.len() < BATCH {
-                let Ok(frame) = rx.try_recv() else { break };
-                batch.push(frame);
-            }
-        }
-        for frame in batch.drain(..) {
-            calls_written += u64::from(expects_answer(&frame));
-            writer.push_raw(&frame);
-            if writer.buf.len() >= FLUSH_AT {
-                writer.flush().await?;
-            }
-        }
-        writer.flush().await?;
-    }
-    writer.shutdown().await
 }
 
 /// Reads frames from a socket through [`FrameCodec`].
