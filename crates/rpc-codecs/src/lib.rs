@@ -62,6 +62,11 @@ pub trait Message: Serialize + DeserializeOwned + Send + Sync + 'static {
     fn encode_schema(&self, codec: Codec, role: Role, buf: &mut BytesMut) -> Result<(), CodecError>;
     /// Decodes with a schema codec (Protobuf or Thrift).
     fn decode_schema(codec: Codec, role: Role, bytes: &[u8]) -> Result<Self, CodecError>;
+    /// Whether the type has the field numbers Protobuf and Thrift need (`serde_json::Value` has
+    /// not).
+    fn has_schema() -> bool {
+        true
+    }
 }
 
 impl<T: schema::Schema + Serialize + DeserializeOwned + Send + Sync + 'static> Message for T {
@@ -99,6 +104,10 @@ impl Message for serde_json::Value {
             _ => Err(no_schema(codec)),
         }
     }
+
+    fn has_schema() -> bool {
+        false
+    }
 }
 
 fn no_schema(codec: Codec) -> CodecError {
@@ -118,7 +127,9 @@ fn no_schema(codec: Codec) -> CodecError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum Codec {
-    /// Protobuf (proto3) via `prost`'s wire primitives; field numbers from `#[message]`.
+    /// Protobuf (proto3) via `prost`'s wire primitives; field numbers from `#[message]`. The
+    /// default: compact, the fastest here, and readable by any protobuf peer given `rpc idl`.
+    #[default]
     Protobuf,
     /// Apache Thrift's binary protocol (strict), via the `thrift` crate.
     ThriftBinary,
@@ -127,7 +138,6 @@ pub enum Codec {
     /// JSON via `serde_json`: human-readable, self-describing.
     Json,
     /// MessagePack via `rmp-serde`, structs as maps keyed by field name.
-    #[default]
     MsgPack,
 }
 

@@ -142,12 +142,14 @@ pub(crate) fn list_merge<T: Single>(
 ) -> ProtoResult<()> {
     if T::PROTO_PACKED && wire == WireType::LengthDelimited {
         let mut packed = read_len_delimited(buf)?;
-        // Fixed-width values: their count is known from bytes that are already here.
-        match T::PROTO_WIRE {
-            WireType::SixtyFourBit => list.reserve(packed.len() / 8),
-            WireType::ThirtyTwoBit => list.reserve(packed.len() / 4),
-            _ => {}
-        }
+        // The count is known from bytes that are already here: no regrowing, and no allocation
+        // larger than the input.
+        list.reserve(match T::PROTO_WIRE {
+            WireType::SixtyFourBit => packed.len() / 8,
+            WireType::ThirtyTwoBit => packed.len() / 4,
+            // Each varint ends with the one byte of it below 0x80.
+            _ => packed.iter().filter(|&&b| b < 0x80).count(),
+        });
         while !packed.is_empty() {
             list.push(T::proto_read(T::PROTO_WIRE, &mut packed, depth)?);
         }

@@ -479,6 +479,25 @@ macro_rules! float {
             fn thrift_read<P: TInputProtocol + ?Sized>(i: &mut P, _: usize) -> ThriftResult<Self> {
                 Ok(i.read_double()? as $ty)
             }
+            fn proto_list_merge(
+                list: &mut Vec<Self>,
+                wire: WireType,
+                buf: &mut &[u8],
+                depth: usize,
+            ) -> ProtoResult<()> {
+                if wire != WireType::LengthDelimited {
+                    return proto::list_merge(list, wire, buf, depth);
+                }
+                // Packed: whole values back to back, converted in one pass.
+                let packed = proto::read_len_delimited(buf)?;
+                if packed.len() % $size != 0 {
+                    return Err(proto::error(concat!("packed ", stringify!($ty), " list has a partial value")));
+                }
+                list.extend(
+                    packed.chunks_exact($size).map(|c| <$ty>::from_le_bytes(c.try_into().unwrap_or([0; $size]))),
+                );
+                Ok(())
+            }
         }
         impl th::Scalar for $ty {
             fn write<P: TOutputProtocol + ?Sized>(&self, o: &mut P) -> ThriftResult<()> {

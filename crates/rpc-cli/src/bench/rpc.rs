@@ -55,8 +55,8 @@ impl Bench for Echo {
 pub(crate) struct RpcBenchArgs {
     #[command(flatten)]
     run: RoundArgs,
-    /// Codec of the RPC subject (json or msgpack).
-    #[arg(long, default_value = "msgpack")]
+    /// Codec of the RPC subject (default: a channel's default, Protobuf).
+    #[arg(long, default_value = "protobuf")]
     codec: Codec,
     /// Scenarios to run: latency, pipelined, multi.
     #[arg(long, value_delimiter = ',', default_value = "latency,pipelined,multi")]

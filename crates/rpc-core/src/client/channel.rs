@@ -60,7 +60,8 @@ impl ChannelBuilder {
         }
     }
 
-    /// Codec for request bodies (default: MessagePack). The server answers in the same codec.
+    /// Codec for request bodies (default: Protobuf). The server answers in the same codec. A
+    /// body without a schema (`serde_json::Value`) goes in MessagePack when this codec needs one.
     pub fn codec(mut self, codec: Codec) -> Self {
         self.codec = codec;
         self
@@ -259,7 +260,12 @@ impl Channel {
                 )));
             }
         }
-        let codec = inner.codec;
+        // A body without field numbers (a `serde_json::Value` from a generic tool) travels
+        // self-described; the frame says so and the server answers in kind.
+        let codec = match inner.codec.needs_schema() && !request.body.has_schema() {
+            true => Codec::MsgPack,
+            false => inner.codec,
+        };
         let oneway = request.options.oneway;
         let head = Head::Call {
             service: request.service,

@@ -9,11 +9,20 @@ use std::{fmt, sync::Arc, time::Duration};
 pub trait Body: Send + Sync + 'static {
     /// Appends the encoding of the body with `codec` to `buf`.
     fn encode(&self, codec: Codec, buf: &mut BytesMut) -> Result<(), CodecError>;
+    /// Whether the body can be encoded with a codec that needs a schema (see
+    /// [`Message::has_schema`]); a channel sends one that cannot in MessagePack instead.
+    fn has_schema(&self) -> bool {
+        true
+    }
 }
 
 impl<T: Message> Body for T {
     fn encode(&self, codec: Codec, buf: &mut BytesMut) -> Result<(), CodecError> {
         codec.encode(self, buf)
+    }
+
+    fn has_schema(&self) -> bool {
+        T::has_schema()
     }
 }
 
