@@ -22,6 +22,7 @@ fn from_prost(e: prost::DecodeError) -> Box<CodecError> {
 }
 
 /// Reads a field key.
+#[inline]
 pub fn read_key(buf: &mut &[u8]) -> ProtoResult<(u32, WireType)> {
     pe::decode_key(buf).map_err(from_prost)
 }
@@ -39,6 +40,7 @@ pub(crate) fn skip_all<T: Default>(buf: &mut &[u8]) -> ProtoResult<T> {
     Ok(T::default())
 }
 
+#[inline]
 pub(crate) fn read_varint(buf: &mut &[u8]) -> ProtoResult<u64> {
     pe::decode_varint(buf).map_err(from_prost)
 }
@@ -59,6 +61,7 @@ fn wire_error(expected: WireType, actual: WireType) -> Box<CodecError> {
 }
 
 /// One level deeper, or an error past [`MAX_DEPTH`].
+#[inline]
 pub(crate) fn deeper(depth: usize) -> ProtoResult<usize> {
     if depth >= MAX_DEPTH {
         Err(error(format!("messages nested deeper than {MAX_DEPTH} levels")))
@@ -68,6 +71,7 @@ pub(crate) fn deeper(depth: usize) -> ProtoResult<usize> {
 }
 
 /// Reads a length prefix and returns that many bytes, checking they are there first.
+#[inline]
 pub(crate) fn read_len_delimited<'a>(buf: &mut &'a [u8]) -> ProtoResult<&'a [u8]> {
     let len = read_varint(buf)?;
     if len > buf.len() as u64 {
@@ -78,11 +82,13 @@ pub(crate) fn read_len_delimited<'a>(buf: &mut &'a [u8]) -> ProtoResult<&'a [u8]
     Ok(value)
 }
 
+#[inline]
 pub(crate) fn bytes_value(bytes: &[u8], buf: &mut BytesMut) {
     pe::encode_varint(bytes.len() as u64, buf);
     buf.extend_from_slice(bytes);
 }
 
+#[inline]
 pub(crate) fn bytes_value_len(bytes: &[u8]) -> usize {
     pe::encoded_len_varint(bytes.len() as u64) + bytes.len()
 }

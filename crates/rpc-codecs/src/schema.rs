@@ -57,6 +57,7 @@ pub trait Schema: Sized {
     /// Reads one occurrence of the field into `slot` (repeated fields append).
     fn proto_merge(slot: &mut Option<Self>, wire: WireType, buf: &mut &[u8], depth: usize) -> ProtoResult<()>;
     /// The value of a field that is absent from the input; `None` when it is required.
+    #[inline]
     fn absent() -> Option<Self> {
         None
     }
@@ -73,18 +74,22 @@ pub trait Schema: Sized {
     fn thrift_merge<P: TInputProtocol + ?Sized>(slot: &mut Option<Self>, i: &mut P, depth: usize) -> ThriftResult<()>;
 
     /// Encodes a whole protobuf body: structs are themselves, other values field 1 of a wrapper.
+    #[inline]
     fn proto_encode_message(&self, buf: &mut BytesMut) {
         self.proto_field(1, buf)
     }
     /// Decodes what [`Schema::proto_encode_message`] wrote.
+    #[inline]
     fn proto_decode_message(buf: &mut &[u8], depth: usize) -> ProtoResult<Self> {
         proto::decode_wrapper(buf, depth)
     }
     /// Encodes a method's result: `success = 1` (and `error = 2` for `Result`).
+    #[inline]
     fn proto_encode_reply(&self, buf: &mut BytesMut) {
         self.proto_field(1, buf)
     }
     /// Decodes what [`Schema::proto_encode_reply`] wrote.
+    #[inline]
     fn proto_decode_reply(buf: &mut &[u8], depth: usize) -> ProtoResult<Self> {
         proto::decode_wrapper(buf, depth)
     }
@@ -127,6 +132,7 @@ pub trait Single: Schema {
     /// Reads one value written with `wire`.
     fn proto_read(wire: WireType, buf: &mut &[u8], depth: usize) -> ProtoResult<Self>;
     /// Whether proto3 leaves the value out as a field (zero, empty).
+    #[inline]
     fn proto_is_default(&self) -> bool {
         false
     }
@@ -134,14 +140,17 @@ pub trait Single: Schema {
     fn thrift_read<P: TInputProtocol + ?Sized>(i: &mut P, depth: usize) -> ThriftResult<Self>;
 
     /// Appends a list of values as field `tag`; `u8` overrides it to write `bytes`.
+    #[inline]
     fn proto_list(list: &[Self], tag: u32, buf: &mut BytesMut) {
         proto::list(list, tag, buf)
     }
     /// Bytes [`Single::proto_list`] appends.
+    #[inline]
     fn proto_list_len(list: &[Self], tag: u32) -> usize {
         proto::list_len(list, tag)
     }
     /// Reads one occurrence of a list field (packed or not) into `list`.
+    #[inline]
     fn proto_list_merge(list: &mut Vec<Self>, wire: WireType, buf: &mut &[u8], depth: usize) -> ProtoResult<()> {
         proto::list_merge(list, wire, buf, depth)
     }
@@ -265,15 +274,19 @@ pub fn struct_thrift_read<T: Struct, P: TInputProtocol + ?Sized>(i: &mut P, dept
 macro_rules! single_schema {
     ($ty:ty, $thrift:expr, $idl:expr) => {
         impl Schema for $ty {
+            #[inline]
             fn proto_field(&self, tag: u32, buf: &mut BytesMut) {
                 single_field(self, tag, buf)
             }
+            #[inline]
             fn proto_field_len(&self, tag: u32) -> usize {
                 single_field_len(self, tag)
             }
+            #[inline]
             fn proto_merge(slot: &mut Option<Self>, wire: WireType, buf: &mut &[u8], depth: usize) -> ProtoResult<()> {
                 single_merge(slot, wire, buf, depth)
             }
+            #[inline]
             fn absent() -> Option<Self> {
                 Some(Default::default())
             }
@@ -301,17 +314,21 @@ macro_rules! varint {
         impl Single for $ty {
             const PROTO_WIRE: WireType = WireType::Varint;
             const PROTO_PACKED: bool = true;
+            #[inline]
             fn proto_value(&self, buf: &mut BytesMut) {
                 prost::encoding::encode_varint(*self as $wide as u64, buf)
             }
+            #[inline]
             fn proto_value_len(&self) -> usize {
                 prost::encoding::encoded_len_varint(*self as $wide as u64)
             }
+            #[inline]
             fn proto_read(wire: WireType, buf: &mut &[u8], _: usize) -> ProtoResult<Self> {
                 proto::check_wire(WireType::Varint, wire)?;
                 let raw = proto::read_varint(buf)? as $wide;
                 <$ty>::try_from(raw).map_err(|_| proto::error(format!("{raw} does not fit in {}", stringify!($ty))))
             }
+            #[inline]
             fn proto_is_default(&self) -> bool {
                 *self == 0
             }
@@ -341,29 +358,35 @@ varint!(u32, u64, "uint32", TType::I64, "i64", write_i64, i64, read_i64);
 impl Single for u8 {
     const PROTO_WIRE: WireType = WireType::Varint;
     const PROTO_PACKED: bool = true;
+    #[inline]
     fn proto_value(&self, buf: &mut BytesMut) {
         prost::encoding::encode_varint(u64::from(*self), buf)
     }
+    #[inline]
     fn proto_value_len(&self) -> usize {
         prost::encoding::encoded_len_varint(u64::from(*self))
     }
+    #[inline]
     fn proto_read(wire: WireType, buf: &mut &[u8], _: usize) -> ProtoResult<Self> {
         proto::check_wire(WireType::Varint, wire)?;
         let raw = proto::read_varint(buf)?;
         u8::try_from(raw).map_err(|_| proto::error(format!("{raw} does not fit in u8")))
     }
+    #[inline]
     fn proto_is_default(&self) -> bool {
         *self == 0
     }
     fn thrift_read<P: TInputProtocol + ?Sized>(i: &mut P, _: usize) -> ThriftResult<Self> {
         th::narrow(i.read_i16()?)
     }
+    #[inline]
     fn proto_list(list: &[Self], tag: u32, buf: &mut BytesMut) {
         if !list.is_empty() {
             prost::encoding::encode_key(tag, WireType::LengthDelimited, buf);
             proto::bytes_value(list, buf);
         }
     }
+    #[inline]
     fn proto_list_len(list: &[Self], tag: u32) -> usize {
         if list.is_empty() {
             0
@@ -371,6 +394,7 @@ impl Single for u8 {
             prost::encoding::key_len(tag) + proto::bytes_value_len(list)
         }
     }
+    #[inline]
     fn proto_list_merge(list: &mut Vec<Self>, wire: WireType, buf: &mut &[u8], _: usize) -> ProtoResult<()> {
         proto::check_wire(WireType::LengthDelimited, wire)?;
         let bytes = proto::read_len_delimited(buf)?;
@@ -401,16 +425,20 @@ single_schema!(u8, TType::I16, TypeRef::scalar("uint32", "i16"));
 impl Single for u64 {
     const PROTO_WIRE: WireType = WireType::Varint;
     const PROTO_PACKED: bool = true;
+    #[inline]
     fn proto_value(&self, buf: &mut BytesMut) {
         prost::encoding::encode_varint(*self, buf)
     }
+    #[inline]
     fn proto_value_len(&self) -> usize {
         prost::encoding::encoded_len_varint(*self)
     }
+    #[inline]
     fn proto_read(wire: WireType, buf: &mut &[u8], _: usize) -> ProtoResult<Self> {
         proto::check_wire(WireType::Varint, wire)?;
         proto::read_varint(buf)
     }
+    #[inline]
     fn proto_is_default(&self) -> bool {
         *self == 0
     }
@@ -429,16 +457,20 @@ single_schema!(u64, TType::I64, TypeRef::scalar("uint64", "i64"));
 impl Single for bool {
     const PROTO_WIRE: WireType = WireType::Varint;
     const PROTO_PACKED: bool = true;
+    #[inline]
     fn proto_value(&self, buf: &mut BytesMut) {
         prost::encoding::encode_varint(u64::from(*self), buf)
     }
+    #[inline]
     fn proto_value_len(&self) -> usize {
         1
     }
+    #[inline]
     fn proto_read(wire: WireType, buf: &mut &[u8], _: usize) -> ProtoResult<Self> {
         proto::check_wire(WireType::Varint, wire)?;
         Ok(proto::read_varint(buf)? != 0)
     }
+    #[inline]
     fn proto_is_default(&self) -> bool {
         !*self
     }
@@ -459,12 +491,15 @@ macro_rules! float {
         impl Single for $ty {
             const PROTO_WIRE: WireType = $wire;
             const PROTO_PACKED: bool = true;
+            #[inline]
             fn proto_value(&self, buf: &mut BytesMut) {
                 bytes::BufMut::$put(buf, *self)
             }
+            #[inline]
             fn proto_value_len(&self) -> usize {
                 $size
             }
+            #[inline]
             fn proto_read(wire: WireType, buf: &mut &[u8], _: usize) -> ProtoResult<Self> {
                 proto::check_wire($wire, wire)?;
                 if buf.len() < $size {
@@ -472,6 +507,7 @@ macro_rules! float {
                 }
                 Ok(bytes::Buf::$get(buf))
             }
+            #[inline]
             fn proto_is_default(&self) -> bool {
                 // Negative zero is not the default: its bits differ and proto3 writes it.
                 self.to_bits() == 0
@@ -513,12 +549,15 @@ float!(f64, WireType::SixtyFourBit, 8, put_f64_le, get_f64_le, "double");
 
 impl Single for String {
     const PROTO_WIRE: WireType = WireType::LengthDelimited;
+    #[inline]
     fn proto_value(&self, buf: &mut BytesMut) {
         proto::bytes_value(self.as_bytes(), buf)
     }
+    #[inline]
     fn proto_value_len(&self) -> usize {
         proto::bytes_value_len(self.as_bytes())
     }
+    #[inline]
     fn proto_read(wire: WireType, buf: &mut &[u8], _: usize) -> ProtoResult<Self> {
         proto::check_wire(WireType::LengthDelimited, wire)?;
         let bytes = proto::read_len_delimited(buf)?;
@@ -526,6 +565,7 @@ impl Single for String {
             .map(str::to_owned)
             .map_err(|e| proto::error(format!("invalid UTF-8 in a string: {e}")))
     }
+    #[inline]
     fn proto_is_default(&self) -> bool {
         self.is_empty()
     }
@@ -543,16 +583,20 @@ single_schema!(String, TType::String, TypeRef::scalar("string", "string"));
 
 impl Single for Bytes {
     const PROTO_WIRE: WireType = WireType::LengthDelimited;
+    #[inline]
     fn proto_value(&self, buf: &mut BytesMut) {
         proto::bytes_value(self, buf)
     }
+    #[inline]
     fn proto_value_len(&self) -> usize {
         proto::bytes_value_len(self)
     }
+    #[inline]
     fn proto_read(wire: WireType, buf: &mut &[u8], _: usize) -> ProtoResult<Self> {
         proto::check_wire(WireType::LengthDelimited, wire)?;
         Ok(Bytes::copy_from_slice(proto::read_len_delimited(buf)?))
     }
+    #[inline]
     fn proto_is_default(&self) -> bool {
         self.is_empty()
     }
@@ -570,16 +614,20 @@ single_schema!(Bytes, TType::String, TypeRef::scalar("bytes", "binary"));
 // `Vec<u8>` is one `bytes` value, so it may be nested where other lists may not.
 impl Single for Vec<u8> {
     const PROTO_WIRE: WireType = WireType::LengthDelimited;
+    #[inline]
     fn proto_value(&self, buf: &mut BytesMut) {
         proto::bytes_value(self, buf)
     }
+    #[inline]
     fn proto_value_len(&self) -> usize {
         proto::bytes_value_len(self)
     }
+    #[inline]
     fn proto_read(wire: WireType, buf: &mut &[u8], _: usize) -> ProtoResult<Self> {
         proto::check_wire(WireType::LengthDelimited, wire)?;
         Ok(proto::read_len_delimited(buf)?.to_vec())
     }
+    #[inline]
     fn proto_is_default(&self) -> bool {
         self.is_empty()
     }
@@ -589,15 +637,19 @@ impl Single for Vec<u8> {
 }
 
 impl<T: Single> Schema for Vec<T> {
+    #[inline]
     fn proto_field(&self, tag: u32, buf: &mut BytesMut) {
         T::proto_list(self, tag, buf)
     }
+    #[inline]
     fn proto_field_len(&self, tag: u32) -> usize {
         T::proto_list_len(self, tag)
     }
+    #[inline]
     fn proto_merge(slot: &mut Option<Self>, wire: WireType, buf: &mut &[u8], depth: usize) -> ProtoResult<()> {
         T::proto_list_merge(slot.get_or_insert_with(Vec::new), wire, buf, depth)
     }
+    #[inline]
     fn absent() -> Option<Self> {
         Some(Vec::new())
     }
@@ -615,6 +667,7 @@ impl<T: Single> Schema for Vec<T> {
 }
 
 impl<T: Single> Schema for Option<T> {
+    #[inline]
     fn proto_field(&self, tag: u32, buf: &mut BytesMut) {
         // Explicit presence: a present zero is written, unlike a plain field.
         if let Some(value) = self {
@@ -622,13 +675,16 @@ impl<T: Single> Schema for Option<T> {
             value.proto_value(buf);
         }
     }
+    #[inline]
     fn proto_field_len(&self, tag: u32) -> usize {
         self.as_ref().map_or(0, |v| prost::encoding::key_len(tag) + v.proto_value_len())
     }
+    #[inline]
     fn proto_merge(slot: &mut Option<Self>, wire: WireType, buf: &mut &[u8], depth: usize) -> ProtoResult<()> {
         *slot = Some(Some(T::proto_read(wire, buf, depth)?));
         Ok(())
     }
+    #[inline]
     fn absent() -> Option<Self> {
         Some(None)
     }
@@ -655,19 +711,23 @@ impl<T: Single> Schema for Option<T> {
 macro_rules! map {
     ($map:ident, $($bound:tt)+) => {
         impl<K: MapKey + $($bound)+, V: Single> Schema for $map<K, V> {
+            #[inline]
             fn proto_field(&self, tag: u32, buf: &mut BytesMut) {
                 for (k, v) in self {
                     proto::map_entry(k, v, tag, buf);
                 }
             }
+            #[inline]
             fn proto_field_len(&self, tag: u32) -> usize {
                 self.iter().map(|(k, v)| proto::map_entry_len(k, v, tag)).sum()
             }
+            #[inline]
             fn proto_merge(slot: &mut Option<Self>, wire: WireType, buf: &mut &[u8], depth: usize) -> ProtoResult<()> {
                 let (k, v) = proto::read_map_entry(wire, buf, depth)?;
                 slot.get_or_insert_with(Default::default).insert(k, v);
                 Ok(())
             }
+            #[inline]
             fn absent() -> Option<Self> {
                 Some(Default::default())
             }
@@ -699,15 +759,18 @@ map!(BTreeMap, Ord);
 
 impl Schema for () {
     fn proto_field(&self, _: u32, _: &mut BytesMut) {}
+    #[inline]
     fn proto_field_len(&self, _: u32) -> usize {
         0
     }
+    #[inline]
     fn proto_merge(slot: &mut Option<Self>, wire: WireType, buf: &mut &[u8], _: usize) -> ProtoResult<()> {
         proto::check_wire(WireType::LengthDelimited, wire)?;
         proto::read_len_delimited(buf)?;
         *slot = Some(());
         Ok(())
     }
+    #[inline]
     fn absent() -> Option<Self> {
         Some(())
     }
@@ -724,10 +787,12 @@ impl Schema for () {
         Ok(())
     }
     fn proto_encode_message(&self, _: &mut BytesMut) {}
+    #[inline]
     fn proto_decode_message(buf: &mut &[u8], _: usize) -> ProtoResult<Self> {
         proto::skip_all(buf)
     }
     fn proto_encode_reply(&self, _: &mut BytesMut) {}
+    #[inline]
     fn proto_decode_reply(buf: &mut &[u8], _: usize) -> ProtoResult<Self> {
         proto::skip_all(buf)
     }
@@ -750,6 +815,7 @@ impl Schema for () {
 
 /// `Result<T, E>` is a method result: `success` and the declared error as an exception.
 impl<T: Schema, E: Single> Struct for Result<T, E> {
+    #[inline]
     fn proto_body(&self, buf: &mut BytesMut) {
         match self {
             Ok(value) => value.proto_field(1, buf),
@@ -759,12 +825,14 @@ impl<T: Schema, E: Single> Struct for Result<T, E> {
             }
         }
     }
+    #[inline]
     fn proto_body_len(&self) -> usize {
         match self {
             Ok(value) => value.proto_field_len(1),
             Err(error) => prost::encoding::key_len(2) + error.proto_value_len(),
         }
     }
+    #[inline]
     fn proto_read_body(buf: &mut &[u8], depth: usize) -> ProtoResult<Self> {
         let (mut ok, mut err) = (None, None);
         while !buf.is_empty() {
@@ -811,12 +879,15 @@ impl<T: Schema, E: Single> Struct for Result<T, E> {
 
 impl<T: Schema, E: Single> Single for Result<T, E> {
     const PROTO_WIRE: WireType = WireType::LengthDelimited;
+    #[inline]
     fn proto_value(&self, buf: &mut BytesMut) {
         struct_value(self, buf)
     }
+    #[inline]
     fn proto_value_len(&self) -> usize {
         struct_value_len(self)
     }
+    #[inline]
     fn proto_read(wire: WireType, buf: &mut &[u8], depth: usize) -> ProtoResult<Self> {
         struct_read(wire, buf, depth)
     }
@@ -826,12 +897,15 @@ impl<T: Schema, E: Single> Single for Result<T, E> {
 }
 
 impl<T: Schema, E: Single> Schema for Result<T, E> {
+    #[inline]
     fn proto_field(&self, tag: u32, buf: &mut BytesMut) {
         single_field(self, tag, buf)
     }
+    #[inline]
     fn proto_field_len(&self, tag: u32) -> usize {
         single_field_len(self, tag)
     }
+    #[inline]
     fn proto_merge(slot: &mut Option<Self>, wire: WireType, buf: &mut &[u8], depth: usize) -> ProtoResult<()> {
         single_merge(slot, wire, buf, depth)
     }
@@ -842,15 +916,19 @@ impl<T: Schema, E: Single> Schema for Result<T, E> {
     fn thrift_merge<P: TInputProtocol + ?Sized>(slot: &mut Option<Self>, i: &mut P, depth: usize) -> ThriftResult<()> {
         single_thrift_merge(slot, i, depth)
     }
+    #[inline]
     fn proto_encode_message(&self, buf: &mut BytesMut) {
         self.proto_body(buf)
     }
+    #[inline]
     fn proto_decode_message(buf: &mut &[u8], depth: usize) -> ProtoResult<Self> {
         Self::proto_read_body(buf, depth)
     }
+    #[inline]
     fn proto_encode_reply(&self, buf: &mut BytesMut) {
         self.proto_body(buf)
     }
+    #[inline]
     fn proto_decode_reply(buf: &mut &[u8], depth: usize) -> ProtoResult<Self> {
         Self::proto_read_body(buf, depth)
     }
@@ -875,14 +953,17 @@ impl<T: Schema, E: Single> Schema for Result<T, E> {
 macro_rules! tuple {
     ($($name:ident $slot:ident $tag:literal),+) => {
         impl<$($name: Schema),+> Struct for ($($name,)+) {
+            #[inline]
             fn proto_body(&self, buf: &mut BytesMut) {
                 let ($($slot,)+) = self;
                 $($slot.proto_field($tag, buf);)+
             }
+            #[inline]
             fn proto_body_len(&self) -> usize {
                 let ($($slot,)+) = self;
                 0 $(+ $slot.proto_field_len($tag))+
             }
+            #[inline]
             fn proto_read_body(buf: &mut &[u8], depth: usize) -> ProtoResult<Self> {
                 $(let mut $slot = None;)+
                 while !buf.is_empty() {
@@ -919,12 +1000,15 @@ macro_rules! tuple {
 
         impl<$($name: Schema),+> Single for ($($name,)+) {
             const PROTO_WIRE: WireType = WireType::LengthDelimited;
+            #[inline]
             fn proto_value(&self, buf: &mut BytesMut) {
                 struct_value(self, buf)
             }
+            #[inline]
             fn proto_value_len(&self) -> usize {
                 struct_value_len(self)
             }
+            #[inline]
             fn proto_read(wire: WireType, buf: &mut &[u8], depth: usize) -> ProtoResult<Self> {
                 struct_read(wire, buf, depth)
             }
@@ -934,12 +1018,15 @@ macro_rules! tuple {
         }
 
         impl<$($name: Schema),+> Schema for ($($name,)+) {
+            #[inline]
             fn proto_field(&self, tag: u32, buf: &mut BytesMut) {
                 single_field(self, tag, buf)
             }
+            #[inline]
             fn proto_field_len(&self, tag: u32) -> usize {
                 single_field_len(self, tag)
             }
+            #[inline]
             fn proto_merge(slot: &mut Option<Self>, wire: WireType, buf: &mut &[u8], depth: usize) -> ProtoResult<()> {
                 single_merge(slot, wire, buf, depth)
             }

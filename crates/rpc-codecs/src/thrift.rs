@@ -239,6 +239,12 @@ impl Read for Input<'_> {
     #[inline]
     fn read_exact(&mut self, out: &mut [u8]) -> std::io::Result<()> {
         let start = self.pos.get();
+        // Compact varints are read a byte at a time.
+        if let ([one], Some(&byte)) = (&mut *out, self.data.get(start)) {
+            *one = byte;
+            self.pos.set(start + 1);
+            return Ok(());
+        }
         match self.data.get(start..start + out.len()) {
             Some(bytes) => {
                 out.copy_from_slice(bytes);
@@ -252,6 +258,11 @@ impl Read for Input<'_> {
     #[inline]
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
         let start = self.pos.get();
+        if let ([one], Some(&byte)) = (&mut *out, self.data.get(start)) {
+            *one = byte;
+            self.pos.set(start + 1);
+            return Ok(1);
+        }
         let n = out.len().min(self.data.len() - start);
         out[..n].copy_from_slice(&self.data[start..start + n]);
         self.pos.set(start + n);
