@@ -172,8 +172,7 @@ impl Breaker {
                 if outcome == Outcome::Ignored {
                     return false;
                 }
-                self.window.record(now, outcome == Outcome::Failure, slow);
-                let c = self.window.counts(now);
+                let c = self.window.record(now, outcome == Outcome::Failure, slow);
                 let ratio = |n: u32| f64::from(n) / f64::from(c.calls.max(1));
                 let trip = c.calls >= self.config.min_calls
                     && (ratio(c.failures) >= self.config.failure_ratio

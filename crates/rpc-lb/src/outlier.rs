@@ -74,8 +74,7 @@ impl Outlier {
             return true;
         }
         config.failure_ratio.is_some_and(|ratio| {
-            self.window.record(now, failure, false);
-            let c = self.window.counts(now);
+            let c = self.window.record(now, failure, false);
             c.calls >= config.min_calls && f64::from(c.failures) >= ratio * f64::from(c.calls)
         })
     }

@@ -432,10 +432,13 @@ async fn run_handler<S>(
 where
     S: Service<ServerRequest, Response = ServerResponse, Error = Status>,
 {
-    let work = context.clone().scope(CatchUnwind::new(call));
-    let outcome = match deadline {
-        None => work.await,
-        Some(deadline) => tokio::time::timeout_at(deadline, work).await.map_err(|_| {
+    let mut work = std::pin::pin!(context.clone().scope(CatchUnwind::new(call)));
+    // Most handlers finish when first polled: their deadline needs no timer.
+    let first = std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await;
+    let outcome = match (first, deadline) {
+        (Poll::Ready(outcome), _) => outcome,
+        (Poll::Pending, None) => work.await,
+        (Poll::Pending, Some(deadline)) => tokio::time::timeout_at(deadline, work).await.map_err(|_| {
             Status::deadline_exceeded(format!(
                 "{svc}.{method} did not finish before the caller's deadline; the handler was cancelled"
             ))
