@@ -246,6 +246,9 @@ impl<F: FileSystem> DurableStorage<F> {
                 let rec = decode_record(payload).map_err(|e| StorageError::corrupt(&path, off as u64, e))?;
                 match rec {
                     Record::Entry(e) => {
+                        if e.index == 0 {
+                            return Err(StorageError::corrupt(&path, off as u64, "entry with index 0"));
+                        }
                         let next = start + 1 + log.len() as u64;
                         let unanchored = base.is_none() && (inferred || log.is_empty() && start == 0);
                         if unanchored && (log.is_empty() || e.index <= start) {
@@ -521,20 +524,18 @@ impl<F: FileSystem> Storage for DurableStorage<F> {
         let idx = snapshot.meta.index;
         self.write_atomic("snapshot", &encode_snapshot(&snapshot))?;
         self.mem.compact(snapshot)?;
-        // Sealed segments wholly covered by the snapshot are no longer needed.
+        // The oldest sealed segments wholly covered by the snapshot are no longer needed. Only a
+        // prefix: a later segment can hold an overwrite of entries in an earlier one that must
+        // stay, and replay needs that overwrite to discard them.
         let active = self.segments.len().saturating_sub(1);
-        let mut keep = Vec::new();
-        for (n, seg) in std::mem::take(&mut self.segments).into_iter().enumerate() {
-            if n < active && seg.max_index <= idx {
-                let name = seg_name(seg.seq);
-                let path = self.path(&name);
-                let r = self.fs.remove(&path);
-                self.io("remove", &name, r)?;
-            } else {
-                keep.push(seg);
-            }
+        let covered = self.segments[..active].iter().take_while(|seg| seg.max_index <= idx).count();
+        let gone: Vec<Segment> = self.segments.drain(..covered).collect();
+        for seg in gone {
+            let name = seg_name(seg.seq);
+            let path = self.path(&name);
+            let r = self.fs.remove(&path);
+            self.io("remove", &name, r)?;
         }
-        self.segments = keep;
         Ok(())
     }
 }
