@@ -286,11 +286,14 @@ async fn deadlines_expire_on_the_client_even_when_the_server_never_answers() {
         let client = client.clone();
         async move { client.sleep_then(0, 0).await }
     });
-    let calls = [150u64, 50, 100].map(|ms| {
-        let client = client.clone();
+    // The later deadline is registered first: the earlier ones must move the connection's timer.
+    let finished = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let calls = [300u64, 50, 150].map(|ms| {
+        let (client, finished) = (client.clone(), finished.clone());
         tokio::spawn(async move {
             let started = tokio::time::Instant::now();
             let outcome = client.sleep_then(ms, 0).timeout(Duration::from_millis(ms)).await;
+            finished.lock().unwrap().push(ms);
             (ms, started.elapsed(), outcome)
         })
     });
@@ -300,10 +303,12 @@ async fn deadlines_expire_on_the_client_even_when_the_server_never_answers() {
         assert_eq!(err.code(), Code::DeadlineExceeded, "{err}");
         assert!(elapsed >= Duration::from_millis(ms), "a {ms} ms deadline fired after {elapsed:?}");
     }
+    assert_eq!(*finished.lock().unwrap(), [50, 150, 300], "each call expires at its own deadline");
     let mut cancelled = tokio::time::timeout(Duration::from_secs(5), server).await.unwrap().unwrap();
+    let sent = cancelled.len();
     cancelled.sort_unstable();
     cancelled.dedup();
-    assert_eq!(cancelled.len(), 3, "the server is told to cancel each expired call once: {cancelled:?}");
+    assert_eq!((sent, cancelled.len()), (3, 3), "the server is told to cancel each expired call once");
     // The call without a deadline waited until the server went away.
     let err = patient.await.unwrap().unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err}");

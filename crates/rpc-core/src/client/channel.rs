@@ -23,7 +23,7 @@ use std::{
         atomic::{AtomicUsize, Ordering},
         Arc, RwLock,
     },
-    task::{Context as TaskContext, Poll},
+    task::{ready, Context as TaskContext, Poll},
     time::Duration,
 };
 use tokio::time::Instant;
@@ -61,7 +61,8 @@ impl ChannelBuilder {
     }
 
     /// Codec for request bodies (default: Protobuf). The server answers in the same codec. A
-    /// body without a schema (`serde_json::Value`) goes in MessagePack when this codec needs one.
+    /// body without a schema (`serde_json::Value`) goes in MessagePack when this codec needs one;
+    /// a reply decoded as `serde_json::Value` needs a JSON or MessagePack channel.
     pub fn codec(mut self, codec: Codec) -> Self {
         self.codec = codec;
         self
@@ -276,35 +277,43 @@ impl Channel {
         };
         let mut frame = FrameBuilder::new(codec.id(), &head, 256);
         request.body.encode(codec, frame.body_mut()).map_err(|e| Status::invalid_argument(format!("request {e}")))?;
-        Ok(Prepared { frame, oneway, deadline })
+        Ok(Prepared { frame, oneway, deadline, codec })
     }
 
     /// The path of a call that must wait: for a connection, or for room in the write queue.
-    async fn call_slow(self, slot: usize, deadline: Option<Instant>, call: SlowCall) -> Reply {
-        let codec = self.inner.codec;
+    async fn call_slow(self, slot: usize, call: SlowCall) -> Reply {
+        let (deadline, codec) = match &call {
+            SlowCall::Unsent(prepared) => (prepared.deadline, prepared.codec),
+            SlowCall::Queued { deadline, codec, .. } => (*deadline, *codec),
+        };
         let sent = async {
             let (conn, frame, reply) = match call {
-                SlowCall::Queued(conn, frame, reply) => (conn, frame, reply),
+                SlowCall::Queued { conn, frame, reply, .. } => (conn, frame, reply),
                 SlowCall::Unsent(call) => {
                     let conn = self.connection(&self.inner.slots[slot]).await?;
                     match conn.start(call.frame, call.oneway, call.deadline)? {
-                        Started::Sent(reply) => return finish(reply, codec).await,
+                        Started::Sent(reply) => return Ok(reply),
                         Started::QueueFull(frame, reply) => (conn, frame, reply),
                     }
                 }
             };
-            conn.send(frame).await?;
-            finish(reply, codec).await
+            // A call that expired while it waited for room is not sent after its cancel.
+            if reply.as_ref().is_none_or(ReplyFuture::is_waiting) {
+                conn.send(frame).await?;
+            }
+            Ok(reply)
         };
-        match deadline {
-            None => sent.await,
+        // The deadline bounds connecting and queueing here; the connection expires the reply.
+        let reply = match deadline {
+            None => sent.await?,
             Some(deadline) => tokio::time::timeout_at(deadline, sent).await.unwrap_or_else(|_| {
                 Err(Status::deadline_exceeded(format!(
-                    "the deadline passed while waiting to send to {}; the server may be overloaded",
+                    "the deadline passed before the call could be sent to {}; the server may be unreachable or overloaded",
                     self.inner.addr
                 )))
-            }),
-        }
+            })?,
+        };
+        finish(reply, codec).await
     }
 }
 
@@ -313,7 +322,13 @@ enum SlowCall {
     /// Not yet on a connection.
     Unsent(Prepared),
     /// Registered on a connection whose write queue was full.
-    Queued(Arc<Connection>, BytesMut, Option<ReplyFuture>),
+    Queued {
+        conn: Arc<Connection>,
+        frame: BytesMut,
+        reply: Option<ReplyFuture>,
+        deadline: Option<Instant>,
+        codec: Codec,
+    },
 }
 
 /// A call ready to go on a connection.
@@ -321,6 +336,8 @@ struct Prepared {
     frame: FrameBuilder,
     oneway: bool,
     deadline: Option<Instant>,
+    /// The body's codec (the channel's, unless the body has no schema).
+    codec: Codec,
 }
 
 /// The reply of a call, or an empty one for a one-way call.
@@ -390,7 +407,11 @@ impl Future for ChannelFuture {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         match &mut self.0 {
-            State::Waiting(reply) => Pin::new(reply).poll(cx),
+            State::Waiting(reply) => {
+                let outcome = ready!(Pin::new(reply).poll(cx));
+                self.0 = State::Done(None);
+                Poll::Ready(outcome)
+            }
             State::Done(outcome) => {
                 Poll::Ready(outcome.take().unwrap_or_else(|| Err(Status::internal("call polled after it completed"))))
             }
@@ -421,23 +442,18 @@ impl tower::Service<Request> for Channel {
             Err(status) => return ChannelFuture(State::Done(Some(Err(status)))),
         };
         let slot = self.pick();
-        let deadline = call.deadline;
         let Some(conn) = self.inner.slots[slot].live() else {
-            return ChannelFuture(State::Slow(Box::pin(self.clone().call_slow(
-                slot,
-                deadline,
-                SlowCall::Unsent(call),
-            ))));
+            return ChannelFuture(State::Slow(Box::pin(self.clone().call_slow(slot, SlowCall::Unsent(call)))));
         };
-        let codec = self.inner.codec;
+        let (deadline, codec) = (call.deadline, call.codec);
         ChannelFuture(match conn.start(call.frame, call.oneway, deadline) {
             Ok(Started::Sent(Some(reply))) => State::Waiting(reply),
             Ok(Started::Sent(None)) => {
                 State::Done(Some(Ok(Response { codec, body: Bytes::new(), metadata: Default::default() })))
             }
             Ok(Started::QueueFull(frame, reply)) => {
-                let queued = SlowCall::Queued(conn, frame, reply);
-                State::Slow(Box::pin(self.clone().call_slow(slot, deadline, queued)))
+                let queued = SlowCall::Queued { conn, frame, reply, deadline, codec };
+                State::Slow(Box::pin(self.clone().call_slow(slot, queued)))
             }
             Err(status) => State::Done(Some(Err(status))),
         })

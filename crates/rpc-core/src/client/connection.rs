@@ -1,12 +1,13 @@
 //! One client connection: many calls multiplexed by request id.
 //!
-//! A writer task owns the socket's write half and coalesces queued frames; a reader task owns the
-//! read half and completes each waiting call by id. Callers only touch the pending-call table and
-//! the writer's queue.
+//! Callers register their call in the pending-call table and write the frame themselves when
+//! alone, or queue it for a writer task that coalesces (see `writer`). A reader task owns the
+//! read half and completes each waiting call by id; an expiry task fails calls whose deadline
+//! passed.
 
 use super::{
     pending::{PendingCalls, Reply},
-    writer::{write_loop, Direct, WriteSide},
+    writer::{write_loop, Direct, Queue, WeakQueue, WriteSide},
     Response,
 };
 use crate::{
@@ -68,17 +69,15 @@ impl Shared {
 
 /// A live connection to one server.
 pub(crate) struct Connection {
-    /// Frames for the writer task.
-    tx: mpsc::Sender<BytesMut>,
-    /// The socket's write side, for a caller alone on the connection to write to directly.
-    write: Arc<WriteSide>,
+    /// Frames for the writer task, and the write side a caller alone writes to directly.
+    queue: Queue,
     shared: Arc<Shared>,
     next_id: AtomicU32,
     max_frame_size: usize,
 }
 
 impl Connection {
-    /// Opens a connection to `addr` and starts its reader and writer tasks.
+    /// Opens a connection to `addr` and starts its writer, reader and expiry tasks.
     pub(crate) async fn open(addr: SocketAddr, config: &ConnectionConfig) -> Result<Arc<Connection>, Status> {
         let stream = match tokio::time::timeout(config.connect_timeout, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => stream,
@@ -97,8 +96,8 @@ impl Connection {
         // Calls are small and latency-bound; coalescing happens in the writer instead.
         let _ = stream.set_nodelay(true);
         let (read, write) = stream.into_split();
-        let (tx, rx) = mpsc::channel(config.write_queue);
         let write = Arc::new(WriteSide::new(write, &PREFACE));
+        let (queue, rx) = Queue::new(write.clone(), config.write_queue);
         let shared = Arc::new(Shared {
             peer: addr,
             pending: PendingCalls::new(config.max_in_flight),
@@ -111,15 +110,9 @@ impl Connection {
                 writer_shared.close(Status::unavailable(format!("writing to {addr} failed: {e}")));
             }
         });
-        tokio::spawn(read_loop(FrameReader::new(read, codec), shared.clone(), tx.downgrade()));
-        tokio::spawn(expire_loop(shared.clone(), tx.downgrade()));
-        Ok(Arc::new(Connection {
-            tx,
-            write,
-            shared,
-            next_id: AtomicU32::new(1),
-            max_frame_size: config.max_frame_size,
-        }))
+        tokio::spawn(read_loop(FrameReader::new(read, codec), shared.clone(), queue.downgrade()));
+        tokio::spawn(expire_loop(shared.clone(), queue.downgrade()));
+        Ok(Arc::new(Connection { queue, shared, next_id: AtomicU32::new(1), max_frame_size: config.max_frame_size }))
     }
 
     /// True while new calls may use this connection.
@@ -157,14 +150,13 @@ impl Connection {
             Some(ReplyFuture { rx, conn: self.clone(), id, done: false })
         };
         let mut frame = frame;
-        // Alone on the connection, with nothing queued: no batch to join.
-        let alone = self.shared.pending.in_flight() <= u64::from(reply.is_some());
-        if alone && self.tx.capacity() == self.tx.max_capacity() {
-            match self.write.try_write(frame) {
+        // Alone on the connection: no batch to join.
+        if self.shared.pending.in_flight() <= u64::from(reply.is_some()) {
+            match self.queue.side().try_write(frame) {
                 Ok(Direct::Written { whole }) => {
                     if !whole {
                         // The writer task finishes the frame; a full queue means it is awake anyway.
-                        let _ = self.tx.try_send(BytesMut::new());
+                        let _ = self.queue.try_send(BytesMut::new());
                     }
                     return Ok(Started::Sent(reply));
                 }
@@ -175,7 +167,7 @@ impl Connection {
                 }
             }
         }
-        match self.tx.try_send(frame) {
+        match self.queue.try_send(frame) {
             Ok(()) => Ok(Started::Sent(reply)),
             Err(mpsc::error::TrySendError::Full(frame)) => Ok(Started::QueueFull(frame, reply)),
             Err(mpsc::error::TrySendError::Closed(_)) => Err(self.closed_status()),
@@ -195,7 +187,10 @@ impl Connection {
 
     /// Queues `frame`, waiting for room in the write queue.
     pub(crate) async fn send(&self, frame: BytesMut) -> Result<(), Status> {
-        self.tx.send(frame).await.map_err(|_| self.closed_status())
+        match self.queue.send(frame).await {
+            true => Ok(()),
+            false => Err(self.closed_status()),
+        }
     }
 
     fn closed_status(&self) -> Status {
@@ -208,23 +203,22 @@ impl Connection {
 
     /// Tells the server to stop working on call `id`.
     fn cancel(&self, id: u32) {
-        send_cancel(&self.tx, id);
+        send_cancel(&self.queue, id);
     }
 }
 
-fn send_cancel(tx: &mpsc::Sender<BytesMut>, id: u32) {
-    let cancel = control_frame(id, &Head::Cancel, Bytes::new());
-    if let Err(mpsc::error::TrySendError::Full(cancel)) = tx.try_send(cancel) {
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            let _ = tx.send(cancel).await;
-        });
+/// Queues a cancel for call `id`. With the write queue full (a server that stops reading) it is
+/// dropped rather than waited for, so abandoned calls cannot pile up tasks: the server still
+/// stops the call at its deadline, or when its handler ends.
+fn send_cancel(queue: &Queue, id: u32) {
+    if queue.try_send(control_frame(id, &Head::Cancel, Bytes::new())).is_err() {
+        tracing::debug!(id, "write queue full; cancel not sent");
     }
 }
 
 /// What [`Connection::start`] did with a call.
 pub(crate) enum Started {
-    /// Queued for writing; the reply arrives through the future (none for a one-way call).
+    /// Written or queued; the reply arrives through the future (none for a one-way call).
     Sent(Option<ReplyFuture>),
     /// The write queue is full: send the frame with [`Connection::send`], then wait.
     QueueFull(BytesMut, Option<ReplyFuture>),
@@ -237,6 +231,13 @@ pub(crate) struct ReplyFuture {
     conn: Arc<Connection>,
     id: u32,
     done: bool,
+}
+
+impl ReplyFuture {
+    /// Whether the call still waits for its reply (it has not expired or failed).
+    pub(crate) fn is_waiting(&self) -> bool {
+        self.conn.shared.pending.contains(self.id)
+    }
 }
 
 impl Future for ReplyFuture {
@@ -259,8 +260,10 @@ impl Drop for ReplyFuture {
 
 /// Fails calls whose deadline passed and tells the server to cancel them: one timer for the
 /// whole connection, re-armed for the earliest deadline, instead of one per call.
-async fn expire_loop(shared: Arc<Shared>, tx: mpsc::WeakSender<BytesMut>) {
+async fn expire_loop(shared: Arc<Shared>, queue: WeakQueue) {
     let peer = shared.peer;
+    // Each pass scans the whole table: at most one per millisecond, however the deadlines spread.
+    let mut earliest_pass = Instant::now();
     loop {
         let changed = shared.pending.deadline_changed();
         tokio::pin!(changed);
@@ -273,17 +276,19 @@ async fn expire_loop(shared: Arc<Shared>, tx: mpsc::WeakSender<BytesMut>) {
             continue;
         };
         tokio::select! {
-            _ = tokio::time::sleep_until(at) => {}
+            _ = tokio::time::sleep_until(at.max(earliest_pass)) => {}
             _ = changed => continue,
         }
-        let expired = shared.pending.expire(Instant::now(), || {
+        let now = Instant::now();
+        earliest_pass = now + Duration::from_millis(1);
+        let expired = shared.pending.expire(now, || {
             Status::deadline_exceeded(format!(
                 "no reply from {peer} before the deadline; the server was told to cancel the call"
             ))
         });
-        if let Some(tx) = tx.upgrade() {
+        if let Some(queue) = queue.upgrade() {
             for id in expired {
-                send_cancel(&tx, id);
+                send_cancel(&queue, id);
             }
         }
     }
@@ -298,11 +303,7 @@ fn control_frame(id: u32, head: &Head, body: Bytes) -> BytesMut {
     frame.finish(id, usize::MAX).unwrap_or_default()
 }
 
-async fn read_loop(
-    mut reader: FrameReader<tokio::net::tcp::OwnedReadHalf>,
-    shared: Arc<Shared>,
-    tx: mpsc::WeakSender<BytesMut>,
-) {
+async fn read_loop(mut reader: FrameReader<tokio::net::tcp::OwnedReadHalf>, shared: Arc<Shared>, queue: WeakQueue) {
     let peer = shared.peer;
     let mut replies = Vec::new();
     let reason = 'read: loop {
@@ -327,8 +328,8 @@ async fn read_loop(
                     Ok(Response { codec: Codec::default(), body: frame.body, metadata: Default::default() }),
                 )),
                 Head::Ping => {
-                    if let Some(tx) = tx.upgrade() {
-                        let _ = tx.send(control_frame(frame.id, &Head::Pong, frame.body)).await;
+                    if let Some(queue) = queue.upgrade() {
+                        queue.send(control_frame(frame.id, &Head::Pong, frame.body)).await;
                     }
                 }
                 Head::GoAway { code, message } => {

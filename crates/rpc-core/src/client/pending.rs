@@ -114,6 +114,11 @@ impl PendingCalls {
         waiter
     }
 
+    /// Whether call `id` still waits for its reply.
+    pub(crate) fn contains(&self, id: u32) -> bool {
+        self.shard(id).contains_key(&id)
+    }
+
     /// When the earliest deadline of a waiting call passes, if any call has one.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
         match self.next_deadline.load(Ordering::Acquire) {

@@ -6,29 +6,40 @@
 //! replies add their next calls to the same write (one syscall and one wake-up of the server per
 //! batch instead of per call).
 //!
-//! Every write happens under one lock, and only while `tail` (bytes that must go out first: the
-//! preface, a frame a caller could only partly write, frames the writer gathered) is empty or is
-//! what is being written, so frames never interleave.
+//! Frames leave in the order they were handed over. Every write happens under one lock, and a
+//! caller writes directly only when `tail` (bytes that must go out first: the preface, a frame a
+//! caller could only partly write, frames the writer gathered) is empty and no frame is on its
+//! way to it: [`Queue`] counts frames from the moment they are queued until the writer task has
+//! moved them into `tail`, so a direct write can overtake neither a queued frame nor one the
+//! writer task holds.
 
 use super::pending::PendingCalls;
 use crate::transport::{BATCH, FLUSH_AT};
 use bytes::{Buf, BytesMut};
 use std::{
     io,
-    sync::{Mutex, MutexGuard},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
 };
-use tokio::{net::tcp::OwnedWriteHalf, sync::mpsc};
+use tokio::{
+    net::tcp::OwnedWriteHalf,
+    sync::mpsc::{self, error::TrySendError},
+};
 
 pub(crate) struct WriteSide {
     io: OwnedWriteHalf,
     tail: Mutex<BytesMut>,
+    /// Frames queued or held by the writer task, not yet in `tail`.
+    queued: AtomicUsize,
 }
 
 /// What [`WriteSide::try_write`] did with a frame.
 pub(crate) enum Direct {
     /// On the socket, whole or in part (the rest is in `tail`: wake the writer task).
     Written { whole: bool },
-    /// The socket is busy or full: queue the frame for the writer task.
+    /// Other frames go first: queue this one for the writer task.
     Busy(BytesMut),
 }
 
@@ -37,7 +48,7 @@ impl WriteSide {
     pub(crate) fn new(io: OwnedWriteHalf, first: &[u8]) -> WriteSide {
         let mut tail = BytesMut::with_capacity(16 * 1024);
         tail.extend_from_slice(first);
-        WriteSide { io, tail: Mutex::new(tail) }
+        WriteSide { io, tail: Mutex::new(tail), queued: AtomicUsize::new(0) }
     }
 
     fn tail(&self) -> MutexGuard<'_, BytesMut> {
@@ -48,7 +59,7 @@ impl WriteSide {
     /// Writes `frame` straight to the socket if nothing else is waiting to be written.
     pub(crate) fn try_write(&self, frame: BytesMut) -> io::Result<Direct> {
         let mut tail = self.tail();
-        if !tail.is_empty() {
+        if !tail.is_empty() || self.queued.load(Ordering::Acquire) > 0 {
             return Ok(Direct::Busy(frame));
         }
         let n = match self.io.try_write(&frame) {
@@ -58,6 +69,32 @@ impl WriteSide {
         };
         tail.extend_from_slice(&frame[n..]);
         Ok(Direct::Written { whole: n == frame.len() })
+    }
+
+    /// Moves frames from the front of `batch` into `tail` until it holds [`FLUSH_AT`] bytes.
+    fn append(&self, batch: &mut Vec<BytesMut>) {
+        let mut tail = self.tail();
+        let mut moved = 0;
+        for frame in batch.iter() {
+            if moved > 0 && tail.len() >= FLUSH_AT {
+                break;
+            }
+            tail.extend_from_slice(frame);
+            moved += 1;
+        }
+        batch.drain(..moved);
+        self.queued.fetch_sub(moved, Ordering::AcqRel);
+    }
+
+    /// Writes all of `batch` through `tail`, [`FLUSH_AT`] bytes at a time.
+    async fn write_all(&self, batch: &mut Vec<BytesMut>) -> io::Result<()> {
+        loop {
+            self.append(batch);
+            self.flush().await?;
+            if batch.is_empty() {
+                return Ok(());
+            }
+        }
     }
 
     /// Writes everything in `tail`, waiting for the socket to take it.
@@ -82,6 +119,83 @@ impl WriteSide {
     }
 }
 
+/// The writer task's queue, counting each frame until the writer task has it in `tail`.
+#[derive(Clone)]
+pub(crate) struct Queue {
+    tx: mpsc::Sender<BytesMut>,
+    side: Arc<WriteSide>,
+}
+
+/// A [`Queue`] that does not keep the writer task alive.
+pub(crate) struct WeakQueue {
+    tx: mpsc::WeakSender<BytesMut>,
+    side: Arc<WriteSide>,
+}
+
+/// Takes a frame back out of the count unless it reached the queue.
+struct Counted<'a>(Option<&'a AtomicUsize>);
+
+impl Counted<'_> {
+    fn queued(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        if let Some(queued) = self.0 {
+            queued.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl Queue {
+    /// A queue of `capacity` frames into `side`, and its receiving end for [`write_loop`].
+    pub(crate) fn new(side: Arc<WriteSide>, capacity: usize) -> (Queue, mpsc::Receiver<BytesMut>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (Queue { tx, side }, rx)
+    }
+
+    /// The write side the queue feeds.
+    pub(crate) fn side(&self) -> &WriteSide {
+        &self.side
+    }
+
+    fn count(&self) -> Counted<'_> {
+        self.side.queued.fetch_add(1, Ordering::AcqRel);
+        Counted(Some(&self.side.queued))
+    }
+
+    /// Queues `frame` if there is room.
+    pub(crate) fn try_send(&self, frame: BytesMut) -> Result<(), TrySendError<BytesMut>> {
+        let counted = self.count();
+        self.tx.try_send(frame)?;
+        counted.queued();
+        Ok(())
+    }
+
+    /// Queues `frame`, waiting for room; false if the writer task is gone.
+    pub(crate) async fn send(&self, frame: BytesMut) -> bool {
+        let counted = self.count();
+        let sent = self.tx.send(frame).await.is_ok();
+        if sent {
+            counted.queued();
+        }
+        sent
+    }
+
+    pub(crate) fn downgrade(&self) -> WeakQueue {
+        WeakQueue { tx: self.tx.downgrade(), side: self.side.clone() }
+    }
+}
+
+impl WeakQueue {
+    /// The queue, while the connection that owns it lives.
+    pub(crate) fn upgrade(&self) -> Option<Queue> {
+        Some(Queue { tx: self.tx.upgrade()?, side: self.side.clone() })
+    }
+}
+
 /// Writes queued frames until every sender is gone; the write half then closes with the last
 /// reference to `side`. An empty frame only asks for `tail` to be flushed.
 pub(crate) async fn write_loop(
@@ -93,30 +207,62 @@ pub(crate) async fn write_loop(
     let mut batch = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
         // Calls in flight beyond this batch: their replies wake callers that will send more.
-        if pending.in_flight() > batch.len() as u64 || batch.len() > 1 {
+        let gather = pending.in_flight() > batch.len() as u64 || batch.len() > 1;
+        // Into `tail` before yielding, so no direct write can overtake these frames.
+        side.append(&mut batch);
+        if gather {
             tokio::task::yield_now().await;
             while batch.len() < BATCH {
                 let Ok(frame) = rx.try_recv() else { break };
                 batch.push(frame);
             }
         }
-        let mut frames = batch.drain(..);
-        loop {
-            let full = {
-                let mut tail = side.tail();
-                for frame in frames.by_ref() {
-                    tail.extend_from_slice(&frame);
-                    if tail.len() >= FLUSH_AT {
-                        break;
-                    }
-                }
-                tail.len() >= FLUSH_AT
-            };
-            side.flush().await?;
-            if !full {
-                break;
-            }
-        }
+        side.write_all(&mut batch).await?;
     }
     side.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::{
+        io::AsyncReadExt,
+        net::{TcpListener, TcpStream},
+    };
+
+    fn frame(bytes: &[u8]) -> BytesMut {
+        BytesMut::from(bytes)
+    }
+
+    #[tokio::test]
+    async fn a_direct_write_never_overtakes_a_queued_frame() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        let (_read, write) = client.into_split();
+        let side = Arc::new(WriteSide::new(write, b"P"));
+        let (queue, rx) = Queue::new(side.clone(), 8);
+        assert!(matches!(side.try_write(frame(b"x")), Ok(Direct::Busy(_))), "the preface goes first");
+        side.tail().clear();
+        queue.try_send(frame(b"A")).unwrap();
+        // A is queued and the writer task has not run: B must queue behind it.
+        let Ok(Direct::Busy(b)) = side.try_write(frame(b"B")) else { panic!("B overtook the queued A") };
+        queue.try_send(b).unwrap();
+        let pending = Arc::new(PendingCalls::new(8));
+        let writer = tokio::spawn({
+            let (side, pending) = (side.clone(), pending.clone());
+            async move { write_loop(&side, rx, &pending).await }
+        });
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            let mut buf = [0; 8];
+            let n = server.read(&mut buf).await.unwrap();
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, b"AB");
+        // Idle again: the next frame goes straight to the socket.
+        assert!(matches!(side.try_write(frame(b"C")), Ok(Direct::Written { whole: true })));
+        drop(queue);
+        writer.await.unwrap().unwrap();
+    }
 }

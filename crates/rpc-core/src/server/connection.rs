@@ -336,7 +336,10 @@ where
             )));
         }
         let codec = Codec::from_id(call.codec).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        self.last_id = call.id;
+        // The highest id (in wrapping order), not the latest: a client may send ids out of order.
+        if (call.id.wrapping_sub(self.last_id) as i32) > 0 {
+            self.last_id = call.id;
+        }
         let deadline = call.timeout.map(|t| Instant::now() + t);
         let context =
             Context::new(call.service.clone(), call.method.clone(), deadline, call.metadata.clone(), Some(self.peer));

@@ -34,7 +34,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         Ok(())
     }
 
-    /// Queues bytes that are already a frame, or the client's preface.
+    /// Queues bytes that are already an encoded frame.
     pub(crate) fn push_raw(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
     }
