@@ -63,8 +63,10 @@ mod tests {
 
     #[tokio::test]
     async fn resolves_localhost_and_reports_a_bad_name_as_unavailable() {
-        let mut dns = Dns::new("127.0.0.1:7001");
-        assert_eq!(dns.next_changes().await.unwrap(), vec![Change::Added(Endpoint::new("127.0.0.1:7001"))]);
+        let mut dns = Dns::new("localhost:7001");
+        let changes = dns.next_changes().await.unwrap();
+        assert!(changes.contains(&Change::Added(Endpoint::new("127.0.0.1:7001"))), "{changes:?}");
+        assert!(changes.iter().all(|c| matches!(c, Change::Added(e) if e.addr.ends_with(":7001"))), "{changes:?}");
         let err = Dns::new("no port here").next_changes().await.unwrap_err();
         assert_eq!(err.code(), rpc_core::Code::Unavailable);
     }

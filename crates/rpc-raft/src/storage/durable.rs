@@ -32,7 +32,8 @@ const REC_BASE: u8 = 3;
 /// Tuning of [`DurableStorage`].
 #[derive(Clone, Debug)]
 pub struct DurableOptions {
-    /// Call fsync (turn off only for benchmarks: acknowledged data may be lost).
+    /// Call fsync (turn off only for benchmarks: after a crash acknowledged data may be lost, or
+    /// the directory refused as corrupt).
     pub sync: bool,
     /// Size after which a new WAL segment is started.
     pub segment_bytes: u64,
