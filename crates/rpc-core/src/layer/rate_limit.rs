@@ -10,7 +10,10 @@ use crate::{Code, Status, CALLER};
 use std::{
     collections::HashMap,
     hash::{BuildHasher, Hash, Hasher},
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
     task::{Context, Poll},
     time::{Duration, Instant},
 };
@@ -39,12 +42,17 @@ impl Gcra {
 
     /// Admits a call at `now`, or says how long until one would be admitted.
     pub fn check(&mut self, now: Instant) -> Result<(), Duration> {
-        let tat = self.tat.map_or(now, |t| t.max(now));
-        let next = tat + self.interval;
+        self.tat = Some(self.next(self.tat, now)?);
+        Ok(())
+    }
+
+    /// The theoretical arrival time after admitting a call at `now`, or the wait until one
+    /// would be admitted.
+    fn next(&self, tat: Option<Instant>, now: Instant) -> Result<Instant, Duration> {
+        let next = tat.map_or(now, |t| t.max(now)) + self.interval;
         let ahead = next.saturating_duration_since(now);
         if ahead <= self.tolerance {
-            self.tat = Some(next);
-            Ok(())
+            Ok(next)
         } else {
             Err(ahead - self.tolerance)
         }
@@ -53,6 +61,36 @@ impl Gcra {
     /// True when the limiter is back to its full burst at `now`, so forgetting it changes nothing.
     fn is_idle(&self, now: Instant) -> bool {
         self.tat.is_none_or(|t| t <= now)
+    }
+}
+
+/// A [`Gcra`] shared without a lock: the theoretical arrival time is one atomic, advanced by
+/// compare-and-swap, so concurrent callers never wait for each other.
+#[derive(Debug)]
+struct SharedGcra {
+    gcra: Gcra,
+    epoch: Instant,
+    /// Nanoseconds after `epoch`, plus one (0: no call yet).
+    tat: AtomicU64,
+}
+
+impl SharedGcra {
+    fn new(gcra: Gcra) -> SharedGcra {
+        SharedGcra { gcra, epoch: Instant::now(), tat: AtomicU64::new(0) }
+    }
+
+    fn check(&self, now: Instant) -> Result<(), Duration> {
+        let mut current = self.tat.load(Ordering::Acquire);
+        loop {
+            let tat = current.checked_sub(1).map(|ns| self.epoch + Duration::from_nanos(ns));
+            let next = self.gcra.next(tat, now)?;
+            let stored =
+                u64::try_from(next.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX - 1) + 1;
+            match self.tat.compare_exchange_weak(current, stored, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Ok(()),
+                Err(actual) => current = actual,
+            }
+        }
     }
 }
 
@@ -128,7 +166,7 @@ pub struct RateLimit<S> {
 struct Limits {
     config: RateLimitLayer,
     /// The one limiter when nothing is kept per method or caller: no key to hash or look up.
-    global: Option<Mutex<Gcra>>,
+    global: Option<SharedGcra>,
     /// Keyed by a keyed hash of the key, so admitting a call allocates nothing and a caller
     /// cannot choose a name that lands in another caller's limiter.
     buckets: Mutex<HashMap<u64, Gcra>>,
@@ -139,7 +177,7 @@ impl Limits {
     fn new(config: RateLimitLayer) -> Limits {
         let keyed = config.per_method || config.per_caller || !config.overrides.is_empty();
         Limits {
-            global: (!keyed).then(|| Mutex::new(Gcra::new(config.per_second, config.burst))),
+            global: (!keyed).then(|| SharedGcra::new(Gcra::new(config.per_second, config.burst))),
             config,
             buckets: Mutex::new(HashMap::new()),
             hasher: std::hash::RandomState::new(),
@@ -149,7 +187,7 @@ impl Limits {
     fn admit<R: CallInfo>(&self, request: &R, now: Instant) -> Result<(), Status> {
         let config = &self.config;
         if let Some(global) = &self.global {
-            let checked = global.lock().unwrap_or_else(|e| e.into_inner()).check(now);
+            let checked = global.check(now);
             return checked.map_err(|wait| {
                 refused(
                     Code::ResourceExhausted,
@@ -229,6 +267,24 @@ mod tests {
         assert!(g.check(t0 + Duration::from_millis(100)).is_err());
         let admitted = (1..=1000).filter(|i| g.check(t0 + Duration::from_millis(100 + i)).is_ok()).count();
         assert_eq!(admitted, 10, "ten in the next second, at the sustained rate");
+    }
+
+    #[test]
+    fn the_shared_limiter_admits_exactly_the_burst_across_threads() {
+        let shared = Arc::new(SharedGcra::new(Gcra::new(10.0, 50)));
+        let t0 = Instant::now();
+        let admitted: usize = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| {
+                    let shared = shared.clone();
+                    s.spawn(move || (0..100).filter(|_| shared.check(t0).is_ok()).count())
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert_eq!(admitted, 50, "one burst, however many threads race for it");
+        assert!(shared.check(t0 + Duration::from_millis(100)).is_ok(), "then the sustained rate");
+        assert!(shared.check(t0 + Duration::from_millis(100)).is_err());
     }
 
     #[test]
