@@ -35,7 +35,7 @@ pub(crate) async fn run(args: LbBenchArgs) -> CliResult {
     let measured = Duration::from_secs_f64(args.run.seconds);
     let bare: Stack = BoxCloneSyncService::new(Channel::connect(addr.clone()).await?);
     // The same deadline as the stack's timeout, on a bare channel: separates what a deadline
-    // costs the connection (a timer per call) from what the stack's own types cost.
+    // costs the connection (its expiry bookkeeping) from what the stack's own types cost.
     let deadline: Stack =
         BoxCloneSyncService::new(Channel::builder(addr.clone()).timeout(Duration::from_secs(5)).connect().await?);
     let balanced = LbChannel::builder(StaticList::new([addr])).connect().await?;
