@@ -59,8 +59,10 @@ impl Load {
 
     /// Folds a latency observation into the peak-EWMA.
     pub fn observe(&self, now: Instant, rtt: Duration) {
-        let rtt = rtt.as_nanos() as f64;
-        let (cost, at) = self.read(now);
+        // Not `as_nanos() as f64`: converting a u128 to a float is a library call, per call.
+        let rtt = rtt.as_secs_f64() * 1e9;
+        let now = self.nanos(now);
+        let (cost, at) = self.read_at(now);
         let next = if rtt > cost {
             rtt
         } else {
@@ -69,7 +71,7 @@ impl Load {
         };
         // Two racing updates may lose one observation; the average does not need more.
         self.cost.store(next.to_bits(), Ordering::Relaxed);
-        self.stamp.store(self.nanos(now), Ordering::Relaxed);
+        self.stamp.store(now, Ordering::Relaxed);
     }
 
     /// The latency estimate at `now`, decayed since the last observation.
@@ -90,13 +92,19 @@ impl Load {
 
     /// The cost and the nanoseconds since it was stamped.
     fn read(&self, now: Instant) -> (f64, u64) {
+        self.read_at(self.nanos(now))
+    }
+
+    /// The cost and how long ago it was measured, at `now` nanoseconds after the epoch.
+    fn read_at(&self, now: u64) -> (f64, u64) {
         let cost = f64::from_bits(self.cost.load(Ordering::Relaxed));
         let stamp = self.stamp.load(Ordering::Relaxed);
-        (cost, self.nanos(now).saturating_sub(stamp))
+        (cost, now.saturating_sub(stamp))
     }
 
     fn nanos(&self, now: Instant) -> u64 {
-        u64::try_from(now.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+        let elapsed = now.saturating_duration_since(self.epoch);
+        elapsed.as_secs().saturating_mul(1_000_000_000).saturating_add(u64::from(elapsed.subsec_nanos()))
     }
 }
 

@@ -14,7 +14,8 @@ pub(crate) struct Counts {
 #[derive(Clone, Debug)]
 pub(crate) struct Window {
     origin: Instant,
-    bucket: Duration,
+    /// Width of a bucket in nanoseconds (at least a millisecond).
+    bucket_ns: u64,
     /// (bucket number since `origin`, counts); a slot is reused when its number is stale.
     slots: Vec<(u64, Counts)>,
     /// Sum of the slots inside the window that ends at bucket `newest`, kept as calls are
@@ -29,7 +30,7 @@ impl Window {
         let buckets = buckets.max(1);
         Window {
             origin: now,
-            bucket: (span / buckets).max(Duration::from_millis(1)),
+            bucket_ns: u64::try_from((span / buckets).max(Duration::from_millis(1)).as_nanos()).unwrap_or(u64::MAX),
             slots: vec![(u64::MAX, Counts::default()); buckets as usize],
             total: Counts::default(),
             newest: 0,
@@ -37,7 +38,10 @@ impl Window {
     }
 
     fn number(&self, now: Instant) -> u64 {
-        (now.saturating_duration_since(self.origin).as_nanos() / self.bucket.as_nanos()) as u64
+        // In u64: dividing u128s is a library call, and this runs on every call.
+        let elapsed = now.saturating_duration_since(self.origin);
+        let nanos = elapsed.as_secs().saturating_mul(1_000_000_000).saturating_add(u64::from(elapsed.subsec_nanos()));
+        nanos / self.bucket_ns
     }
 
     /// Moves the window's end to bucket `n`, taking the buckets that fall out of it out of the
