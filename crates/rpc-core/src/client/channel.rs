@@ -247,12 +247,14 @@ impl Channel {
             }
         }
         check_call_head(&request.service, &request.method, &metadata).map_err(Status::invalid_argument)?;
-        let own = request.options.timeout.or(inner.timeout).map(|t| Instant::now() + t);
+        let timeout = request.options.timeout.or(inner.timeout);
+        // Reading the clock costs more than the rest of this function: once, and only if needed.
+        let now = (timeout.is_some() || inherited_deadline.is_some()).then(Instant::now);
+        let own = timeout.zip(now).map(|(t, now)| now + t);
         let deadline = match (own, inherited_deadline) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let now = deadline.map(|_| Instant::now());
         if let (Some(deadline), Some(now)) = (deadline, now) {
             if deadline <= now {
                 return Err(Status::deadline_exceeded(format!(
