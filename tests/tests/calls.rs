@@ -337,3 +337,28 @@ async fn a_request_larger_than_the_socket_buffer_goes_out_whole_beside_small_cal
         assert_eq!(call.await.unwrap().unwrap(), i as u64);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_way_call_reaches_the_server_before_the_next_call_of_its_task() {
+    let (server, lab) = start_lab().await;
+    let client = lab_client(&server, Codec::Protobuf).await;
+    // Tasks on two threads keep the connection between "alone" (callers write themselves) and
+    // busy (the writer task coalesces), so both paths and their hand-over are exercised.
+    let tasks: Vec<_> = (0..8)
+        .map(|task| {
+            let (client, lab) = (client.clone(), lab.clone());
+            tokio::spawn(async move {
+                for i in 0..200u64 {
+                    let note = format!("t{task}-{i}");
+                    client.notify(note.clone()).await.unwrap();
+                    assert_eq!(client.sleep_then(i, 0).await.unwrap(), i);
+                    assert!(lab.events.notes.lock().unwrap().contains(&note), "{note} was overtaken by a later call");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(lab.events.notes.lock().unwrap().len(), 1600);
+}
