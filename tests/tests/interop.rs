@@ -223,6 +223,38 @@ impl Bank for MyBank {
     async fn ping(&self) {}
 }
 
+/// Field and argument names that are keywords in Thrift or in the languages it generates.
+#[rpc_core::message]
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reserved {
+    pub class: i32,
+    pub list: Vec<String>,
+    pub default: bool,
+    pub end: Option<u64>,
+}
+
+/// A service whose arguments are named with reserved words.
+#[rpc_core::service]
+pub trait Mail {
+    /// Sends a message.
+    async fn send(&self, from: String, print: Reserved) -> bool;
+}
+
+#[test]
+fn emitted_idl_with_reserved_names_compiles() {
+    if tools().is_none() {
+        return;
+    }
+    let dir = workdir();
+    let idl = MailServer::<()>::INFO.idl();
+    std::fs::write(dir.join("mail.proto"), idl.to_proto()).unwrap();
+    std::fs::write(dir.join("mail.thrift"), idl.to_thrift()).unwrap();
+    run(Command::new("protoc").arg("-I").arg(&dir).arg("--python_out").arg(&dir).arg(dir.join("mail.proto")));
+    for lang in ["py", "java", "go"] {
+        run(Command::new("thrift").args(["--gen", lang, "-out"]).arg(&dir).arg(dir.join("mail.thrift")));
+    }
+}
+
 fn generate_bank(dir: &Path) {
     let thrift = BankClient::<rpc_core::Channel>::INFO.idl().to_thrift();
     std::fs::write(dir.join("bank.thrift"), thrift).unwrap();

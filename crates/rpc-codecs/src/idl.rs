@@ -239,7 +239,9 @@ impl Idl {
         out
     }
 
-    /// The schema as a `.thrift` file.
+    /// The schema as a `.thrift` file. A field or argument named with a word Thrift reserves
+    /// (`class`, `list`, `from`, ...) gets a trailing `_` there; type and method names are kept,
+    /// since calls name their method on the wire.
     pub fn to_thrift(&self) -> String {
         let mut out = format!("namespace py {0}\nnamespace rs {0}\n", self.package);
         for def in &self.defs {
@@ -254,7 +256,7 @@ impl Idl {
                     };
                     let _ = writeln!(out, "{keyword} {} {{", def.name);
                     for f in fields.iter().filter(|f| f.ty.shape != Shape::Unit) {
-                        let _ = writeln!(out, "  {}: {} {};", f.tag, f.ty.thrift, f.name);
+                        let _ = writeln!(out, "  {}: {} {};", f.tag, f.ty.thrift, thrift_field(&f.name));
                     }
                     out.push_str("}\n");
                 }
@@ -273,8 +275,12 @@ impl Idl {
             let _ = writeln!(out, "service {service} {{");
             for m in methods {
                 comment(&mut out, "//", &m.doc, "  ");
-                let args: Vec<String> =
-                    m.args.iter().enumerate().map(|(i, (n, t))| format!("{}: {} {n}", i + 1, t.thrift)).collect();
+                let args: Vec<String> = m
+                    .args
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (n, t))| format!("{}: {} {}", i + 1, t.thrift, thrift_field(n)))
+                    .collect();
                 let (returns, throws) = match &m.returns.shape {
                     Shape::Result(ok, err) => (ok.thrift.as_str(), format!(" throws (1: {} error)", err.thrift)),
                     _ => (m.returns.thrift.as_str(), String::new()),
@@ -287,6 +293,159 @@ impl Idl {
             out.push_str("}\n");
         }
         out
+    }
+}
+
+/// Words the Apache Thrift compiler refuses as identifiers: its own keywords and those of the
+/// languages it generates code for (read off `thrift --gen json` 0.17).
+const THRIFT_RESERVED: &[&str] = &[
+    "BEGIN",
+    "END",
+    "__CLASS__",
+    "__DIR__",
+    "__FILE__",
+    "__FUNCTION__",
+    "__LINE__",
+    "__METHOD__",
+    "__NAMESPACE__",
+    "abstract",
+    "alias",
+    "and",
+    "args",
+    "as",
+    "assert",
+    "async",
+    "begin",
+    "binary",
+    "bool",
+    "break",
+    "byte",
+    "case",
+    "catch",
+    "class",
+    "clone",
+    "const",
+    "continue",
+    "cpp_include",
+    "declare",
+    "def",
+    "default",
+    "del",
+    "delete",
+    "do",
+    "double",
+    "dynamic",
+    "elif",
+    "else",
+    "elseif",
+    "elsif",
+    "end",
+    "enddeclare",
+    "endfor",
+    "endforeach",
+    "endif",
+    "endswitch",
+    "endwhile",
+    "ensure",
+    "enum",
+    "except",
+    "exception",
+    "exec",
+    "extends",
+    "finally",
+    "float",
+    "for",
+    "foreach",
+    "from",
+    "function",
+    "global",
+    "goto",
+    "i16",
+    "i32",
+    "i64",
+    "i8",
+    "if",
+    "implements",
+    "import",
+    "in",
+    "include",
+    "inline",
+    "instanceof",
+    "interface",
+    "is",
+    "lambda",
+    "list",
+    "map",
+    "module",
+    "namespace",
+    "native",
+    "new",
+    "next",
+    "nil",
+    "not",
+    "oneway",
+    "optional",
+    "or",
+    "package",
+    "pass",
+    "print",
+    "private",
+    "protected",
+    "public",
+    "raise",
+    "redo",
+    "register",
+    "required",
+    "rescue",
+    "retry",
+    "return",
+    "self",
+    "senum",
+    "service",
+    "set",
+    "sizeof",
+    "slist",
+    "static",
+    "string",
+    "struct",
+    "super",
+    "switch",
+    "synchronized",
+    "then",
+    "this",
+    "throw",
+    "throws",
+    "transient",
+    "try",
+    "typedef",
+    "undef",
+    "union",
+    "unless",
+    "unsigned",
+    "until",
+    "use",
+    "var",
+    "virtual",
+    "void",
+    "volatile",
+    "when",
+    "while",
+    "with",
+    "xor",
+    "xsd_all",
+    "xsd_attrs",
+    "xsd_nillable",
+    "xsd_optional",
+    "yield",
+];
+
+/// `name` as a Thrift field or argument name: a reserved word gets a trailing `_`. Only names
+/// that never travel on the wire are renamed (Thrift identifies fields and arguments by id).
+fn thrift_field(name: &str) -> std::borrow::Cow<'_, str> {
+    if THRIFT_RESERVED.contains(&name) {
+        format!("{name}_").into()
+    } else {
+        name.into()
     }
 }
 
