@@ -261,12 +261,15 @@ impl Shared {
         lock(&self.nodes)
     }
 
-    fn view(&self, now: Instant) -> Arc<View> {
-        let view = self.view.read().unwrap_or_else(|e| e.into_inner()).clone();
-        if view.recheck_at.is_some_and(|t| now >= t) {
-            return self.rebuild(now);
+    /// Runs `f` on the current view under its read lock: no reference count touched per call.
+    fn with_view<R>(&self, now: Instant, f: impl FnOnce(&View) -> R) -> R {
+        {
+            let view = self.view.read().unwrap_or_else(|e| e.into_inner());
+            if view.recheck_at.is_none_or(|t| now < t) {
+                return f(&view);
+            }
         }
-        view
+        f(&self.rebuild(now))
     }
 
     fn rebuild(&self, now: Instant) -> Arc<View> {
@@ -328,6 +331,20 @@ impl Shared {
         }
     }
 
+    /// An endpoint for `request`, and whether another would be left to fail over to.
+    fn pick(
+        &self,
+        view: &View,
+        request: &Request,
+        now: Instant,
+        tried: &mut Vec<Arc<Node>>,
+    ) -> Result<(Arc<Node>, bool), Status> {
+        match self.choose(view, request, now, tried) {
+            Some(node) => Ok((node, view.nodes.len() > tried.len() + 1)),
+            None => Err(no_endpoint(view, request)),
+        }
+    }
+
     /// Picks an endpoint not in `tried` whose breaker lets the call through.
     fn choose(&self, view: &View, request: &Request, now: Instant, tried: &mut Vec<Arc<Node>>) -> Option<Arc<Node>> {
         let key = request.options.metadata.get(HASH_KEY).map(str::as_bytes);
@@ -381,16 +398,16 @@ async fn call(shared: Arc<Shared>, request: Request) -> Result<Response, Status>
                 pending.options.timeout = Some(deadline.saturating_duration_since(now));
             }
         }
-        let (node, others) = {
-            let mut view = shared.view(now);
-            if view.known == 0 && !*shared.ready.borrow() {
+        let picked = shared.with_view(now, |view| {
+            // Nothing discovered yet: wait for discovery, then look again.
+            (view.known > 0 || *shared.ready.borrow()).then(|| shared.pick(view, pending, now, &mut tried))
+        });
+        let (node, others) = match picked {
+            Some(picked) => picked?,
+            None => {
                 let wait = pending.options.timeout.map_or(shared.discovery_wait, |t| t.min(shared.discovery_wait));
                 shared.wait_ready(wait).await?;
-                view = shared.view(Instant::now());
-            }
-            match shared.choose(&view, pending, now, &mut tried) {
-                Some(node) => (node, view.nodes.len() > tried.len() + 1),
-                None => return Err(no_endpoint(&view, pending)),
+                shared.with_view(Instant::now(), |view| shared.pick(view, pending, now, &mut tried))?
             }
         };
         let last = attempt >= shared.failover || !others;
@@ -401,7 +418,7 @@ async fn call(shared: Arc<Shared>, request: Request) -> Result<Response, Status>
         let result = {
             let mut flight = Flight { shared: &shared, node: &node, started: now, done: false };
             node.load.start();
-            let result = tower::Service::call(&mut node.channel.clone(), this_try).await;
+            let result = node.channel.send(this_try).await;
             flight.finish(&result);
             result
         };

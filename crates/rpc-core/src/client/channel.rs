@@ -233,6 +233,31 @@ impl Channel {
         }
     }
 
+    /// Sends `request`: what the tower `Service::call` does, without needing `&mut self` (or a
+    /// clone) from callers that share a channel.
+    pub fn send(&self, request: Request) -> ChannelFuture {
+        let call = match self.prepare(request) {
+            Ok(call) => call,
+            Err(status) => return ChannelFuture(State::Done(Some(Err(status)))),
+        };
+        let slot = self.pick();
+        let Some(conn) = self.inner.slots[slot].live() else {
+            return ChannelFuture(State::Slow(Box::pin(self.clone().call_slow(slot, SlowCall::Unsent(call)))));
+        };
+        let (deadline, codec) = (call.deadline, call.codec);
+        ChannelFuture(match conn.start(call.frame, call.oneway, deadline) {
+            Ok(Started::Sent(Some(reply))) => State::Waiting(reply),
+            Ok(Started::Sent(None)) => {
+                State::Done(Some(Ok(Response { codec, body: Bytes::new(), metadata: Default::default() })))
+            }
+            Ok(Started::QueueFull(frame, reply)) => {
+                let queued = SlowCall::Queued { conn, frame, reply, deadline, codec };
+                State::Slow(Box::pin(self.clone().call_slow(slot, queued)))
+            }
+            Err(status) => State::Done(Some(Err(status))),
+        })
+    }
+
     /// Everything about a call that needs no connection: metadata, deadline, the encoded frame.
     fn prepare(&self, request: Request) -> Result<Prepared, Status> {
         let inner = &self.inner;
@@ -439,25 +464,6 @@ impl tower::Service<Request> for Channel {
     }
 
     fn call(&mut self, request: Request) -> ChannelFuture {
-        let call = match self.prepare(request) {
-            Ok(call) => call,
-            Err(status) => return ChannelFuture(State::Done(Some(Err(status)))),
-        };
-        let slot = self.pick();
-        let Some(conn) = self.inner.slots[slot].live() else {
-            return ChannelFuture(State::Slow(Box::pin(self.clone().call_slow(slot, SlowCall::Unsent(call)))));
-        };
-        let (deadline, codec) = (call.deadline, call.codec);
-        ChannelFuture(match conn.start(call.frame, call.oneway, deadline) {
-            Ok(Started::Sent(Some(reply))) => State::Waiting(reply),
-            Ok(Started::Sent(None)) => {
-                State::Done(Some(Ok(Response { codec, body: Bytes::new(), metadata: Default::default() })))
-            }
-            Ok(Started::QueueFull(frame, reply)) => {
-                let queued = SlowCall::Queued { conn, frame, reply, deadline, codec };
-                State::Slow(Box::pin(self.clone().call_slow(slot, queued)))
-            }
-            Err(status) => State::Done(Some(Err(status))),
-        })
+        self.send(request)
     }
 }
