@@ -270,22 +270,44 @@ pub fn struct_thrift_read<T: Struct, P: TInputProtocol + ?Sized>(i: &mut P, dept
     T::thrift_read_body(i, th::deeper(depth)?)
 }
 
+/// The [`Schema`] methods of a type that is one protobuf value ([`Single`]) and merges as one
+/// (scalars, results, tuples, and the types `#[message]` generates).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __single_field_methods {
+    () => {
+        #[inline]
+        fn proto_field(&self, tag: u32, buf: &mut $crate::schema::BytesMut) {
+            $crate::schema::single_field(self, tag, buf)
+        }
+        #[inline]
+        fn proto_field_len(&self, tag: u32) -> usize {
+            $crate::schema::single_field_len(self, tag)
+        }
+        #[inline]
+        fn proto_merge(
+            slot: &mut ::core::option::Option<Self>,
+            wire: $crate::schema::WireType,
+            buf: &mut &[u8],
+            depth: usize,
+        ) -> $crate::schema::ProtoResult<()> {
+            $crate::schema::single_merge(slot, wire, buf, depth)
+        }
+        fn thrift_merge<P: $crate::schema::TInputProtocol + ?Sized>(
+            slot: &mut ::core::option::Option<Self>,
+            i: &mut P,
+            depth: usize,
+        ) -> $crate::schema::ThriftResult<()> {
+            $crate::schema::single_thrift_merge(slot, i, depth)
+        }
+    };
+}
+
 /// Implements [`Schema`] for a [`Single`] type whose field encoding is the default one.
 macro_rules! single_schema {
     ($ty:ty, $thrift:expr, $idl:expr) => {
         impl Schema for $ty {
-            #[inline]
-            fn proto_field(&self, tag: u32, buf: &mut BytesMut) {
-                single_field(self, tag, buf)
-            }
-            #[inline]
-            fn proto_field_len(&self, tag: u32) -> usize {
-                single_field_len(self, tag)
-            }
-            #[inline]
-            fn proto_merge(slot: &mut Option<Self>, wire: WireType, buf: &mut &[u8], depth: usize) -> ProtoResult<()> {
-                single_merge(slot, wire, buf, depth)
-            }
+            crate::__single_field_methods!();
             #[inline]
             fn absent() -> Option<Self> {
                 Some(Default::default())
@@ -293,13 +315,6 @@ macro_rules! single_schema {
             const THRIFT_TYPE: TType = $thrift;
             fn thrift_write<P: TOutputProtocol + ?Sized>(&self, o: &mut P) -> ThriftResult<()> {
                 th::write_scalar(self, o)
-            }
-            fn thrift_merge<P: TInputProtocol + ?Sized>(
-                slot: &mut Option<Self>,
-                i: &mut P,
-                depth: usize,
-            ) -> ThriftResult<()> {
-                single_thrift_merge(slot, i, depth)
             }
             fn idl(_: &mut Idl) -> TypeRef {
                 $idl
@@ -897,24 +912,10 @@ impl<T: Schema, E: Single> Single for Result<T, E> {
 }
 
 impl<T: Schema, E: Single> Schema for Result<T, E> {
-    #[inline]
-    fn proto_field(&self, tag: u32, buf: &mut BytesMut) {
-        single_field(self, tag, buf)
-    }
-    #[inline]
-    fn proto_field_len(&self, tag: u32) -> usize {
-        single_field_len(self, tag)
-    }
-    #[inline]
-    fn proto_merge(slot: &mut Option<Self>, wire: WireType, buf: &mut &[u8], depth: usize) -> ProtoResult<()> {
-        single_merge(slot, wire, buf, depth)
-    }
+    crate::__single_field_methods!();
     const THRIFT_TYPE: TType = TType::Struct;
     fn thrift_write<P: TOutputProtocol + ?Sized>(&self, o: &mut P) -> ThriftResult<()> {
         self.thrift_write_body(o)
-    }
-    fn thrift_merge<P: TInputProtocol + ?Sized>(slot: &mut Option<Self>, i: &mut P, depth: usize) -> ThriftResult<()> {
-        single_thrift_merge(slot, i, depth)
     }
     #[inline]
     fn proto_encode_message(&self, buf: &mut BytesMut) {
@@ -1018,24 +1019,10 @@ macro_rules! tuple {
         }
 
         impl<$($name: Schema),+> Schema for ($($name,)+) {
-            #[inline]
-            fn proto_field(&self, tag: u32, buf: &mut BytesMut) {
-                single_field(self, tag, buf)
-            }
-            #[inline]
-            fn proto_field_len(&self, tag: u32) -> usize {
-                single_field_len(self, tag)
-            }
-            #[inline]
-            fn proto_merge(slot: &mut Option<Self>, wire: WireType, buf: &mut &[u8], depth: usize) -> ProtoResult<()> {
-                single_merge(slot, wire, buf, depth)
-            }
+            crate::__single_field_methods!();
             const THRIFT_TYPE: TType = TType::Struct;
             fn thrift_write<P: TOutputProtocol + ?Sized>(&self, o: &mut P) -> ThriftResult<()> {
                 self.thrift_write_body(o)
-            }
-            fn thrift_merge<P: TInputProtocol + ?Sized>(slot: &mut Option<Self>, i: &mut P, depth: usize) -> ThriftResult<()> {
-                single_thrift_merge(slot, i, depth)
             }
             fn idl(idl: &mut Idl) -> TypeRef {
                 let fields = vec![$(crate::idl::FieldDef::new(concat!("_", stringify!($tag)), $tag, $name::idl(idl))),+];

@@ -352,30 +352,10 @@ fn message_impls(ident: &syn::Ident, struct_impl: TokenStream, idl: TokenStream)
             }
 
             impl #s::Schema for #ident {
-                fn proto_field(&self, tag: u32, buf: &mut #s::BytesMut) {
-                    #s::single_field(self, tag, buf)
-                }
-                fn proto_field_len(&self, tag: u32) -> usize {
-                    #s::single_field_len(self, tag)
-                }
-                fn proto_merge(
-                    slot: &mut ::core::option::Option<Self>,
-                    wire: #s::WireType,
-                    buf: &mut &[u8],
-                    depth: usize,
-                ) -> #s::ProtoResult<()> {
-                    #s::single_merge(slot, wire, buf, depth)
-                }
+                ::rpc_core::__private::__single_field_methods!();
                 const THRIFT_TYPE: #s::TType = #s::TType::Struct;
                 fn thrift_write<P: #s::TOutputProtocol + ?Sized>(&self, o: &mut P) -> #s::ThriftResult<()> {
                     #s::Struct::thrift_write_body(self, o)
-                }
-                fn thrift_merge<P: #s::TInputProtocol + ?Sized>(
-                    slot: &mut ::core::option::Option<Self>,
-                    i: &mut P,
-                    depth: usize,
-                ) -> #s::ThriftResult<()> {
-                    #s::single_thrift_merge(slot, i, depth)
                 }
                 fn proto_encode_message(&self, buf: &mut #s::BytesMut) {
                     #s::Struct::proto_body(self, buf)
@@ -463,33 +443,13 @@ fn c_like_enum(ident: &syn::Ident, attrs: &[syn::Attribute], e: &syn::DataEnum) 
             }
 
             impl #s::Schema for #ident {
-                fn proto_field(&self, tag: u32, buf: &mut #s::BytesMut) {
-                    #s::single_field(self, tag, buf)
-                }
-                fn proto_field_len(&self, tag: u32) -> usize {
-                    #s::single_field_len(self, tag)
-                }
-                fn proto_merge(
-                    slot: &mut ::core::option::Option<Self>,
-                    wire: #s::WireType,
-                    buf: &mut &[u8],
-                    depth: usize,
-                ) -> #s::ProtoResult<()> {
-                    #s::single_merge(slot, wire, buf, depth)
-                }
+                ::rpc_core::__private::__single_field_methods!();
                 fn absent() -> ::core::option::Option<Self> {
                     #absent
                 }
                 const THRIFT_TYPE: #s::TType = #s::TType::I32;
                 fn thrift_write<P: #s::TOutputProtocol + ?Sized>(&self, o: &mut P) -> #s::ThriftResult<()> {
                     o.write_i32(self.__rpc_value())
-                }
-                fn thrift_merge<P: #s::TInputProtocol + ?Sized>(
-                    slot: &mut ::core::option::Option<Self>,
-                    i: &mut P,
-                    depth: usize,
-                ) -> #s::ThriftResult<()> {
-                    #s::single_thrift_merge(slot, i, depth)
                 }
                 fn idl(idl: &mut #s::Idl) -> #s::TypeRef {
                     if idl.begin(#type_name) {
