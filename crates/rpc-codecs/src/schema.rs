@@ -303,6 +303,38 @@ macro_rules! __single_field_methods {
     };
 }
 
+/// The [`Single`] items of a [`Struct`]: a length-delimited protobuf message, a Thrift struct
+/// (results, tuples, and the structs `#[message]` generates).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __struct_value_methods {
+    () => {
+        const PROTO_WIRE: $crate::schema::WireType = $crate::schema::WireType::LengthDelimited;
+        #[inline]
+        fn proto_value(&self, buf: &mut $crate::schema::BytesMut) {
+            $crate::schema::struct_value(self, buf)
+        }
+        #[inline]
+        fn proto_value_len(&self) -> usize {
+            $crate::schema::struct_value_len(self)
+        }
+        #[inline]
+        fn proto_read(
+            wire: $crate::schema::WireType,
+            buf: &mut &[u8],
+            depth: usize,
+        ) -> $crate::schema::ProtoResult<Self> {
+            $crate::schema::struct_read(wire, buf, depth)
+        }
+        fn thrift_read<P: $crate::schema::TInputProtocol + ?Sized>(
+            i: &mut P,
+            depth: usize,
+        ) -> $crate::schema::ThriftResult<Self> {
+            $crate::schema::struct_thrift_read(i, depth)
+        }
+    };
+}
+
 /// Implements [`Schema`] for a [`Single`] type whose field encoding is the default one.
 macro_rules! single_schema {
     ($ty:ty, $thrift:expr, $idl:expr) => {
@@ -893,22 +925,7 @@ impl<T: Schema, E: Single> Struct for Result<T, E> {
 }
 
 impl<T: Schema, E: Single> Single for Result<T, E> {
-    const PROTO_WIRE: WireType = WireType::LengthDelimited;
-    #[inline]
-    fn proto_value(&self, buf: &mut BytesMut) {
-        struct_value(self, buf)
-    }
-    #[inline]
-    fn proto_value_len(&self) -> usize {
-        struct_value_len(self)
-    }
-    #[inline]
-    fn proto_read(wire: WireType, buf: &mut &[u8], depth: usize) -> ProtoResult<Self> {
-        struct_read(wire, buf, depth)
-    }
-    fn thrift_read<P: TInputProtocol + ?Sized>(i: &mut P, depth: usize) -> ThriftResult<Self> {
-        struct_thrift_read(i, depth)
-    }
+    crate::__struct_value_methods!();
 }
 
 impl<T: Schema, E: Single> Schema for Result<T, E> {
@@ -1000,22 +1017,7 @@ macro_rules! tuple {
         }
 
         impl<$($name: Schema),+> Single for ($($name,)+) {
-            const PROTO_WIRE: WireType = WireType::LengthDelimited;
-            #[inline]
-            fn proto_value(&self, buf: &mut BytesMut) {
-                struct_value(self, buf)
-            }
-            #[inline]
-            fn proto_value_len(&self) -> usize {
-                struct_value_len(self)
-            }
-            #[inline]
-            fn proto_read(wire: WireType, buf: &mut &[u8], depth: usize) -> ProtoResult<Self> {
-                struct_read(wire, buf, depth)
-            }
-            fn thrift_read<P: TInputProtocol + ?Sized>(i: &mut P, depth: usize) -> ThriftResult<Self> {
-                struct_thrift_read(i, depth)
-            }
+            crate::__struct_value_methods!();
         }
 
         impl<$($name: Schema),+> Schema for ($($name,)+) {

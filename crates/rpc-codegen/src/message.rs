@@ -336,19 +336,7 @@ fn message_impls(ident: &syn::Ident, struct_impl: TokenStream, idl: TokenStream)
             #struct_impl
 
             impl #s::Single for #ident {
-                const PROTO_WIRE: #s::WireType = #s::WireType::LengthDelimited;
-                fn proto_value(&self, buf: &mut #s::BytesMut) {
-                    #s::struct_value(self, buf)
-                }
-                fn proto_value_len(&self) -> usize {
-                    #s::struct_value_len(self)
-                }
-                fn proto_read(wire: #s::WireType, buf: &mut &[u8], depth: usize) -> #s::ProtoResult<Self> {
-                    #s::struct_read(wire, buf, depth)
-                }
-                fn thrift_read<P: #s::TInputProtocol + ?Sized>(i: &mut P, depth: usize) -> #s::ThriftResult<Self> {
-                    #s::struct_thrift_read(i, depth)
-                }
+                ::rpc_core::__private::__struct_value_methods!();
             }
 
             impl #s::Schema for #ident {
