@@ -1,37 +1,13 @@
 //! One `#[message]` type, every codec: round trips (fixed and property-based), method results,
 //! hostile input, and a `#[service]` called with each codec over a real socket.
 
+mod common;
+
 use bytes::BytesMut;
+use common::messages::{Level, Point, Shape};
 use proptest::prelude::*;
 use rpc_core::{Channel, Codec, CodecErrorKind, Server};
 use std::collections::{BTreeMap, HashMap};
-
-/// A C-like enum (protobuf enum, Thrift enum).
-#[rpc_core::message]
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Level {
-    Debug,
-    Info,
-    Warn = 7,
-}
-
-/// A nested message.
-#[rpc_core::message]
-#[derive(Clone, Debug, PartialEq)]
-pub struct Point {
-    pub x: f64,
-    pub y: f32,
-}
-
-/// An enum with data (protobuf oneof, Thrift union).
-#[rpc_core::message]
-#[derive(Clone, Debug, PartialEq)]
-pub enum Shape {
-    Circle(Point),
-    Label(String),
-    #[tag = 9]
-    Code(i64),
-}
 
 /// Every supported field type.
 #[rpc_core::message]

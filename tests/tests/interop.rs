@@ -6,37 +6,14 @@
 //! `thrift` (`.ci/run` installs them). Without them the test says so and passes, unless `CI` is
 //! set, where a missing tool fails it.
 
+mod common;
+
 use bytes::BytesMut;
+use common::messages::{Level, Point, Shape};
 use rpc_core::{Codec, Idl};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-/// A C-like enum.
-#[rpc_core::message]
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Level {
-    Debug,
-    Info,
-    Warn = 7,
-}
-
-/// A nested message.
-#[rpc_core::message]
-#[derive(Clone, Debug, PartialEq)]
-pub struct Point {
-    pub x: f64,
-    pub y: f32,
-}
-
-/// A oneof / union.
-#[rpc_core::message]
-#[derive(Clone, Debug, PartialEq)]
-pub enum Shape {
-    Circle(Point),
-    Label(String),
-    Code(i64),
-}
 
 /// Every supported field type, with negative, extreme, empty and absent values.
 #[rpc_core::message]

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod messages;
+
 use rpc_core::{Context, Server};
 use std::{
     sync::{Arc, Mutex},
