@@ -628,37 +628,29 @@ impl th::Scalar for String {
 impl MapKey for String {}
 single_schema!(String, TType::String, TypeRef::scalar("string", "string"));
 
-/// Protobuf `bytes` and Thrift `binary`: `$from_slice` makes the type from borrowed input,
-/// `$from_vec` from what the `thrift` crate returns.
-macro_rules! bytes_single {
-    ($ty:ty, $from_slice:expr, $from_vec:expr) => {
-        impl Single for $ty {
-            const PROTO_WIRE: WireType = WireType::LengthDelimited;
-            #[inline]
-            fn proto_value(&self, buf: &mut BytesMut) {
-                proto::bytes_value(self, buf)
-            }
-            #[inline]
-            fn proto_value_len(&self) -> usize {
-                proto::bytes_value_len(self)
-            }
-            #[inline]
-            fn proto_read(wire: WireType, buf: &mut &[u8], _: usize) -> ProtoResult<Self> {
-                proto::check_wire(WireType::LengthDelimited, wire)?;
-                Ok($from_slice(proto::read_len_delimited(buf)?))
-            }
-            #[inline]
-            fn proto_is_default(&self) -> bool {
-                self.is_empty()
-            }
-            fn thrift_read<P: TInputProtocol + ?Sized>(i: &mut P, _: usize) -> ThriftResult<Self> {
-                i.read_bytes().map($from_vec)
-            }
-        }
-    };
+impl Single for Bytes {
+    const PROTO_WIRE: WireType = WireType::LengthDelimited;
+    #[inline]
+    fn proto_value(&self, buf: &mut BytesMut) {
+        proto::bytes_value(self, buf)
+    }
+    #[inline]
+    fn proto_value_len(&self) -> usize {
+        proto::bytes_value_len(self)
+    }
+    #[inline]
+    fn proto_read(wire: WireType, buf: &mut &[u8], _: usize) -> ProtoResult<Self> {
+        proto::check_wire(WireType::LengthDelimited, wire)?;
+        Ok(Bytes::copy_from_slice(proto::read_len_delimited(buf)?))
+    }
+    #[inline]
+    fn proto_is_default(&self) -> bool {
+        self.is_empty()
+    }
+    fn thrift_read<P: TInputProtocol + ?Sized>(i: &mut P, _: usize) -> ThriftResult<Self> {
+        i.read_bytes().map(Bytes::from)
+    }
 }
-
-bytes_single!(Bytes, Bytes::copy_from_slice, Bytes::from);
 impl th::Scalar for Bytes {
     fn write<P: TOutputProtocol + ?Sized>(&self, o: &mut P) -> ThriftResult<()> {
         o.write_bytes(self)
@@ -667,7 +659,29 @@ impl th::Scalar for Bytes {
 single_schema!(Bytes, TType::String, TypeRef::scalar("bytes", "binary"));
 
 // `Vec<u8>` is one `bytes` value, so it may be nested where other lists may not.
-bytes_single!(Vec<u8>, <[u8]>::to_vec, std::convert::identity);
+impl Single for Vec<u8> {
+    const PROTO_WIRE: WireType = WireType::LengthDelimited;
+    #[inline]
+    fn proto_value(&self, buf: &mut BytesMut) {
+        proto::bytes_value(self, buf)
+    }
+    #[inline]
+    fn proto_value_len(&self) -> usize {
+        proto::bytes_value_len(self)
+    }
+    #[inline]
+    fn proto_read(wire: WireType, buf: &mut &[u8], _: usize) -> ProtoResult<Self> {
+        proto::check_wire(WireType::LengthDelimited, wire)?;
+        Ok(proto::read_len_delimited(buf)?.to_vec())
+    }
+    #[inline]
+    fn proto_is_default(&self) -> bool {
+        self.is_empty()
+    }
+    fn thrift_read<P: TInputProtocol + ?Sized>(i: &mut P, _: usize) -> ThriftResult<Self> {
+        i.read_bytes()
+    }
+}
 
 impl<T: Single> Schema for Vec<T> {
     #[inline]
