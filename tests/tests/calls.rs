@@ -362,3 +362,21 @@ async fn a_one_way_call_reaches_the_server_before_the_next_call_of_its_task() {
     }
     assert_eq!(lab.events.notes.lock().unwrap().len(), 1600);
 }
+
+#[tokio::test]
+async fn dropping_the_last_channel_clone_closes_its_connection() {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let channel = Channel::connect(addr.to_string()).await.unwrap();
+    let (mut stream, _) = listener.accept().await.unwrap();
+    let clone = channel.clone();
+    drop(channel);
+    let mut buf = vec![0; 64];
+    let first = tokio::time::timeout(Duration::from_millis(200), stream.read(&mut buf)).await.unwrap().unwrap();
+    assert_eq!(first, 8, "the preface, and the connection stays open while a clone lives");
+    assert!(tokio::time::timeout(Duration::from_millis(200), stream.read(&mut buf)).await.is_err());
+    drop(clone);
+    let end = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await;
+    assert!(matches!(end, Ok(Ok(0))), "the server sees the end of the stream: {end:?}");
+}

@@ -20,7 +20,7 @@ use std::{
     io,
     sync::{
         atomic::{AtomicUsize, Ordering},
-        Arc, Mutex, MutexGuard,
+        Arc, Mutex, MutexGuard, Weak,
     },
 };
 use tokio::{
@@ -126,10 +126,11 @@ pub(crate) struct Queue {
     side: Arc<WriteSide>,
 }
 
-/// A [`Queue`] that does not keep the writer task alive.
+/// A [`Queue`] that keeps neither the writer task nor the socket's write half alive: once the
+/// connection is dropped, the write half closes and the server sees the end of the stream.
 pub(crate) struct WeakQueue {
     tx: mpsc::WeakSender<BytesMut>,
-    side: Arc<WriteSide>,
+    side: Weak<WriteSide>,
 }
 
 /// Takes a frame back out of the count unless it reached the queue.
@@ -185,14 +186,14 @@ impl Queue {
     }
 
     pub(crate) fn downgrade(&self) -> WeakQueue {
-        WeakQueue { tx: self.tx.downgrade(), side: self.side.clone() }
+        WeakQueue { tx: self.tx.downgrade(), side: Arc::downgrade(&self.side) }
     }
 }
 
 impl WeakQueue {
     /// The queue, while the connection that owns it lives.
     pub(crate) fn upgrade(&self) -> Option<Queue> {
-        Some(Queue { tx: self.tx.upgrade()?, side: self.side.clone() })
+        Some(Queue { tx: self.tx.upgrade()?, side: self.side.upgrade()? })
     }
 }
 
