@@ -261,15 +261,14 @@ impl Shared {
         lock(&self.nodes)
     }
 
-    /// Runs `f` on the current view under its read lock: no reference count touched per call.
+    /// Runs `f` on the current view under its read lock: no reference count touched per call, and
+    /// the balancer's state always matches the view it picks from (see `rebuild`).
     fn with_view<R>(&self, now: Instant, f: impl FnOnce(&View) -> R) -> R {
-        {
-            let view = self.view.read().unwrap_or_else(|e| e.into_inner());
-            if view.recheck_at.is_none_or(|t| now < t) {
-                return f(&view);
-            }
+        let due = self.view.read().unwrap_or_else(|e| e.into_inner()).recheck_at.is_some_and(|t| now >= t);
+        if due {
+            self.rebuild(now);
         }
-        f(&self.rebuild(now))
+        f(&self.view.read().unwrap_or_else(|e| e.into_inner()))
     }
 
     fn rebuild(&self, now: Instant) -> Arc<View> {
@@ -285,9 +284,13 @@ impl Shared {
                 Blocked::Down => {}
             }
         }
-        self.balancer.update(&view.candidates);
         let view = Arc::new(view);
-        *self.view.write().unwrap_or_else(|e| e.into_inner()) = view.clone();
+        // Under the write lock: picks run under the read lock, so none sees the balancer updated
+        // for a view other than the one it picks from.
+        let mut current = self.view.write().unwrap_or_else(|e| e.into_inner());
+        self.balancer.update(&view.candidates);
+        *current = view.clone();
+        drop(current);
         view
     }
 
@@ -407,7 +410,9 @@ async fn call(shared: Arc<Shared>, request: Request) -> Result<Response, Status>
             None => {
                 let wait = pending.options.timeout.map_or(shared.discovery_wait, |t| t.min(shared.discovery_wait));
                 shared.wait_ready(wait).await?;
-                shared.with_view(Instant::now(), |view| shared.pick(view, pending, now, &mut tried))?
+                // The wait must not count as this call's latency.
+                now = Instant::now();
+                shared.with_view(now, |view| shared.pick(view, pending, now, &mut tried))?
             }
         };
         let last = attempt >= shared.failover || !others;

@@ -146,7 +146,8 @@ impl Connection {
             None
         } else {
             let (tx, rx) = oneshot::channel();
-            self.shared.pending.insert(id, tx, deadline)?;
+            // Refused here, the frame never left: safe to send elsewhere.
+            self.shared.pending.insert(id, tx, deadline).map_err(Status::with_not_started)?;
             Some(ReplyFuture { rx, conn: self.clone(), id, done: false })
         };
         let mut frame = frame;
@@ -162,15 +163,16 @@ impl Connection {
                 }
                 Ok(Direct::Busy(busy)) => frame = busy,
                 Err(e) => {
+                    // The write failed whole: nothing of this call reached the server.
                     self.shared.close(Status::unavailable(format!("writing to {} failed: {e}", self.shared.peer)));
-                    return Err(self.closed_status());
+                    return Err(self.closed_status().with_not_started());
                 }
             }
         }
         match self.queue.try_send(frame) {
             Ok(()) => Ok(Started::Sent(reply)),
             Err(mpsc::error::TrySendError::Full(frame)) => Ok(Started::QueueFull(frame, reply)),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(self.closed_status()),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(self.closed_status().with_not_started()),
         }
     }
 
@@ -189,7 +191,7 @@ impl Connection {
     pub(crate) async fn send(&self, frame: BytesMut) -> Result<(), Status> {
         match self.queue.send(frame).await {
             true => Ok(()),
-            false => Err(self.closed_status()),
+            false => Err(self.closed_status().with_not_started()),
         }
     }
 
@@ -328,8 +330,10 @@ async fn read_loop(mut reader: FrameReader<tokio::net::tcp::OwnedReadHalf>, shar
                     Ok(Response { codec: Codec::default(), body: frame.body, metadata: Default::default() }),
                 )),
                 Head::Ping => {
+                    // Never waits for room: replies must keep flowing while the queue is full, so
+                    // a server that pings a client it does not read from gets no pong.
                     if let Some(queue) = queue.upgrade() {
-                        queue.send(control_frame(frame.id, &Head::Pong, frame.body)).await;
+                        let _ = queue.try_send(control_frame(frame.id, &Head::Pong, frame.body));
                     }
                 }
                 Head::GoAway { code, message } => {

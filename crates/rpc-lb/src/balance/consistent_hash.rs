@@ -68,6 +68,10 @@ impl ConsistentHash {
 
     fn walk(&self, ring: &Ring, candidates: &[Candidate], hash: u64) -> usize {
         let points = &ring.points;
+        if points.is_empty() {
+            // Every candidate has weight 0: none is preferred.
+            return self.rng.below(candidates.len());
+        }
         let start = points.partition_point(|&(p, _)| p < hash) % points.len();
         let Some(factor) = self.bound else {
             return points[start].1 as usize;
@@ -114,9 +118,11 @@ impl Balancer for ConsistentHash {
             return Some(self.walk(&ring, candidates, hash));
         }
         drop(ring);
-        self.update(candidates);
-        let ring = self.ring.read().unwrap_or_else(|e| e.into_inner());
-        Some(self.walk(&ring, candidates, hash))
+        // Built for exactly these candidates: the shared ring may change again meanwhile.
+        let fresh = Ring::build(candidates, self.vnodes);
+        let picked = self.walk(&fresh, candidates, hash);
+        *self.ring.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        Some(picked)
     }
 }
 
@@ -176,5 +182,21 @@ mod tests {
         let moved = b.pick(&c, Some(b"hot"), now).unwrap();
         assert_ne!(moved, home, "the hot key's home is over its bound");
         assert_eq!(ConsistentHash::new().pick(&c, Some(b"hot"), now), Some(home), "unbounded stays home");
+    }
+
+    #[test]
+    fn a_ring_for_other_candidates_or_only_zero_weights_still_picks_in_range() {
+        let b = ConsistentHash::new().bounded(1.25);
+        let now = Instant::now();
+        b.update(&candidates(5));
+        // Picks may meet a ring built for another set (a rebuild in between): never out of range.
+        for n in [1, 3, 8] {
+            let c = candidates(n);
+            let i = b.pick(&c, Some(b"key"), now).unwrap();
+            assert!(i < n, "{i} of {n}");
+        }
+        let zero = weighted(&[0, 0]);
+        b.update(&zero);
+        assert!(b.pick(&zero, Some(b"key"), now).unwrap() < 2);
     }
 }
