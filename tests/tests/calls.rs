@@ -380,3 +380,36 @@ async fn dropping_the_last_channel_clone_closes_its_connection() {
     let end = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await;
     assert!(matches!(end, Ok(Ok(0))), "the server sees the end of the stream: {end:?}");
 }
+
+#[tokio::test]
+async fn a_dropped_channel_closes_its_socket_even_if_the_server_keeps_its_side_open() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_util::codec::Encoder;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let channel = Channel::connect(addr.to_string()).await.unwrap();
+    let (mut stream, _) = listener.accept().await.unwrap();
+    drop(channel);
+    let mut buf = vec![0; 64];
+    while tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await.unwrap().unwrap() > 0 {}
+    // This server never closes. It keeps sending well-formed frames, which a client still
+    // reading would accept, until the client's socket is gone.
+    let pong = rpc_core::transport::Frame {
+        id: 1,
+        codec: 0,
+        head: rpc_core::transport::Head::Pong,
+        body: bytes::Bytes::new(),
+    };
+    let mut frame = bytes::BytesMut::new();
+    rpc_core::transport::FrameCodec::default().encode(&pong, &mut frame).unwrap();
+    let gone = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if stream.write_all(&frame).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(gone.is_ok(), "the client kept its socket open after the channel was dropped");
+}

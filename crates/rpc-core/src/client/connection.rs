@@ -28,7 +28,7 @@ use std::{
 };
 use tokio::{
     net::TcpStream,
-    sync::{mpsc, oneshot},
+    sync::{mpsc, oneshot, Notify},
     time::Instant,
 };
 
@@ -46,6 +46,9 @@ struct Shared {
     pending: PendingCalls,
     /// No new calls: the server sent a go-away or the connection failed.
     draining: AtomicBool,
+    /// Signalled once the connection is closed, so the reader stops without waiting for the
+    /// server to close its side.
+    closed: Notify,
 }
 
 impl Shared {
@@ -53,6 +56,7 @@ impl Shared {
     fn close(&self, status: Status) {
         self.draining.store(true, Ordering::Release);
         self.pending.close(status);
+        self.closed.notify_waiters();
     }
 
     /// Handles a go-away: calls after `last_id` were not processed and fail as safe to retry.
@@ -102,13 +106,18 @@ impl Connection {
             peer: addr,
             pending: PendingCalls::new(config.max_in_flight),
             draining: AtomicBool::new(false),
+            closed: Notify::new(),
         });
         let codec = FrameCodec::new(config.max_frame_size);
         let (writer_shared, writer_side) = (shared.clone(), write.clone());
         tokio::spawn(async move {
-            if let Err(e) = write_loop(&writer_side, rx, &writer_shared.pending).await {
-                writer_shared.close(Status::unavailable(format!("writing to {addr} failed: {e}")));
-            }
+            let status = match write_loop(&writer_side, rx, &writer_shared.pending).await {
+                // Every sender is gone: the connection was dropped with no call waiting.
+                Ok(()) => Status::unavailable(format!("connection to {addr} closed by this client")),
+                Err(e) => Status::unavailable(format!("writing to {addr} failed: {e}")),
+            };
+            // Ends the reader and expiry tasks too, whether or not the server closes its side.
+            writer_shared.close(status);
         });
         tokio::spawn(read_loop(FrameReader::new(read, codec), shared.clone(), queue.downgrade()));
         tokio::spawn(expire_loop(shared.clone(), queue.downgrade()));
@@ -308,8 +317,19 @@ fn control_frame(id: u32, head: &Head, body: Bytes) -> BytesMut {
 async fn read_loop(mut reader: FrameReader<tokio::net::tcp::OwnedReadHalf>, shared: Arc<Shared>, queue: WeakQueue) {
     let peer = shared.peer;
     let mut replies = Vec::new();
+    let closed = shared.closed.notified();
+    tokio::pin!(closed);
+    closed.as_mut().enable();
     let reason = 'read: loop {
-        let mut frame = match reader.next().await {
+        if let Some(status) = shared.pending.closed() {
+            break status.clone();
+        }
+        let next = tokio::select! {
+            biased;
+            next = reader.next() => next,
+            _ = &mut closed => continue,
+        };
+        let mut frame = match next {
             Ok(Some(frame)) => frame,
             Ok(None) => break Status::unavailable(format!("server at {peer} closed the connection")),
             Err(e) => break Status::unavailable(format!("connection to {peer} failed: {e}")),

@@ -28,6 +28,9 @@ use tokio::{
     sync::mpsc::{self, error::TrySendError},
 };
 
+/// Longest wait to write the last frames of a dropped connection.
+const FINAL_FLUSH: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub(crate) struct WriteSide {
     io: OwnedWriteHalf,
     tail: Mutex<BytesMut>,
@@ -220,7 +223,8 @@ pub(crate) async fn write_loop(
         }
         side.write_all(&mut batch).await?;
     }
-    side.flush().await
+    // The connection is being dropped: a server that stopped reading gets a bounded wait.
+    tokio::time::timeout(FINAL_FLUSH, side.flush()).await.unwrap_or(Ok(()))
 }
 
 #[cfg(test)]
