@@ -264,15 +264,23 @@ impl Shared {
     /// Runs `f` on the current view under its read lock: no reference count touched per call, and
     /// the balancer's state always matches the view it picks from (see `rebuild`).
     fn with_view<R>(&self, now: Instant, f: impl FnOnce(&View) -> R) -> R {
-        let due = self.view.read().unwrap_or_else(|e| e.into_inner()).recheck_at.is_some_and(|t| now >= t);
-        if due {
-            self.rebuild(now);
+        let due = |view: &View| view.recheck_at.is_some_and(|t| now >= t);
+        if due(&self.view.read().unwrap_or_else(|e| e.into_inner())) {
+            let nodes = self.nodes();
+            // Callers that noticed together rebuild once: the first to take the nodes lock.
+            if due(&self.view.read().unwrap_or_else(|e| e.into_inner())) {
+                self.rebuild_from(&nodes, now);
+            }
         }
         f(&self.view.read().unwrap_or_else(|e| e.into_inner()))
     }
 
     fn rebuild(&self, now: Instant) -> Arc<View> {
-        let nodes = self.nodes();
+        self.rebuild_from(&self.nodes(), now)
+    }
+
+    /// Builds and publishes the view of `nodes` (the caller holds the nodes lock).
+    fn rebuild_from(&self, nodes: &[Arc<Node>], now: Instant) -> Arc<View> {
         let mut view = View { known: nodes.len(), ..View::default() };
         for node in nodes.iter() {
             match node.blocked(now) {
