@@ -265,13 +265,18 @@ impl Shared {
     /// the balancer's state always matches the view it picks from (see `rebuild`).
     fn with_view<R>(&self, now: Instant, f: impl FnOnce(&View) -> R) -> R {
         let due = |view: &View| view.recheck_at.is_some_and(|t| now >= t);
-        if due(&self.view.read().unwrap_or_else(|e| e.into_inner())) {
-            let nodes = self.nodes();
-            // Callers that noticed together rebuild once: the first to take the nodes lock.
-            if due(&self.view.read().unwrap_or_else(|e| e.into_inner())) {
-                self.rebuild_from(&nodes, now);
+        {
+            let view = self.view.read().unwrap_or_else(|e| e.into_inner());
+            if !due(&view) {
+                return f(&view);
             }
         }
+        let nodes = self.nodes();
+        // Callers that noticed together rebuild once: the first to take the nodes lock.
+        if due(&self.view.read().unwrap_or_else(|e| e.into_inner())) {
+            self.rebuild_from(&nodes, now);
+        }
+        drop(nodes);
         f(&self.view.read().unwrap_or_else(|e| e.into_inner()))
     }
 
