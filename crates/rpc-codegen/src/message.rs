@@ -158,6 +158,7 @@ fn expand_struct(ident: &syn::Ident, attrs: &[syn::Attribute], fields: &mut syn:
                 <#ty as #s::Schema>::thrift_merge(&mut #slot, i, depth)?,
         }
     });
+    let thrift_loop = thrift_read_loop(thrift_arms);
     let idl_fields = tys.iter().zip(&name_strs).zip(&tags).map(
         |((ty, name), tag)| quote_spanned!(ty.span()=> #s::FieldDef::new(#name, #tag, <#ty as #s::Schema>::idl(idl))),
     );
@@ -196,17 +197,7 @@ fn expand_struct(ident: &syn::Ident, attrs: &[syn::Attribute], fields: &mut syn:
             }
             fn thrift_read_body<P: #s::TInputProtocol + ?Sized>(i: &mut P, depth: usize) -> #s::ThriftResult<Self> {
                 #(let mut #slots = ::core::option::Option::None;)*
-                i.read_struct_begin()?;
-                loop {
-                    let field = i.read_field_begin()?;
-                    match (field.field_type, field.id) {
-                        (#s::TType::Stop, _) => break,
-                        #(#thrift_arms)*
-                        (t, _) => i.skip(t)?,
-                    }
-                    i.read_field_end()?;
-                }
-                i.read_struct_end()?;
+                #thrift_loop
                 ::core::result::Result::Ok(#ident { #(#thrift_finish)* })
             }
         }
@@ -272,6 +263,7 @@ fn expand_enum(ident: &syn::Ident, attrs: &[syn::Attribute], e: &mut syn::DataEn
                 out = ::core::option::Option::Some(#ident::#v(<#ty as #s::Single>::thrift_read(i, depth)?)),
         }
     });
+    let thrift_loop = thrift_read_loop(thrift_arms);
     let idl_fields = tys.iter().zip(&field_names).zip(&tags).map(
         |((ty, name), tag)| quote_spanned!(ty.span()=> #s::FieldDef::new(#name, #tag, <#ty as #s::Schema>::idl(idl))),
     );
@@ -303,17 +295,7 @@ fn expand_enum(ident: &syn::Ident, attrs: &[syn::Attribute], e: &mut syn::DataEn
             }
             fn thrift_read_body<P: #s::TInputProtocol + ?Sized>(i: &mut P, depth: usize) -> #s::ThriftResult<Self> {
                 let mut out = ::core::option::Option::None;
-                i.read_struct_begin()?;
-                loop {
-                    let field = i.read_field_begin()?;
-                    match (field.field_type, field.id) {
-                        (#s::TType::Stop, _) => break,
-                        #(#thrift_arms)*
-                        (t, _) => i.skip(t)?,
-                    }
-                    i.read_field_end()?;
-                }
-                i.read_struct_end()?;
+                #thrift_loop
                 out.ok_or_else(|| #s::thrift_error(#none_set))
             }
         }
@@ -326,6 +308,25 @@ fn expand_enum(ident: &syn::Ident, attrs: &[syn::Attribute], e: &mut syn::DataEn
         #s::TypeRef::named(#type_name)
     };
     Ok(message_impls(ident, body, idl))
+}
+
+/// Reads a Thrift struct's fields with `arms` (each `(type, Some(id)) => ...`), skipping the
+/// fields it does not know.
+fn thrift_read_loop(arms: impl Iterator<Item = TokenStream>) -> TokenStream {
+    let s = quote!(::rpc_core::__private::schema);
+    quote! {
+        i.read_struct_begin()?;
+        loop {
+            let field = i.read_field_begin()?;
+            match (field.field_type, field.id) {
+                (#s::TType::Stop, _) => break,
+                #(#arms)*
+                (t, _) => i.skip(t)?,
+            }
+            i.read_field_end()?;
+        }
+        i.read_struct_end()?;
+    }
 }
 
 /// `Single` and `Schema` for a message type, delegating to its `Struct` impl.

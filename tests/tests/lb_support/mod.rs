@@ -117,14 +117,7 @@ where
 
 /// Starts instance `id` on a free port.
 pub async fn start_node(id: u32) -> (RunningServer, Arc<Ctl>) {
-    let ctl = Arc::new(Ctl { id, ..Ctl::default() });
-    let server = Server::builder()
-        .layer(Faults(ctl.clone()))
-        .add_service(NodeServer::new(Instance(ctl.clone())))
-        .start("127.0.0.1:0")
-        .await
-        .unwrap();
-    (server, ctl)
+    start_node_with(id, tower::layer::util::Identity::new()).await
 }
 
 /// Starts instance `id` with `layer` outside the fault injection.
