@@ -39,6 +39,13 @@ def client():
         check(False, "get(999) did not raise the declared exception")
     except ttypes.NoSuchAccount as e:
         check(e.id == 999, f"exception carries id {e.id}")
+    # A method whose declared error is a string: it arrives wrapped in an exception.
+    try:
+        bank.withdraw(1, 3)
+        check(False, "withdraw(1, 3) did not raise the declared exception")
+    except ttypes.Error_string as e:
+        check(e.value == "balance -5 is less than 3", f"exception carries {e.value!r}")
+    check(bank.withdraw(1, -7) == 2, "withdraw(1, -7) did not leave 2")
     bank.ping()
     # A method the service does not have.
     protocol.writeMessageBegin("nope", TMessageType.CALL, 77)
@@ -70,6 +77,15 @@ class Handler:
         if id not in self.accounts:
             raise ttypes.NoSuchAccount(id=id)
         return self.accounts[id]
+
+    def withdraw(self, id, amount):
+        account = self.accounts.get(id)
+        if account is None:
+            raise ttypes.Error_string(value=f"no account {id}")
+        if account.balance < amount:
+            raise ttypes.Error_string(value=f"balance {account.balance} is less than {amount}")
+        account.balance -= amount
+        return account.balance
 
     def ping(self):
         pass

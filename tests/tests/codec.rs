@@ -146,6 +146,27 @@ fn wrongly_typed_and_malicious_input_is_a_typed_error() {
     }
 }
 
+#[test]
+fn thrift_string_lengths_and_utf8_are_checked_before_anything_is_allocated() {
+    // A bare value travels as field 0 of a wrapper struct: type, id, length, bytes, stop.
+    let hi = Codec::ThriftBinary.decode::<String>(&[11, 0, 0, 0, 0, 0, 2, b'h', b'i', 0]).unwrap();
+    assert_eq!(hi, "hi");
+    let cases: &[(Codec, &[u8], &str)] = &[
+        (Codec::ThriftBinary, &[11, 0, 0, 0, 0, 0, 5, b'a', b'b'], "declared length 5 exceeds the 2 bytes left"),
+        (Codec::ThriftBinary, &[11, 0, 0, 0xff, 0xff, 0xff, 0xfe], "negative length -2"),
+        (Codec::ThriftBinary, &[11, 0, 0, 0, 0, 0, 2, 0xff, 0xfe, 0], "invalid UTF-8"),
+        (Codec::ThriftBinary, &[11, 0, 0, 0, 0, 0, 2, b'h', b'i', 0, 7], "1 trailing bytes"),
+        (Codec::ThriftCompact, &[0x08, 0, 5, b'a'], "declared length 5 exceeds the 1 bytes left"),
+        (Codec::ThriftCompact, &[0x08, 0, 2, 0xc3, 0x28, 0], "invalid UTF-8"),
+        (Codec::ThriftCompact, &[0x08, 0, 0xff, 0xff], "input ends before the message does"),
+    ];
+    for (codec, bytes, expected) in cases {
+        let err = codec.decode::<String>(bytes).unwrap_err();
+        assert_eq!(err.kind(), CodecErrorKind::Decode, "{err}");
+        assert!(err.to_string().contains(expected), "{codec} {bytes:?}: {err}");
+    }
+}
+
 /// A tree as deep as you like.
 #[rpc_core::message]
 #[derive(Clone, Debug, PartialEq)]

@@ -180,6 +180,8 @@ pub trait Bank {
     async fn open(&self, owner: String, deposit: i64) -> Account;
     /// An account, or the declared exception.
     async fn get(&self, id: u64) -> Result<Account, NoSuchAccount>;
+    /// The balance after taking `amount`, or why not: an error that is a plain string.
+    async fn withdraw(&self, id: u64, amount: i64) -> Result<i64, String>;
     /// Does nothing.
     async fn ping(&self) -> ();
 }
@@ -196,6 +198,15 @@ impl Bank for MyBank {
     }
     async fn get(&self, id: u64) -> Result<Account, NoSuchAccount> {
         self.0.lock().unwrap().iter().find(|a| a.id == id).cloned().ok_or(NoSuchAccount { id })
+    }
+    async fn withdraw(&self, id: u64, amount: i64) -> Result<i64, String> {
+        let mut accounts = self.0.lock().unwrap();
+        let account = accounts.iter_mut().find(|a| a.id == id).ok_or_else(|| format!("no account {id}"))?;
+        if account.balance < amount {
+            return Err(format!("balance {} is less than {amount}", account.balance));
+        }
+        account.balance -= amount;
+        Ok(account.balance)
     }
     async fn ping(&self) {}
 }
@@ -262,7 +273,7 @@ async fn a_stock_thrift_client_calls_our_server_on_its_usual_port() {
         );
         // Our own protocol still works on the same port and sees what the Thrift client did.
         let client = BankClient::new(rpc_core::Channel::connect(server.local_addr().to_string()).await.unwrap());
-        assert_eq!(client.get(1).await.unwrap().unwrap().owner, "ada");
+        assert_eq!(client.get(1).await.unwrap().unwrap(), Account { id: 1, owner: "ada".into(), balance: 2 });
         server.shutdown(std::time::Duration::from_secs(1)).await.unwrap();
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -301,6 +312,8 @@ async fn our_client_calls_a_stock_thrift_server() {
         assert_eq!(account, Account { id: 1, owner: "ada".into(), balance: -5 }, "{protocol}");
         assert_eq!(client.get(1).await.unwrap(), Ok(account), "{protocol}");
         assert_eq!(client.get(999).await.unwrap(), Err(NoSuchAccount { id: 999 }), "{protocol}");
+        assert_eq!(client.withdraw(1, 3).await.unwrap(), Err("balance -5 is less than 3".into()), "{protocol}");
+        assert_eq!(client.withdraw(1, -7).await.unwrap(), Ok(2), "{protocol}");
         client.ping().await.unwrap();
         let unknown = rpc_core::Call::<_, ()>::new(channel, rpc_core::Request::new("Bank", "nope", ())).await;
         assert_eq!(unknown.unwrap_err().code(), rpc_core::Code::Unimplemented, "{protocol}");

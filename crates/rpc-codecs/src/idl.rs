@@ -98,6 +98,8 @@ enum Kind {
     Struct(Vec<FieldDef>),
     Union(Vec<FieldDef>),
     Enum(Vec<(String, i32)>),
+    /// A Thrift-only exception wrapping an error type that is not a struct.
+    Exception(FieldDef),
 }
 
 #[derive(Clone, Debug)]
@@ -159,6 +161,18 @@ impl Idl {
         TypeRef::named(&name)
     }
 
+    /// Names the exception that carries an error type Thrift cannot throw as it is (a string,
+    /// an enum, a union): `exception Error_string { 1: string value }`, defined in the
+    /// `.thrift` only. Protobuf carries the error itself.
+    pub fn exception_wrapper(&mut self, error: TypeRef) -> TypeRef {
+        let name = format!("Error_{}", ident_part(&error.thrift));
+        if self.begin(&name) {
+            let field = FieldDef::new("value", 1, error.clone());
+            self.push(&name, "", Kind::Exception(field));
+        }
+        TypeRef::plain(error.proto, name)
+    }
+
     /// Defines an enum.
     pub fn define_enum(&mut self, name: &str, doc: &str, values: Vec<(&str, i32)>) {
         self.push(name, doc, Kind::Enum(values.into_iter().map(|(n, v)| (n.to_owned(), v)).collect()));
@@ -181,7 +195,7 @@ impl Idl {
     /// The schema as a proto3 `.proto` file.
     pub fn to_proto(&self) -> String {
         let mut out = format!("syntax = \"proto3\";\n\npackage {};\n", self.package);
-        for def in &self.defs {
+        for def in self.defs.iter().filter(|def| !matches!(def.kind, Kind::Exception(_))) {
             out.push('\n');
             comment(&mut out, "//", &def.doc, "");
             match &def.kind {
@@ -204,6 +218,7 @@ impl Idl {
                     }
                     out.push_str("}\n");
                 }
+                Kind::Exception(_) => {}
             }
         }
         for (service, doc, methods) in &self.services {
@@ -266,6 +281,9 @@ impl Idl {
                         let _ = writeln!(out, "  {name} = {value},");
                     }
                     out.push_str("}\n");
+                }
+                Kind::Exception(f) => {
+                    let _ = writeln!(out, "exception {} {{\n  {}: {} {};\n}}", def.name, f.tag, f.ty.thrift, f.name);
                 }
             }
         }

@@ -250,27 +250,27 @@ impl Codec {
     }
 
     fn decode_serde<T: DeserializeOwned>(self, bytes: &[u8]) -> Result<T, CodecError> {
-        let result = match self {
+        let error = |m: String| CodecError::new(Some(self), CodecErrorKind::Decode, m);
+        if self == Codec::Json {
             // serde_json limits recursion to 128 levels and rejects trailing characters itself.
-            Codec::Json => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
-            _ => {
-                let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
-                de.set_max_depth(MAX_DEPTH);
-                T::deserialize(&mut de).map_err(|e| e.to_string()).and_then(|value| {
-                    // The borrowed reader does not say where it stopped; reading a marker past
-                    // the value fails with end-of-input exactly when nothing trails it.
-                    match serde::de::IgnoredAny::deserialize(&mut de) {
-                        Err(rmp_serde::decode::Error::InvalidMarkerRead(e))
-                            if e.kind() == std::io::ErrorKind::UnexpectedEof =>
-                        {
-                            Ok(value)
-                        }
-                        _ => Err("trailing bytes after the message".to_owned()),
-                    }
-                })
-            }
-        };
-        result.map_err(|m| CodecError::new(Some(self), CodecErrorKind::Decode, m))
+            return serde_json::from_slice(bytes).map_err(|e| error(e.to_string()));
+        }
+        let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+        de.set_max_depth(MAX_DEPTH);
+        // Matched rather than mapped, so the value moves once (as in the Thrift decoder).
+        match T::deserialize(&mut de) {
+            // The borrowed reader does not say where it stopped; reading a marker past the
+            // value fails with end-of-input exactly when nothing trails it.
+            Ok(value) => match serde::de::IgnoredAny::deserialize(&mut de) {
+                Err(rmp_serde::decode::Error::InvalidMarkerRead(e))
+                    if e.kind() == std::io::ErrorKind::UnexpectedEof =>
+                {
+                    Ok(value)
+                }
+                _ => Err(error("trailing bytes after the message".to_owned())),
+            },
+            Err(e) => Err(error(e.to_string())),
+        }
     }
 }
 

@@ -21,6 +21,10 @@
 //! | `()` | empty message | empty struct |
 //! | `Result<T, E>` | message: `success = 1`, `error = 2` | struct: `success` id 0, `error` id 1 |
 //!
+//! Thrift can only throw an `exception`, which is a struct. An error type that is not a struct
+//! (`Result<T, String>`, an enum, a union) travels as field 1 of an exception with one field,
+//! `1: E value`, named after the type (`Error_string`), which the emitted `.thrift` declares.
+//!
 //! A narrower integer decoded from a wider wire value that does not fit is a decode error, not
 //! a truncation. Lists of lists, optional lists and lists of options have no protobuf encoding,
 //! so they do not implement [`Single`] and are rejected at compile time; wrap the inner value in
@@ -64,6 +68,10 @@ pub trait Schema: Sized {
 
     /// The Thrift type of the field.
     const THRIFT_TYPE: TType;
+    /// Whether Thrift can declare the type an `exception` (a struct with fields: generated
+    /// structs and tuples), so a method throws it as it is. Any other error type travels
+    /// wrapped in a one-field exception (see [`Idl::exception_wrapper`]).
+    const THRIFT_EXCEPTION: bool = false;
     /// Whether the field is written at all (`None` options are not).
     fn thrift_present(&self) -> bool {
         true
@@ -898,7 +906,12 @@ impl<T: Schema, E: Single> Struct for Result<T, E> {
         o.write_struct_begin(&th::struct_header())?;
         match self {
             Ok(value) => th::write_field(value, 0, o)?,
-            Err(error) => th::write_field(error, 1, o)?,
+            Err(error) if E::THRIFT_EXCEPTION => th::write_field(error, 1, o)?,
+            Err(error) => {
+                o.write_field_begin(&th::field_header(TType::Struct, 1))?;
+                th::write_wrapped(error, 1, o)?;
+                o.write_field_end()?;
+            }
         }
         o.write_field_stop()?;
         o.write_struct_end()
@@ -911,7 +924,10 @@ impl<T: Schema, E: Single> Struct for Result<T, E> {
             match (field.field_type, field.id) {
                 (TType::Stop, _) => break,
                 (t, Some(0)) if t == T::THRIFT_TYPE => T::thrift_merge(&mut ok, i, depth)?,
-                (t, Some(1)) if t == E::THRIFT_TYPE => err = Some(E::thrift_read(i, depth)?),
+                (t, Some(1)) if E::THRIFT_EXCEPTION && t == E::THRIFT_TYPE => err = Some(E::thrift_read(i, depth)?),
+                (TType::Struct, Some(1)) if !E::THRIFT_EXCEPTION => {
+                    err = Some(th::read_wrapped(i, th::deeper(depth)?, 1, "exception", "value")?)
+                }
                 (t, _) => i.skip(t)?,
             }
             i.read_field_end()?;
@@ -963,7 +979,9 @@ impl<T: Schema, E: Single> Schema for Result<T, E> {
         Self::thrift_read_body(i, depth)
     }
     fn idl(idl: &mut Idl) -> TypeRef {
-        TypeRef::result(T::idl(idl), E::idl(idl))
+        let (ok, error) = (T::idl(idl), E::idl(idl));
+        let error = if E::THRIFT_EXCEPTION { error } else { idl.exception_wrapper(error) };
+        TypeRef::result(ok, error)
     }
 }
 
@@ -1023,6 +1041,7 @@ macro_rules! tuple {
         impl<$($name: Schema),+> Schema for ($($name,)+) {
             crate::__single_field_methods!();
             const THRIFT_TYPE: TType = TType::Struct;
+            const THRIFT_EXCEPTION: bool = true;
             fn thrift_write<P: TOutputProtocol + ?Sized>(&self, o: &mut P) -> ThriftResult<()> {
                 self.thrift_write_body(o)
             }

@@ -209,7 +209,7 @@ fn expand_struct(ident: &syn::Ident, attrs: &[syn::Attribute], fields: &mut syn:
         }
         #s::TypeRef::named(#type_name)
     };
-    Ok(message_impls(ident, body, idl))
+    Ok(message_impls(ident, body, idl, true))
 }
 
 fn expand_enum(ident: &syn::Ident, attrs: &[syn::Attribute], e: &mut syn::DataEnum) -> syn::Result<TokenStream> {
@@ -307,7 +307,7 @@ fn expand_enum(ident: &syn::Ident, attrs: &[syn::Attribute], e: &mut syn::DataEn
         }
         #s::TypeRef::named(#type_name)
     };
-    Ok(message_impls(ident, body, idl))
+    Ok(message_impls(ident, body, idl, false))
 }
 
 /// Reads a Thrift struct's fields with `arms` (each `(type, Some(id)) => ...`), skipping the
@@ -329,8 +329,9 @@ fn thrift_read_loop(arms: impl Iterator<Item = TokenStream>) -> TokenStream {
     }
 }
 
-/// `Single` and `Schema` for a message type, delegating to its `Struct` impl.
-fn message_impls(ident: &syn::Ident, struct_impl: TokenStream, idl: TokenStream) -> TokenStream {
+/// `Single` and `Schema` for a message type, delegating to its `Struct` impl. `exception`: a
+/// struct, which Thrift can throw as it is (a union cannot).
+fn message_impls(ident: &syn::Ident, struct_impl: TokenStream, idl: TokenStream, exception: bool) -> TokenStream {
     let s = quote!(::rpc_core::__private::schema);
     quote! {
         const _: () = {
@@ -343,6 +344,7 @@ fn message_impls(ident: &syn::Ident, struct_impl: TokenStream, idl: TokenStream)
             impl #s::Schema for #ident {
                 ::rpc_core::__private::__single_field_methods!();
                 const THRIFT_TYPE: #s::TType = #s::TType::Struct;
+                const THRIFT_EXCEPTION: bool = #exception;
                 fn thrift_write<P: #s::TOutputProtocol + ?Sized>(&self, o: &mut P) -> #s::ThriftResult<()> {
                     #s::Struct::thrift_write_body(self, o)
                 }

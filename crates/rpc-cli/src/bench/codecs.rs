@@ -23,11 +23,12 @@ pub(crate) struct CodecBenchArgs {
     /// Write a bar chart of encode and decode times to this SVG file.
     #[arg(long)]
     svg: Option<std::path::PathBuf>,
-    /// Milliseconds measured per codec, dataset, operation and round.
-    #[arg(long, default_value_t = 100)]
+    /// Milliseconds measured per codec, dataset, operation, side and round.
+    #[arg(long, default_value_t = 25)]
     millis: u64,
-    /// Rounds; ours and the direct call alternate in each and the median round is reported.
-    #[arg(long, default_value_t = 5)]
+    /// Rounds; each times ours and the direct call back to back (alternating which goes
+    /// first), and the median of the rounds' ratios is reported.
+    #[arg(long, default_value_t = 15)]
     rounds: usize,
 }
 
@@ -41,11 +42,21 @@ struct Row {
     decode_ns: f64,
     direct_encode_ns: f64,
     direct_decode_ns: f64,
+    /// Median over rounds of ours / direct; 1.0 means no overhead.
+    encode_ratio: f64,
+    decode_ratio: f64,
     direct: &'static str,
 }
 
-/// Median nanoseconds per call of `f` over `rounds` rounds of about `budget` each.
-fn time(rounds: usize, budget: Duration, mut f: impl FnMut()) -> Vec<f64> {
+/// Ours against the direct call: the median time of each and the median of their ratios.
+struct Comparison {
+    ours_ns: f64,
+    direct_ns: f64,
+    ratio: f64,
+}
+
+/// Nanoseconds per call of `f`, over about `budget` of calls.
+fn time(budget: Duration, mut f: impl FnMut()) -> f64 {
     // Calibrate: how many calls fit in a tenth of the budget.
     let start = Instant::now();
     let mut calibration = 0u64;
@@ -54,25 +65,31 @@ fn time(rounds: usize, budget: Duration, mut f: impl FnMut()) -> Vec<f64> {
         calibration += 1;
     }
     let iterations = (calibration * 10).max(1);
-    (0..rounds)
-        .map(|_| {
-            let start = Instant::now();
-            for _ in 0..iterations {
-                f();
-            }
-            start.elapsed().as_nanos() as f64 / iterations as f64
-        })
-        .collect()
+    let start = Instant::now();
+    for _ in 0..iterations {
+        f();
+    }
+    start.elapsed().as_nanos() as f64 / iterations as f64
 }
 
-/// Ours and the direct call, alternated round by round; the median of each.
-fn compare(rounds: usize, budget: Duration, mut ours: impl FnMut(), mut direct: impl FnMut()) -> (f64, f64) {
-    let (mut a, mut b) = (Vec::new(), Vec::new());
-    for _ in 0..rounds {
-        a.extend(time(1, budget, &mut ours));
-        b.extend(time(1, budget, &mut direct));
+/// Ours and the direct call, timed back to back in each round. The ratio is taken per round
+/// and then its median, so a machine that speeds up or slows down between rounds (this one is
+/// shared) moves both sides of a ratio alike.
+fn compare(rounds: usize, budget: Duration, mut ours: impl FnMut(), mut direct: impl FnMut()) -> Comparison {
+    let (mut a, mut b, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let (x, y) = if round % 2 == 0 {
+            let x = time(budget, &mut ours);
+            (x, time(budget, &mut direct))
+        } else {
+            let y = time(budget, &mut direct);
+            (time(budget, &mut ours), y)
+        };
+        a.push(x);
+        b.push(y);
+        ratios.push(x / y);
     }
-    (quantile(&mut a, 0.5), quantile(&mut b, 0.5))
+    Comparison { ours_ns: quantile(&mut a, 0.5), direct_ns: quantile(&mut b, 0.5), ratio: quantile(&mut ratios, 0.5) }
 }
 
 /// The direct calls of one dataset: prost on the hand-derived struct, serde_json, rmp-serde and
@@ -90,7 +107,7 @@ fn bench_dataset<T: Message + Schema, P: prost::Message + Default>(
         codec.encode(value, &mut buf)?;
         let encoded = buf.clone().freeze();
         let mut direct_buf = BytesMut::new();
-        let (encode_ns, direct_encode_ns) = compare(
+        let encode = compare(
             args.rounds,
             budget,
             || {
@@ -102,7 +119,7 @@ fn bench_dataset<T: Message + Schema, P: prost::Message + Default>(
                 direct_encode(codec, value, prost_value, &mut direct_buf);
             },
         );
-        let (decode_ns, direct_decode_ns) = compare(
+        let decode = compare(
             args.rounds,
             budget,
             || {
@@ -120,10 +137,12 @@ fn bench_dataset<T: Message + Schema, P: prost::Message + Default>(
             dataset: name,
             codec: codec.name(),
             bytes: encoded.len(),
-            encode_ns,
-            decode_ns,
-            direct_encode_ns,
-            direct_decode_ns,
+            encode_ns: encode.ours_ns,
+            decode_ns: decode.ours_ns,
+            direct_encode_ns: encode.direct_ns,
+            direct_decode_ns: decode.direct_ns,
+            encode_ratio: encode.ratio,
+            decode_ratio: decode.ratio,
             direct,
         });
     }
@@ -191,8 +210,8 @@ fn print_rows(rows: &[Row], json: bool) {
             r.bytes,
             r.encode_ns / 1e3,
             r.decode_ns / 1e3,
-            r.encode_ns / r.direct_encode_ns,
-            r.decode_ns / r.direct_decode_ns,
+            r.encode_ratio,
+            r.decode_ratio,
             r.direct
         );
     }
