@@ -54,3 +54,17 @@ async fn our_thrift_channel_calls_our_server_and_hostile_frames_only_close_their
     assert_eq!(client.echo("still here".into()).await.unwrap(), "still here");
     server.shutdown(Duration::from_secs(1)).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_thrift_channel_reconnects_after_its_server_restarts() {
+    let server = Server::builder().add_service(EchoServer::new(MyEcho)).start("127.0.0.1:0").await.unwrap();
+    let addr = server.local_addr();
+    let client = EchoClient::new(ThriftChannel::connect(addr, Codec::ThriftCompact).await.unwrap());
+    assert_eq!(client.echo("before".into()).await.unwrap(), "before");
+    server.shutdown(Duration::from_secs(1)).await.unwrap();
+    let err = client.echo("down".into()).await.unwrap_err();
+    assert_eq!(err.code(), rpc_core::Code::Unavailable, "{err}");
+    let server = Server::builder().add_service(EchoServer::new(MyEcho)).start(addr).await.unwrap();
+    assert_eq!(client.echo("after".into()).await.unwrap(), "after", "the next call connects again");
+    server.shutdown(Duration::from_secs(1)).await.unwrap();
+}

@@ -8,6 +8,7 @@ use crate::{Codec, Metadata, Status};
 use bytes::{Bytes, BytesMut};
 use std::{
     future::Future,
+    net::SocketAddr,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
@@ -19,8 +20,8 @@ use tokio::{io::AsyncWriteExt, net::TcpStream, sync::Mutex};
 /// the connection.
 ///
 /// Metadata and deadlines do not travel (Thrift has no place for them); a call's timeout is
-/// enforced locally, and a call that times out leaves the connection unusable, since its reply
-/// may still arrive.
+/// enforced locally. A call that fails on the connection (or times out, since its reply may
+/// still arrive) closes it, and the next call connects again to the same address.
 #[derive(Clone, Debug)]
 pub struct ThriftChannel {
     conn: Arc<Mutex<Conn>>,
@@ -29,10 +30,11 @@ pub struct ThriftChannel {
 
 #[derive(Debug)]
 struct Conn {
-    stream: TcpStream,
+    addr: SocketAddr,
+    /// `None` after a call broke the connection, until the next call reconnects.
+    stream: Option<TcpStream>,
     buf: BytesMut,
     seq: i32,
-    broken: bool,
 }
 
 impl ThriftChannel {
@@ -44,8 +46,9 @@ impl ThriftChannel {
             )));
         }
         let stream = TcpStream::connect(addr).await.map_err(|e| Status::unavailable(format!("cannot connect: {e}")))?;
+        let addr = stream.peer_addr().map_err(|e| Status::unavailable(format!("cannot connect: {e}")))?;
         let _ = stream.set_nodelay(true);
-        let conn = Conn { stream, buf: BytesMut::new(), seq: 0, broken: false };
+        let conn = Conn { addr, stream: Some(stream), buf: BytesMut::new(), seq: 0 };
         Ok(ThriftChannel { conn: Arc::new(Mutex::new(conn)), codec })
     }
 
@@ -70,9 +73,6 @@ impl tower::Service<Request> for ThriftChannel {
             let mut body = BytesMut::new();
             request.body.encode(codec, &mut body).map_err(|e| Status::invalid_argument(e.to_string()))?;
             let mut conn = conn.lock().await;
-            if conn.broken {
-                return Err(Status::unavailable("the Thrift connection broke in an earlier call; connect again"));
-            }
             let exchange = exchange(&mut conn, codec, &request, &body);
             let result = match request.options.timeout {
                 Some(timeout) => tokio::time::timeout(timeout, exchange)
@@ -82,7 +82,8 @@ impl tower::Service<Request> for ThriftChannel {
             };
             if matches!(&result, Err(s) if s.code() != crate::Code::Unimplemented && s.code() != crate::Code::Internal)
             {
-                conn.broken = true;
+                conn.stream = None;
+                conn.buf.clear();
             }
             result
         })
@@ -98,11 +99,21 @@ async fn exchange(conn: &mut Conn, codec: Codec, request: &Request, body: &[u8])
         seq: conn.seq,
     };
     let frame = wire::frame(codec, &head, body);
-    conn.stream.write_all(&frame).await.map_err(|e| Status::unavailable(format!("Thrift write failed: {e}")))?;
+    let stream = match &mut conn.stream {
+        Some(stream) => stream,
+        None => {
+            let stream = TcpStream::connect(conn.addr)
+                .await
+                .map_err(|e| Status::unavailable(format!("cannot reconnect to {}: {e}", conn.addr)))?;
+            let _ = stream.set_nodelay(true);
+            conn.stream.insert(stream)
+        }
+    };
+    stream.write_all(&frame).await.map_err(|e| Status::unavailable(format!("Thrift write failed: {e}")))?;
     if oneway {
         return Ok(Response { codec, body: Bytes::new(), metadata: Metadata::new() });
     }
-    let Conn { stream, buf, .. } = conn;
+    let buf = &mut conn.buf;
     let reply = wire::read_frame(stream, buf, DEFAULT_MAX_FRAME_SIZE)
         .await
         .map_err(|e| Status::unavailable(format!("Thrift read failed: {e}")))?
