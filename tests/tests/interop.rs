@@ -221,15 +221,24 @@ pub struct Reserved {
     pub end: Option<u64>,
 }
 
-/// A service whose arguments are named with reserved words.
+/// A service whose arguments are named with reserved words, and whose errors are of every kind
+/// Thrift cannot throw as they are.
 #[rpc_core::service]
 pub trait Mail {
     /// Sends a message.
     async fn send(&self, from: String, print: Reserved) -> bool;
+    /// An error that is a C-like enum.
+    async fn bounce(&self, id: u64) -> Result<(), Level>;
+    /// An error that is a union.
+    async fn route(&self, to: String) -> Result<String, Shape>;
+    /// An error that is bytes.
+    async fn check(&self) -> Result<u32, Vec<u8>>;
+    /// An error that is a tuple, which is a struct and thrown as it is.
+    async fn hold(&self) -> Result<u32, (String, i32)>;
 }
 
 #[test]
-fn emitted_idl_with_reserved_names_compiles() {
+fn emitted_idl_with_reserved_names_and_every_kind_of_error_compiles() {
     if tools().is_none() {
         return;
     }
