@@ -93,6 +93,11 @@ fn every_type_round_trips_through_every_codec() {
         round_trip(codec, &Err::<Everything, Point>(Point { x: 0.0, y: 0.0 }));
         round_trip(codec, &Ok::<(), String>(()));
         round_trip(codec, &Err::<(), String>(String::new()));
+        // Errors Thrift carries in a one-field exception.
+        round_trip(codec, &Err::<u32, Shape>(Shape::Label("no route".into())));
+        round_trip(codec, &Err::<u32, Level>(Level::Warn));
+        round_trip(codec, &Err::<u32, Vec<u8>>(vec![0, 255]));
+        round_trip(codec, &Err::<u32, (String, i32)>(("busy".into(), -1)));
         round_trip(codec, &());
         round_trip(codec, &Some(0u64));
         round_trip(codec, &Vec::<Shape>::new());
@@ -108,6 +113,17 @@ fn field_numbers_follow_declaration_order_and_tag_overrides() {
     let mut buf = BytesMut::new();
     Codec::Protobuf.encode(&Point { x: 0.0, y: 1.0 }, &mut buf).unwrap();
     assert_eq!(&buf[..], [(2 << 3) | 5, 0, 0, 0x80, 0x3f], "x is implicit zero; y is field 2, fixed32");
+}
+
+#[test]
+fn an_error_thrift_cannot_throw_is_the_one_field_of_an_exception() {
+    let mut buf = BytesMut::new();
+    Codec::ThriftBinary.encode_reply(&Err::<u32, String>("x".into()), &mut buf).unwrap();
+    // Field 1 is a struct (the exception) whose field 1 is the string; then two stops.
+    assert_eq!(&buf[..], [12, 0, 1, 11, 0, 1, 0, 0, 0, 1, b'x', 0, 0]);
+    let mut buf = BytesMut::new();
+    Codec::Protobuf.encode_reply(&Err::<u32, String>("x".into()), &mut buf).unwrap();
+    assert_eq!(&buf[..], [(2 << 3) | 2, 1, b'x'], "protobuf carries the error itself as field 2");
 }
 
 #[test]
