@@ -154,6 +154,10 @@ fn wrongly_typed_and_malicious_input_is_a_typed_error() {
         (Codec::ThriftBinary, &[13, 0, 18, 11, 8, 0xff, 0xff, 0xff, 0xff]),
         // Compact: a string field claiming 2^32 bytes.
         (Codec::ThriftCompact, &[0xc8, 0xff, 0xff, 0xff, 0xff, 0x0f]),
+        // Compact: field 32767 (long form), then a header adding a delta to it.
+        (Codec::ThriftCompact, &[0x05, 0xfe, 0xff, 0x03, 0x00, 0x15]),
+        // The same inside a nested struct, then the delta after it ends.
+        (Codec::ThriftCompact, &[0x0c, 0xfe, 0xff, 0x03, 0x00, 0x15]),
     ];
     for (codec, bytes) in cases {
         let err = codec.decode::<Everything>(bytes).unwrap_err();
@@ -163,7 +167,7 @@ fn wrongly_typed_and_malicious_input_is_a_typed_error() {
 }
 
 #[test]
-fn thrift_string_lengths_and_utf8_are_checked_before_anything_is_allocated() {
+fn thrift_lengths_counts_field_ids_and_utf8_are_checked_before_anything_is_allocated() {
     // A bare value travels as field 0 of a wrapper struct: type, id, length, bytes, stop.
     let hi = Codec::ThriftBinary.decode::<String>(&[11, 0, 0, 0, 0, 0, 2, b'h', b'i', 0]).unwrap();
     assert_eq!(hi, "hi");
@@ -175,9 +179,24 @@ fn thrift_string_lengths_and_utf8_are_checked_before_anything_is_allocated() {
         (Codec::ThriftCompact, &[0x08, 0, 5, b'a'], "declared length 5 exceeds the 1 bytes left"),
         (Codec::ThriftCompact, &[0x08, 0, 2, 0xc3, 0x28, 0], "invalid UTF-8"),
         (Codec::ThriftCompact, &[0x08, 0, 0xff, 0xff], "input ends before the message does"),
+        (Codec::ThriftCompact, &[0x05, 0xfe, 0xff, 0x03, 0x00, 0x15], "field id 32767 plus delta 1 overflows"),
     ];
     for (codec, bytes, expected) in cases {
         let err = codec.decode::<String>(bytes).unwrap_err();
+        assert_eq!(err.kind(), CodecErrorKind::Decode, "{err}");
+        assert!(err.to_string().contains(expected), "{codec} {bytes:?}: {err}");
+    }
+    // A list or map whose declared count the bytes left cannot hold.
+    let counts: &[(Codec, &[u8], &str)] = &[
+        (
+            Codec::ThriftBinary,
+            &[15, 0, 0, 8, 0, 0, 0, 100, 0, 0, 0, 1, 0],
+            "100 elements declared but only 5 bytes left",
+        ),
+        (Codec::ThriftCompact, &[0x09, 0, 0xf5, 100, 2, 0], "100 elements declared but only 2 bytes left"),
+    ];
+    for (codec, bytes, expected) in counts {
+        let err = codec.decode::<Vec<u32>>(bytes).unwrap_err();
         assert_eq!(err.kind(), CodecErrorKind::Decode, "{err}");
         assert!(err.to_string().contains(expected), "{codec} {bytes:?}: {err}");
     }

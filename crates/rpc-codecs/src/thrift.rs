@@ -209,8 +209,7 @@ fn write<T: Schema, P: TOutputProtocol>(value: &T, role: Role, o: &mut P) -> Thr
 pub(crate) fn decode<T: Schema>(codec: Codec, role: Role, bytes: &[u8]) -> Result<T, CodecError> {
     if codec == Codec::ThriftCompact {
         let pos = Cell::new(0);
-        let protocol = TCompactInputProtocol::new(Input { data: bytes, pos: &pos });
-        read_all(codec, role, Guarded(CompactInput { protocol, data: bytes, pos: &pos }))
+        read_all(codec, role, Guarded(CompactInput::new(bytes, &pos)))
     } else {
         read_all(codec, role, Guarded(TBinaryInputProtocol::new(bytes, true)))
     }
@@ -293,11 +292,32 @@ impl Read for Input<'_> {
 }
 
 /// The compact protocol over a slice, with the unread part of the slice in view.
+///
+/// The protocol adds a short field header's delta to the previous field id unchecked, which
+/// overflows `i16` (a panic in debug builds) on hostile input such as field 32767 followed by
+/// a delta. So this mirrors the previous id, exactly where it could overflow, and refuses such
+/// a header first. A valid writer never sends one: it uses a delta only to reach a higher id.
 pub(crate) struct CompactInput<'a> {
     protocol: TCompactInputProtocol<Input<'a>>,
     data: &'a [u8],
     pos: &'a Cell<usize>,
+    /// The previous field id in the current struct, or 0 standing in for any id a delta
+    /// cannot overflow (it is exact again after the next field).
+    last_field: i16,
+    depth: usize,
+    /// Enclosing structs, by depth, whose previous field id a delta could overflow.
+    enclosing_high: Vec<(usize, i16)>,
 }
+
+impl<'a> CompactInput<'a> {
+    fn new(data: &'a [u8], pos: &'a Cell<usize>) -> Self {
+        let protocol = TCompactInputProtocol::new(Input { data, pos });
+        CompactInput { protocol, data, pos, last_field: 0, depth: 0, enclosing_high: Vec::new() }
+    }
+}
+
+/// Field ids from which a delta (at most 15) can overflow `i16`.
+const HIGH_FIELD_ID: i16 = i16::MAX - 15;
 
 /// A Thrift input protocol reading a slice, whose unread part [`Guarded`] can see and take.
 pub(crate) trait SliceInput {
@@ -308,6 +328,19 @@ pub(crate) trait SliceInput {
     fn protocol(&mut self) -> &mut Self::Protocol;
     fn unread(&self) -> &[u8];
     fn consume(&mut self, n: usize);
+
+    #[inline]
+    fn read_struct_begin(&mut self) -> ThriftResult<Option<TStructIdentifier>> {
+        self.protocol().read_struct_begin()
+    }
+    #[inline]
+    fn read_struct_end(&mut self) -> ThriftResult<()> {
+        self.protocol().read_struct_end()
+    }
+    #[inline]
+    fn read_field_begin(&mut self) -> ThriftResult<TFieldIdentifier> {
+        self.protocol().read_field_begin()
+    }
 }
 
 impl SliceInput for TBinaryInputProtocol<&[u8]> {
@@ -348,6 +381,45 @@ impl<'a> SliceInput for CompactInput<'a> {
     fn consume(&mut self, n: usize) {
         self.pos.set(self.pos.get() + n);
     }
+
+    #[inline]
+    fn read_struct_begin(&mut self) -> ThriftResult<Option<TStructIdentifier>> {
+        if self.last_field > HIGH_FIELD_ID {
+            self.enclosing_high.push((self.depth, self.last_field));
+        }
+        self.depth += 1;
+        self.last_field = 0;
+        self.protocol.read_struct_begin()
+    }
+
+    #[inline]
+    fn read_struct_end(&mut self) -> ThriftResult<()> {
+        self.depth = self.depth.saturating_sub(1);
+        self.last_field = match self.enclosing_high.last() {
+            Some(&(depth, id)) if depth == self.depth => {
+                self.enclosing_high.pop();
+                id
+            }
+            _ => 0,
+        };
+        self.protocol.read_struct_end()
+    }
+
+    #[inline]
+    fn read_field_begin(&mut self) -> ThriftResult<TFieldIdentifier> {
+        if let Some(&header) = self.unread().first() {
+            let delta = i16::from(header >> 4);
+            if header & 0x0f != 0 && delta != 0 && self.last_field > i16::MAX - delta {
+                return Err(invalid(format!("field id {} plus delta {delta} overflows", self.last_field)));
+            }
+        }
+        // Inspected in place: unpacking and rewrapping the result costs a stalled copy.
+        let field = self.protocol.read_field_begin();
+        if let Ok(TFieldIdentifier { id: Some(id), .. }) = &field {
+            self.last_field = *id;
+        }
+        field
+    }
 }
 
 /// An input protocol that reads strings and binaries itself, once their declared length is
@@ -375,6 +447,18 @@ impl<S: SliceInput> Guarded<S> {
         self.0.consume(taken);
         Ok(value)
     }
+
+    /// Refuses a declared element count that the bytes left cannot hold, each element taking
+    /// at least `min_bytes`, so what a reader preallocates for it is backed by input.
+    #[inline]
+    fn check_count(&mut self, declared: i32, min_bytes: u64) -> ThriftResult<()> {
+        let left = self.0.unread().len();
+        match u64::try_from(declared) {
+            Ok(n) if n.saturating_mul(min_bytes) <= left as u64 => Ok(()),
+            Ok(n) => Err(invalid(format!("{n} elements declared but only {left} bytes left"))),
+            Err(_) => Err(invalid(format!("negative element count {declared}"))),
+        }
+    }
 }
 
 fn eof() -> thrift::Error {
@@ -401,13 +485,13 @@ impl<S: SliceInput> TInputProtocol for Guarded<S> {
         self.0.protocol().read_message_end()
     }
     fn read_struct_begin(&mut self) -> ThriftResult<Option<TStructIdentifier>> {
-        self.0.protocol().read_struct_begin()
+        self.0.read_struct_begin()
     }
     fn read_struct_end(&mut self) -> ThriftResult<()> {
-        self.0.protocol().read_struct_end()
+        self.0.read_struct_end()
     }
     fn read_field_begin(&mut self) -> ThriftResult<TFieldIdentifier> {
-        self.0.protocol().read_field_begin()
+        self.0.read_field_begin()
     }
     fn read_field_end(&mut self) -> ThriftResult<()> {
         self.0.protocol().read_field_end()
@@ -441,19 +525,31 @@ impl<S: SliceInput> TInputProtocol for Guarded<S> {
         })
     }
     fn read_list_begin(&mut self) -> ThriftResult<TListIdentifier> {
-        self.0.protocol().read_list_begin()
+        let header = self.0.protocol().read_list_begin();
+        if let Ok(h) = &header {
+            self.check_count(h.size, 1)?;
+        }
+        header
     }
     fn read_list_end(&mut self) -> ThriftResult<()> {
         self.0.protocol().read_list_end()
     }
     fn read_set_begin(&mut self) -> ThriftResult<TSetIdentifier> {
-        self.0.protocol().read_set_begin()
+        let header = self.0.protocol().read_set_begin();
+        if let Ok(h) = &header {
+            self.check_count(h.size, 1)?;
+        }
+        header
     }
     fn read_set_end(&mut self) -> ThriftResult<()> {
         self.0.protocol().read_set_end()
     }
     fn read_map_begin(&mut self) -> ThriftResult<TMapIdentifier> {
-        self.0.protocol().read_map_begin()
+        let header = self.0.protocol().read_map_begin();
+        if let Ok(h) = &header {
+            self.check_count(h.size, 2)?;
+        }
+        header
     }
     fn read_map_end(&mut self) -> ThriftResult<()> {
         self.0.protocol().read_map_end()
