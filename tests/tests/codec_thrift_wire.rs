@@ -11,6 +11,8 @@ pub trait Echo {
     async fn echo(&self, text: String) -> String;
     /// Fails on purpose.
     async fn boom(&self) -> u32;
+    /// Answers after `millis`.
+    async fn slow(&self, millis: u64) -> u64;
 }
 
 struct MyEcho;
@@ -21,6 +23,10 @@ impl Echo for MyEcho {
     }
     async fn boom(&self) -> u32 {
         panic!("boom")
+    }
+    async fn slow(&self, millis: u64) -> u64 {
+        tokio::time::sleep(Duration::from_millis(millis)).await;
+        millis
     }
 }
 
@@ -66,5 +72,16 @@ async fn a_thrift_channel_reconnects_after_its_server_restarts() {
     assert_eq!(err.code(), rpc_core::Code::Unavailable, "{err}");
     let server = Server::builder().add_service(EchoServer::new(MyEcho)).start(addr).await.unwrap();
     assert_eq!(client.echo("after".into()).await.unwrap(), "after", "the next call connects again");
+    server.shutdown(Duration::from_secs(1)).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_call_dropped_before_its_reply_does_not_hand_that_reply_to_the_next_call() {
+    let server = Server::builder().add_service(EchoServer::new(MyEcho)).start("127.0.0.1:0").await.unwrap();
+    let client = EchoClient::new(ThriftChannel::connect(server.local_addr(), Codec::ThriftBinary).await.unwrap());
+    let dropped = tokio::time::timeout(Duration::from_millis(50), client.slow(300)).await;
+    assert!(dropped.is_err(), "the slow call is dropped before it answers");
+    assert_eq!(client.echo("next".into()).await.unwrap(), "next");
+    assert_eq!(client.slow(1).await.unwrap(), 1);
     server.shutdown(Duration::from_secs(1)).await.unwrap();
 }

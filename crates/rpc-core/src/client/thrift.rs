@@ -20,8 +20,9 @@ use tokio::{io::AsyncWriteExt, net::TcpStream, sync::Mutex};
 /// the connection.
 ///
 /// Metadata and deadlines do not travel (Thrift has no place for them); a call's timeout is
-/// enforced locally. A call that fails on the connection (or times out, since its reply may
-/// still arrive) closes it, and the next call connects again to the same address.
+/// enforced locally. A call that fails on the connection, times out or is dropped before its
+/// reply closes it (its reply may still arrive), and the next call connects again to the same
+/// address.
 #[derive(Clone, Debug)]
 pub struct ThriftChannel {
     conn: Arc<Mutex<Conn>>,
@@ -74,18 +75,12 @@ impl tower::Service<Request> for ThriftChannel {
             request.body.encode(codec, &mut body).map_err(|e| Status::invalid_argument(e.to_string()))?;
             let mut conn = conn.lock().await;
             let exchange = exchange(&mut conn, codec, &request, &body);
-            let result = match request.options.timeout {
+            match request.options.timeout {
                 Some(timeout) => tokio::time::timeout(timeout, exchange)
                     .await
                     .unwrap_or_else(|_| Err(Status::deadline_exceeded(format!("no Thrift reply within {timeout:?}")))),
                 None => exchange.await,
-            };
-            if matches!(&result, Err(s) if s.code() != crate::Code::Unimplemented && s.code() != crate::Code::Internal)
-            {
-                conn.stream = None;
-                conn.buf.clear();
             }
-            result
         })
     }
 }
@@ -99,22 +94,25 @@ async fn exchange(conn: &mut Conn, codec: Codec, request: &Request, body: &[u8])
         seq: conn.seq,
     };
     let frame = wire::frame(codec, &head, body);
-    let stream = match &mut conn.stream {
+    // The stream is out of `conn` until the exchange completes: a call that fails, times out
+    // or is dropped half way leaves no connection behind, and the next call connects again.
+    let mut stream = match conn.stream.take() {
         Some(stream) => stream,
         None => {
+            conn.buf.clear();
             let stream = TcpStream::connect(conn.addr)
                 .await
                 .map_err(|e| Status::unavailable(format!("cannot reconnect to {}: {e}", conn.addr)))?;
             let _ = stream.set_nodelay(true);
-            conn.stream.insert(stream)
+            stream
         }
     };
     stream.write_all(&frame).await.map_err(|e| Status::unavailable(format!("Thrift write failed: {e}")))?;
     if oneway {
+        conn.stream = Some(stream);
         return Ok(Response { codec, body: Bytes::new(), metadata: Metadata::new() });
     }
-    let buf = &mut conn.buf;
-    let reply = wire::read_frame(stream, buf, DEFAULT_MAX_FRAME_SIZE)
+    let reply = wire::read_frame(&mut stream, &mut conn.buf, DEFAULT_MAX_FRAME_SIZE)
         .await
         .map_err(|e| Status::unavailable(format!("Thrift read failed: {e}")))?
         .ok_or_else(|| Status::unavailable("the Thrift server closed the connection"))?;
@@ -122,6 +120,8 @@ async fn exchange(conn: &mut Conn, codec: Codec, request: &Request, body: &[u8])
     if reply_head.seq != head.seq {
         return Err(Status::protocol(format!("reply to call {} where {} was expected", reply_head.seq, head.seq)));
     }
+    // A whole reply to this call was read: the connection is in step for the next one.
+    conn.stream = Some(stream);
     match reply_head.kind {
         wire::REPLY => Ok(Response { codec, body: reply.slice(at..), metadata: Metadata::new() }),
         wire::EXCEPTION => Err(wire::exception_status(codec, &reply[at..])),
