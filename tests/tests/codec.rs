@@ -124,6 +124,10 @@ fn an_error_thrift_cannot_throw_is_the_one_field_of_an_exception() {
     let mut buf = BytesMut::new();
     Codec::Protobuf.encode_reply(&Err::<u32, String>("x".into()), &mut buf).unwrap();
     assert_eq!(&buf[..], [(2 << 3) | 2, 1, b'x'], "protobuf carries the error itself as field 2");
+    // An empty error is still an error: the emitted .proto declares the field `optional`, so a
+    // protoc-generated peer sends it, and it reads back as one.
+    let empty = Codec::Protobuf.decode_reply::<Result<u32, String>>(&[(2 << 3) | 2, 0]).unwrap();
+    assert_eq!(empty, Err(String::new()));
 }
 
 #[test]

@@ -236,7 +236,9 @@ impl Idl {
                         if ok.shape != Shape::Unit {
                             fields.push(FieldDef::new("success", 1, (**ok).clone()));
                         }
-                        fields.push(FieldDef::new("error", 2, (**err).clone()));
+                        // Explicit presence: an error equal to its type's default (an empty
+                        // string, a zero enum) must still be sent, or it would read as success.
+                        fields.push(FieldDef::new("error", 2, TypeRef::optional((**err).clone())));
                         fields
                     }
                 };

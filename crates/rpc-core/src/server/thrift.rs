@@ -68,7 +68,7 @@ pub(crate) async fn serve<S>(
         };
         let request = ServerRequest {
             service: ByteStr::from(service_name),
-            method: ByteStr::from(method),
+            method: ByteStr::from(method.clone()),
             codec,
             body: frame.slice(at..),
             metadata: Metadata::new(),
@@ -84,6 +84,9 @@ pub(crate) async fn serve<S>(
         if head.kind == wire::ONEWAY {
             continue;
         }
+        // A multiplexed call ("Service:method") is answered with the bare method name, as
+        // Apache Thrift's multiplexed processors do; clients check the name they called.
+        let head = MessageHead { name: method, ..head };
         let reply = match result {
             Ok(response) => wire::frame(codec, &MessageHead { kind: wire::REPLY, ..head }, &response.body),
             Err(status) => {
