@@ -46,6 +46,8 @@ def client():
     except ttypes.Error_string as e:
         check(e.value == "balance -5 is less than 3", f"exception carries {e.value!r}")
     check(bank.withdraw(1, -7) == 2, "withdraw(1, -7) did not leave 2")
+    # `list` is a word Thrift reserves: the .thrift names the method `list_`.
+    check(bank.list_() == [ttypes.Account(id=1, owner="ada", balance=2)], "list_() differs")
     bank.ping()
     # A method the service does not have.
     protocol.writeMessageBegin("nope", TMessageType.CALL, 77)
@@ -100,6 +102,9 @@ class Handler:
             raise ttypes.Error_string(value=f"balance {account.balance} is less than {amount}")
         account.balance -= amount
         return account.balance
+
+    def list_(self):
+        return list(self.accounts.values())
 
     def ping(self):
         pass

@@ -180,6 +180,8 @@ pub trait Bank {
     async fn open(&self, owner: String, deposit: i64) -> Account;
     /// An account, or the declared exception.
     async fn get(&self, id: u64) -> Result<Account, NoSuchAccount>;
+    /// Every account: a method named with a word Thrift reserves (`list_` in the `.thrift`).
+    async fn list(&self) -> Vec<Account>;
     /// The balance after taking `amount`, or why not: an error that is a plain string.
     async fn withdraw(&self, id: u64, amount: i64) -> Result<i64, String>;
     /// Does nothing.
@@ -198,6 +200,9 @@ impl Bank for MyBank {
     }
     async fn get(&self, id: u64) -> Result<Account, NoSuchAccount> {
         self.0.lock().unwrap().iter().find(|a| a.id == id).cloned().ok_or(NoSuchAccount { id })
+    }
+    async fn list(&self) -> Vec<Account> {
+        self.0.lock().unwrap().clone()
     }
     async fn withdraw(&self, id: u64, amount: i64) -> Result<i64, String> {
         let mut accounts = self.0.lock().unwrap();
@@ -221,12 +226,22 @@ pub struct Reserved {
     pub end: Option<u64>,
 }
 
-/// A service whose arguments are named with reserved words, and whose errors are of every kind
-/// Thrift cannot throw as they are.
+/// A union with a variant named like the `oneof` that holds it in the `.proto`.
+#[rpc_core::message]
+#[derive(Clone, Debug, PartialEq)]
+pub enum Setting {
+    Value(i64),
+    Text(String),
+}
+
+/// A service whose methods and arguments are named with reserved and raw words, and whose
+/// errors are of every kind Thrift cannot throw as they are.
 #[rpc_core::service]
 pub trait Mail {
     /// Sends a message.
     async fn send(&self, from: String, print: Reserved) -> bool;
+    /// A method named with a reserved word, with a raw-identifier argument.
+    async fn delete(&self, r#type: String, setting: Setting) -> bool;
     /// An error that is a C-like enum.
     async fn bounce(&self, id: u64) -> Result<(), Level>;
     /// An error that is a union.
@@ -238,7 +253,7 @@ pub trait Mail {
 }
 
 #[test]
-fn emitted_idl_with_reserved_names_and_every_kind_of_error_compiles() {
+fn emitted_idl_with_reserved_and_raw_names_and_every_kind_of_error_compiles() {
     if tools().is_none() {
         return;
     }
@@ -323,6 +338,7 @@ async fn our_client_calls_a_stock_thrift_server() {
         assert_eq!(client.get(999).await.unwrap(), Err(NoSuchAccount { id: 999 }), "{protocol}");
         assert_eq!(client.withdraw(1, 3).await.unwrap(), Err("balance -5 is less than 3".into()), "{protocol}");
         assert_eq!(client.withdraw(1, -7).await.unwrap(), Ok(2), "{protocol}");
+        assert_eq!(client.list().await.unwrap(), [Account { id: 1, owner: "ada".into(), balance: 2 }], "{protocol}");
         client.ping().await.unwrap();
         let unknown = rpc_core::Call::<_, ()>::new(channel, rpc_core::Request::new("Bank", "nope", ())).await;
         assert_eq!(unknown.unwrap_err().code(), rpc_core::Code::Unimplemented, "{protocol}");

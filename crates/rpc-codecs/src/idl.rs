@@ -201,7 +201,12 @@ impl Idl {
             match &def.kind {
                 Kind::Struct(fields) => proto_message(&mut out, &def.name, fields),
                 Kind::Union(fields) => {
-                    let _ = writeln!(out, "message {} {{\n  oneof value {{", def.name);
+                    // The oneof shares the message's namespace with its fields.
+                    let mut oneof = "value".to_owned();
+                    while fields.iter().any(|f| f.name == oneof) {
+                        oneof.push('_');
+                    }
+                    let _ = writeln!(out, "message {} {{\n  oneof {oneof} {{", def.name);
                     for f in fields {
                         let _ = writeln!(out, "    {} {} = {};", f.ty.proto, f.name, f.tag);
                     }
@@ -256,9 +261,8 @@ impl Idl {
         out
     }
 
-    /// The schema as a `.thrift` file. A field or argument named with a word Thrift reserves
-    /// (`class`, `list`, `from`, ...) gets a trailing `_` there; type and method names are kept,
-    /// since calls name their method on the wire.
+    /// The schema as a `.thrift` file. A field, argument or method named with a word Thrift
+    /// reserves (`class`, `list`, `from`, ...) gets a trailing `_` there (see [`thrift_name`]).
     pub fn to_thrift(&self) -> String {
         let mut out = format!("namespace py {0}\nnamespace rs {0}\n", self.package);
         for def in &self.defs {
@@ -273,7 +277,7 @@ impl Idl {
                     };
                     let _ = writeln!(out, "{keyword} {} {{", def.name);
                     for f in fields.iter().filter(|f| f.ty.shape != Shape::Unit) {
-                        let _ = writeln!(out, "  {}: {} {};", f.tag, f.ty.thrift, thrift_field(&f.name));
+                        let _ = writeln!(out, "  {}: {} {};", f.tag, f.ty.thrift, thrift_name(&f.name));
                     }
                     out.push_str("}\n");
                 }
@@ -299,7 +303,7 @@ impl Idl {
                     .args
                     .iter()
                     .enumerate()
-                    .map(|(i, (n, t))| format!("{}: {} {}", i + 1, t.thrift, thrift_field(n)))
+                    .map(|(i, (n, t))| format!("{}: {} {}", i + 1, t.thrift, thrift_name(n)))
                     .collect();
                 let (returns, throws) = match &m.returns.shape {
                     Shape::Result(ok, err) => (ok.thrift.as_str(), format!(" throws (1: {} error)", err.thrift)),
@@ -308,7 +312,7 @@ impl Idl {
                 // A Thrift result cannot be optional; its absence already means "no value".
                 let returns = returns.strip_prefix("optional ").unwrap_or(returns);
                 let oneway = if m.oneway { "oneway " } else { "" };
-                let _ = writeln!(out, "  {oneway}{returns} {}({}){throws},", m.name, args.join(", "));
+                let _ = writeln!(out, "  {oneway}{returns} {}({}){throws},", thrift_name(&m.name), args.join(", "));
             }
             out.push_str("}\n");
         }
@@ -461,11 +465,22 @@ const THRIFT_RESERVED: &[&str] = &[
 
 /// `name` as a Thrift field or argument name: a reserved word gets a trailing `_`. Only names
 /// that never travel on the wire are renamed (Thrift identifies fields and arguments by id).
-fn thrift_field(name: &str) -> std::borrow::Cow<'_, str> {
+/// A field, argument or method name as the `.thrift` spells it: a word the Thrift compiler
+/// reserves gets a trailing `_` (`list` is `list_`). Calls name their method on the wire, so
+/// Thrift transports send and accept this spelling.
+pub fn thrift_name(name: &str) -> std::borrow::Cow<'_, str> {
     if THRIFT_RESERVED.contains(&name) {
         format!("{name}_").into()
     } else {
         name.into()
+    }
+}
+
+/// The name a `.thrift` spelling stands for: undoes [`thrift_name`].
+pub fn from_thrift_name(name: &str) -> &str {
+    match name.strip_suffix('_') {
+        Some(word) if THRIFT_RESERVED.contains(&word) => word,
+        _ => name,
     }
 }
 

@@ -108,7 +108,8 @@ fn assign_tags<'a>(attrs: impl Iterator<Item = (&'a mut Vec<syn::Attribute>, Spa
     Ok(tags)
 }
 
-fn field_name(ident: &syn::Ident) -> String {
+/// An identifier as peers and IDL see it: without the `r#` of a raw identifier.
+pub(crate) fn wire_name(ident: &syn::Ident) -> String {
     let name = ident.to_string();
     name.strip_prefix("r#").unwrap_or(&name).to_owned()
 }
@@ -127,8 +128,8 @@ fn expand_struct(ident: &syn::Ident, attrs: &[syn::Attribute], fields: &mut syn:
     let s = quote!(::rpc_core::__private::schema);
     let type_name = ident.to_string();
     let names: Vec<&syn::Ident> = fields.iter().filter_map(|f| f.ident.as_ref()).collect();
-    let slots: Vec<syn::Ident> = names.iter().map(|n| format_ident!("__f_{}", field_name(n))).collect();
-    let name_strs: Vec<String> = names.iter().map(|n| field_name(n)).collect();
+    let slots: Vec<syn::Ident> = names.iter().map(|n| format_ident!("__f_{}", wire_name(n))).collect();
+    let name_strs: Vec<String> = names.iter().map(|n| wire_name(n)).collect();
     let tys: Vec<&syn::Type> = fields.iter().map(|f| &f.ty).collect();
     let thrift_ids: Vec<i16> = tags.iter().map(|&t| t as i16).collect();
 

@@ -1,6 +1,6 @@
 //! `#[service]`: from a trait to a client stub, a server dispatcher and a method table.
 
-use crate::message::doc_string;
+use crate::message::{doc_string, wire_name};
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote, ToTokens};
 use syn::{Attribute, FnArg, Ident, ItemTrait, LitStr, Pat, ReturnType, TraitItem, TraitItemFn, Type};
@@ -42,7 +42,7 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
     if let Some(e) = errors {
         return Err(e);
     }
-    let name = name.unwrap_or_else(|| item.ident.to_string());
+    let name = name.unwrap_or_else(|| wire_name(&item.ident));
     Ok(generate(&item, &name, &methods))
 }
 
@@ -242,7 +242,7 @@ fn generate(item: &ItemTrait, name: &str, methods: &[Method]) -> TokenStream {
     let trait_attrs = &item.attrs;
     let client = format_ident!("{}Client", trait_ident);
     let server = format_ident!("{}Server", trait_ident);
-    let info = format_ident!("__{}_RPC_SERVICE_INFO", trait_ident.to_string().to_uppercase());
+    let info = format_ident!("__{}_RPC_SERVICE_INFO", wire_name(trait_ident).to_uppercase());
     let rpc = quote!(::rpc_core);
     let private = quote!(::rpc_core::__private);
     let service_doc = doc_string(&item.attrs);
@@ -270,10 +270,10 @@ fn generate(item: &ItemTrait, name: &str, methods: &[Method]) -> TokenStream {
     });
 
     let method_infos = methods.iter().map(|m| {
-        let method_name = m.ident.to_string();
+        let method_name = wire_name(&m.ident);
         let doc = &m.doc;
         let arg_infos = m.args.iter().map(|(a, t)| {
-            let (a, t) = (a.to_string(), type_text(t));
+            let (a, t) = (wire_name(a), type_text(t));
             quote!((#a, #t))
         });
         let returns = type_text(&m.output);
@@ -291,12 +291,12 @@ fn generate(item: &ItemTrait, name: &str, methods: &[Method]) -> TokenStream {
     });
 
     let idl_methods = methods.iter().map(|m| {
-        let method_name = m.ident.to_string();
+        let method_name = wire_name(&m.ident);
         let doc = &m.doc;
         let oneway = m.oneway;
         let output = &m.output;
         let args = m.args.iter().map(|(a, t)| {
-            let a = a.to_string();
+            let a = wire_name(a);
             quote!((::std::string::String::from(#a), <#t as #private::schema::Schema>::idl(idl)))
         });
         quote! {
@@ -313,7 +313,7 @@ fn generate(item: &ItemTrait, name: &str, methods: &[Method]) -> TokenStream {
     let client_methods = methods.iter().map(|m| {
         let Method { ident, attrs, args, output, oneway, idempotent, .. } = m;
         let s = args_struct(m);
-        let method_name = ident.to_string();
+        let method_name = wire_name(ident);
         let params = args.iter().map(|(a, t)| quote!(#a: #t));
         let names = args.iter().map(|(a, _)| a);
         quote! {
@@ -330,7 +330,7 @@ fn generate(item: &ItemTrait, name: &str, methods: &[Method]) -> TokenStream {
     let dispatch_arms = methods.iter().map(|m| {
         let Method { ident, args, oneway, .. } = m;
         let s = args_struct(m);
-        let method_name = syn::LitByteStr::new(ident.to_string().as_bytes(), ident.span());
+        let method_name = syn::LitByteStr::new(wire_name(ident).as_bytes(), ident.span());
         let names: Vec<_> = args.iter().map(|(a, _)| a).collect();
         let finish = if *oneway {
             quote!(::core::result::Result::Ok(#rpc::ServerResponse::default()))

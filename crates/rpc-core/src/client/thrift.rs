@@ -89,7 +89,7 @@ async fn exchange(conn: &mut Conn, codec: Codec, request: &Request, body: &[u8])
     conn.seq = conn.seq.wrapping_add(1);
     let oneway = request.options.oneway;
     let head = MessageHead {
-        name: request.method.as_str().to_owned(),
+        name: rpc_codecs::idl::thrift_name(request.method.as_str()).into_owned(),
         kind: if oneway { wire::ONEWAY } else { wire::CALL },
         seq: conn.seq,
     };

@@ -68,7 +68,7 @@ pub(crate) async fn serve<S>(
         };
         let request = ServerRequest {
             service: ByteStr::from(service_name),
-            method: ByteStr::from(method.clone()),
+            method: ByteStr::from(rpc_codecs::idl::from_thrift_name(&method).to_owned()),
             codec,
             body: frame.slice(at..),
             metadata: Metadata::new(),
