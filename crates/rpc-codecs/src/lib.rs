@@ -23,6 +23,7 @@
 //! # let _ = note;
 //! ```
 
+mod budget;
 pub mod bytes_field;
 mod error;
 pub mod idl;
@@ -257,8 +258,9 @@ impl Codec {
         }
         let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
         de.set_max_depth(MAX_DEPTH);
+        let budget = std::cell::Cell::new(bytes.len());
         // Matched rather than mapped, so the value moves once (as in the Thrift decoder).
-        match T::deserialize(&mut de) {
+        match T::deserialize(budget::Capped::new(&mut de, &budget)) {
             // The borrowed reader does not say where it stopped; reading a marker past the
             // value fails with end-of-input exactly when nothing trails it.
             Ok(value) => match serde::de::IgnoredAny::deserialize(&mut de) {
