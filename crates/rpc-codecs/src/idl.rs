@@ -61,7 +61,7 @@ impl TypeRef {
 }
 
 /// One field of a message: its name, number and type.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FieldDef {
     /// The field's name.
     pub name: String,
@@ -151,12 +151,23 @@ impl Idl {
         self.push(name, doc, Kind::Union(fields));
     }
 
-    /// Defines a message for a tuple, named after its fields' types (`Tuple_string_int64`).
+    /// Defines a message for a tuple, named after its fields' protobuf types
+    /// (`Tuple_string_int64`); tuples that protobuf spells alike but Thrift does not (`u16` and
+    /// `u32` are both `uint32`, but `i32` and `i64` in Thrift) get a numbered name each.
     pub fn define_tuple(&mut self, fields: Vec<FieldDef>) -> TypeRef {
         let parts: Vec<String> = fields.iter().map(|f| ident_part(&f.ty.proto)).collect();
-        let name = format!("Tuple_{}", parts.join("_"));
-        if self.begin(&name) {
-            self.define_struct(&name, "", fields);
+        let base = format!("Tuple_{}", parts.join("_"));
+        let mut name = base.clone();
+        for n in 2.. {
+            match self.defs.iter().find(|def| def.name == name) {
+                Some(Def { kind: Kind::Struct(existing), .. }) if *existing == fields => break,
+                Some(_) => name = format!("{base}_{n}"),
+                None => {
+                    self.begin(&name);
+                    self.define_struct(&name, "", fields);
+                    break;
+                }
+            }
         }
         TypeRef::named(&name)
     }
@@ -521,4 +532,21 @@ fn screaming(name: &str) -> String {
         out.extend(c.to_uppercase());
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tuples_spelled_alike_in_protobuf_but_not_in_thrift_get_names_of_their_own() {
+        let mut idl = Idl::new("t");
+        let narrow = idl.add::<(u16, String)>();
+        let wide = idl.add::<(u32, String)>();
+        assert_eq!(idl.add::<(u16, String)>(), narrow, "the same tuple is defined once");
+        assert_ne!(narrow, wide);
+        let thrift = idl.to_thrift();
+        assert!(thrift.contains("struct Tuple_uint32_string {\n  1: i32 _1;"), "{thrift}");
+        assert!(thrift.contains("struct Tuple_uint32_string_2 {\n  1: i64 _1;"), "{thrift}");
+    }
 }
