@@ -130,6 +130,28 @@ fn an_error_thrift_cannot_throw_is_the_one_field_of_an_exception() {
     assert_eq!(empty, Err(String::new()));
 }
 
+/// Byte fields, alone and optional.
+#[rpc_core::message]
+#[derive(Clone, Debug, PartialEq)]
+pub struct Blobs {
+    pub maybe: Option<Vec<u8>>,
+    pub one: Vec<u8>,
+}
+
+#[test]
+fn optional_bytes_are_a_byte_string_in_msgpack_and_may_be_left_out() {
+    let mut buf = BytesMut::new();
+    Codec::MsgPack.encode(&Blobs { maybe: Some(vec![1, 2]), one: vec![] }, &mut buf).unwrap();
+    assert!(buf.windows(4).any(|w| w == [0xc4, 2, 1, 2]), "bin 8 of two bytes in {buf:?}");
+    for &codec in Codec::ALL {
+        round_trip(codec, &Blobs { maybe: Some(vec![1, 2]), one: vec![3] });
+        round_trip(codec, &Blobs { maybe: None, one: vec![] });
+    }
+    // A map with only `one`: the optional field is absent.
+    let only_one = Codec::MsgPack.decode::<Blobs>(b"\x81\xa3one\xc4\x01\x07").unwrap();
+    assert_eq!(only_one, Blobs { maybe: None, one: vec![7] });
+}
+
 #[test]
 fn absent_fields_take_proto3_defaults_and_missing_messages_are_errors() {
     // An empty body: every scalar, list, map and option is absent.

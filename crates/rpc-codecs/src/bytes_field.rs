@@ -44,3 +44,52 @@ impl<'de> de::Visitor<'de> for BytesVisitor {
         Ok(out)
     }
 }
+
+/// The same adapter for `Option<Vec<u8>>`: a byte string, or nothing.
+pub mod option {
+    use serde::{de, Deserializer, Serialize, Serializer};
+    use std::fmt;
+
+    struct ByteString<'a>(&'a [u8]);
+
+    impl Serialize for ByteString<'_> {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            serializer.serialize_bytes(self.0)
+        }
+    }
+
+    /// Serializes `Some` bytes as one byte string.
+    pub fn serialize<S: Serializer>(bytes: &Option<Vec<u8>>, serializer: S) -> Result<S::Ok, S::Error> {
+        match bytes {
+            Some(bytes) => serializer.serialize_some(&ByteString(bytes)),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    /// Deserializes nothing, a byte string or a list of numbers.
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Vec<u8>>, D::Error> {
+        deserializer.deserialize_option(OptionVisitor)
+    }
+
+    struct OptionVisitor;
+
+    impl<'de> de::Visitor<'de> for OptionVisitor {
+        type Value = Option<Vec<u8>>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a byte string or nothing")
+        }
+
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+            super::deserialize(deserializer).map(Some)
+        }
+    }
+}

@@ -25,6 +25,13 @@
 //! (`Result<T, String>`, an enum, a union) travels as field 1 of an exception with one field,
 //! `1: E value`, named after the type (`Error_string`), which the emitted `.thrift` declares.
 //!
+//! In MessagePack, `bytes::Bytes` anywhere and `Vec<u8>` as a field or an optional field are
+//! `bin` byte strings; a `Vec<u8>` deeper inside (`Vec<Vec<u8>>`, a map's value) is a list of
+//! numbers, as serde writes it: use `Bytes` there for `bin`.
+//!
+//! A method returning `Option<T>` declares `T` in the `.thrift`, which has no null result: a
+//! stock Thrift client reads `None` as a missing result (`MISSING_RESULT`).
+//!
 //! A narrower integer decoded from a wider wire value that does not fit is a decode error, not
 //! a truncation. Lists of lists, optional lists and lists of options have no protobuf encoding,
 //! so they do not implement [`Single`] and are rejected at compile time; wrap the inner value in

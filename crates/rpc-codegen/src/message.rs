@@ -37,6 +37,12 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
     for field in fields {
         if is_byte_vec(&field.ty) {
             field.attrs.push(syn::parse_quote!(#[serde(with = "::rpc_core::__private::bytes_field")]));
+        } else if option_inner(&field.ty).is_some_and(is_byte_vec) {
+            field.attrs.push(syn::parse_quote!(#[serde(with = "::rpc_core::__private::bytes_field::option")]));
+            // A named field may be left out (what `Option` does without an adapter).
+            if field.ident.is_some() {
+                field.attrs.push(syn::parse_quote!(#[serde(default)]));
+            }
         }
     }
     Ok(quote! {
@@ -47,7 +53,18 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
     })
 }
 
-/// `Vec<u8>` travels as a byte string, not as a list of numbers.
+/// `T` of an `Option<T>`.
+fn option_inner(ty: &syn::Type) -> Option<&syn::Type> {
+    let syn::Type::Path(p) = ty else { return None };
+    let last = p.path.segments.last()?;
+    let syn::PathArguments::AngleBracketed(args) = &last.arguments else { return None };
+    match args.args.first() {
+        Some(syn::GenericArgument::Type(inner)) if last.ident == "Option" => Some(inner),
+        _ => None,
+    }
+}
+
+/// `Vec<u8>` (alone or in an `Option`) travels as a byte string, not as a list of numbers.
 fn is_byte_vec(ty: &syn::Type) -> bool {
     let syn::Type::Path(p) = ty else { return false };
     let Some(last) = p.path.segments.last() else { return false };
