@@ -9,11 +9,13 @@ use super::report::quantile;
 use crate::CliResult;
 use bytes::{BufMut, BytesMut};
 use clap::Args;
-use rpc_core::__private::schema::Schema;
+use datasets::ToThrift;
 use rpc_core::{Codec, Message};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
-use thrift::protocol::{TBinaryInputProtocol, TBinaryOutputProtocol, TCompactInputProtocol, TCompactOutputProtocol};
+use thrift::protocol::{
+    TBinaryInputProtocol, TBinaryOutputProtocol, TCompactInputProtocol, TCompactOutputProtocol, TSerializable,
+};
 
 #[derive(Args)]
 pub(crate) struct CodecBenchArgs {
@@ -93,8 +95,8 @@ fn compare(rounds: usize, budget: Duration, mut ours: impl FnMut(), mut direct: 
 }
 
 /// The direct calls of one dataset: prost on the hand-derived struct, serde_json, rmp-serde and
-/// the thrift crate's protocols driven by the generated code without our `Codec` layer.
-fn bench_dataset<T: Message + Schema, P: prost::Message + Default>(
+/// the code the Thrift compiler generates for Rust, on the `thrift` crate's protocols.
+fn bench_dataset<T: Message + ToThrift, P: prost::Message + Default>(
     name: &'static str,
     value: &T,
     prost_value: &P,
@@ -102,6 +104,7 @@ fn bench_dataset<T: Message + Schema, P: prost::Message + Default>(
     rows: &mut Vec<Row>,
 ) -> CliResult {
     let budget = Duration::from_millis(args.millis);
+    let generated = value.to_thrift();
     for &codec in Codec::ALL {
         let mut buf = BytesMut::new();
         codec.encode(value, &mut buf)?;
@@ -116,7 +119,7 @@ fn bench_dataset<T: Message + Schema, P: prost::Message + Default>(
             },
             || {
                 direct_buf.clear();
-                direct_encode(codec, value, prost_value, &mut direct_buf);
+                direct_encode(codec, value, prost_value, &generated, &mut direct_buf);
             },
         );
         let decode = compare(
@@ -125,13 +128,13 @@ fn bench_dataset<T: Message + Schema, P: prost::Message + Default>(
             || {
                 black_box(codec.decode::<T>(black_box(&encoded)).expect("decodes"));
             },
-            || direct_decode::<T, P>(codec, &encoded),
+            || direct_decode::<T, P, T::Generated>(codec, &encoded),
         );
         let direct = match codec {
             Codec::Protobuf => "prost (derived)",
             Codec::Json => "serde_json",
             Codec::MsgPack => "rmp-serde",
-            _ => "thrift protocol",
+            _ => "thrift (generated)",
         };
         rows.push(Row {
             dataset: name,
@@ -149,28 +152,36 @@ fn bench_dataset<T: Message + Schema, P: prost::Message + Default>(
     Ok(())
 }
 
-fn direct_encode<T: Message + Schema, P: prost::Message>(codec: Codec, value: &T, prost_value: &P, buf: &mut BytesMut) {
+fn direct_encode<T: Message, P: prost::Message, G: TSerializable>(
+    codec: Codec,
+    value: &T,
+    prost_value: &P,
+    generated: &G,
+    buf: &mut BytesMut,
+) {
     let done = match codec {
         Codec::Protobuf => prost_value.encode(buf).map_err(|e| e.to_string()),
         Codec::Json => serde_json::to_writer(buf.writer(), value).map_err(|e| e.to_string()),
         Codec::MsgPack => rmp_serde::encode::write_named(&mut buf.writer(), value).map_err(|e| e.to_string()),
         Codec::ThriftCompact => {
-            value.thrift_write_message(&mut TCompactOutputProtocol::new(buf.writer())).map_err(|e| e.to_string())
+            generated.write_to_out_protocol(&mut TCompactOutputProtocol::new(buf.writer())).map_err(|e| e.to_string())
         }
-        _ => value.thrift_write_message(&mut TBinaryOutputProtocol::new(buf.writer(), true)).map_err(|e| e.to_string()),
+        _ => generated
+            .write_to_out_protocol(&mut TBinaryOutputProtocol::new(buf.writer(), true))
+            .map_err(|e| e.to_string()),
     };
     done.expect("direct encode");
 }
 
-fn direct_decode<T: Message + Schema, P: prost::Message + Default>(codec: Codec, bytes: &[u8]) {
+fn direct_decode<T: Message, P: prost::Message + Default, G: TSerializable>(codec: Codec, bytes: &[u8]) {
     match codec {
         Codec::Protobuf => drop(black_box(P::decode(bytes).expect("prost decodes"))),
         Codec::Json => drop(black_box(serde_json::from_slice::<T>(bytes).expect("serde_json decodes"))),
         Codec::MsgPack => drop(black_box(rmp_serde::from_slice::<T>(bytes).expect("rmp-serde decodes"))),
         Codec::ThriftCompact => {
-            drop(black_box(T::thrift_read_message(&mut TCompactInputProtocol::new(bytes), 0).expect("decodes")))
+            drop(black_box(G::read_from_in_protocol(&mut TCompactInputProtocol::new(bytes)).expect("decodes")))
         }
-        _ => drop(black_box(T::thrift_read_message(&mut TBinaryInputProtocol::new(bytes, true), 0).expect("decodes"))),
+        _ => drop(black_box(G::read_from_in_protocol(&mut TBinaryInputProtocol::new(bytes, true)).expect("decodes"))),
     }
 }
 

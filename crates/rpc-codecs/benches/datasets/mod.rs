@@ -4,6 +4,12 @@
 
 use std::collections::HashMap;
 
+/// The datasets as the Apache Thrift compiler generates them for Rust, the Thrift baseline:
+/// `thrift --gen rs -out . datasets.thrift` (0.17.0), from the `.thrift` these types emit,
+/// less its unused `thrift::server` import (our `thrift` dependency has no server feature).
+#[allow(missing_docs, unreachable_pub, dead_code, clippy::all)]
+pub(crate) mod thrift_gen;
+
 /// A small request, like the RPC benchmark's.
 #[rpc_core::message]
 #[derive(Clone, Debug, PartialEq)]
@@ -173,4 +179,54 @@ pub(crate) fn tree() -> (Tree, PTree) {
     }
     let p = convert(&t);
     (t, p)
+}
+
+/// A dataset as the Thrift compiler's generated Rust type, with the same field ids and wire
+/// types (`u32` as `i64`, `f32` as `double`, a `HashMap` as its `BTreeMap`).
+pub(crate) trait ToThrift {
+    type Generated: thrift::protocol::TSerializable;
+    fn to_thrift(&self) -> Self::Generated;
+}
+
+impl ToThrift for Small {
+    type Generated = thrift_gen::Small;
+    fn to_thrift(&self) -> thrift_gen::Small {
+        let tags: Vec<i64> = self.tags.iter().map(|&t| i64::from(t)).collect();
+        thrift_gen::Small::new(self.id as i64, self.name.clone(), tags, self.payload.clone())
+    }
+}
+
+impl ToThrift for LogBatch {
+    type Generated = thrift_gen::LogBatch;
+    fn to_thrift(&self) -> thrift_gen::LogBatch {
+        let records: Vec<thrift_gen::LogRecord> = self
+            .records
+            .iter()
+            .map(|r| {
+                let attrs: std::collections::BTreeMap<String, String> =
+                    r.attrs.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                let level = thrift_gen::Level(r.level as i32);
+                thrift_gen::LogRecord::new(r.timestamp_us, level, r.service.clone(), r.message.clone(), attrs)
+            })
+            .collect();
+        thrift_gen::LogBatch::new(records)
+    }
+}
+
+impl ToThrift for Mesh {
+    type Generated = thrift_gen::Mesh;
+    fn to_thrift(&self) -> thrift_gen::Mesh {
+        let vertices: Vec<thrift::OrderedFloat<f64>> = self.vertices.iter().map(|&v| v.into()).collect();
+        let normals: Vec<thrift::OrderedFloat<f64>> = self.normals.iter().map(|&n| f64::from(n).into()).collect();
+        let indices: Vec<i64> = self.indices.iter().map(|&i| i64::from(i)).collect();
+        thrift_gen::Mesh::new(vertices, normals, indices)
+    }
+}
+
+impl ToThrift for Tree {
+    type Generated = thrift_gen::Tree;
+    fn to_thrift(&self) -> thrift_gen::Tree {
+        let children: Vec<Box<thrift_gen::Tree>> = self.children.iter().map(|c| Box::new(c.to_thrift())).collect();
+        thrift_gen::Tree::new(i64::from(self.value), self.label.clone(), children)
+    }
 }
