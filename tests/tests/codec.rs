@@ -251,6 +251,34 @@ fn deep_nesting_is_an_error_not_a_stack_overflow() {
     }
 }
 
+/// A linked list: a message that contains itself through a `Box`.
+#[rpc_core::message]
+#[derive(Clone, Debug, PartialEq)]
+pub struct Node {
+    pub value: i32,
+    pub next: Option<Box<Node>>,
+}
+
+fn chain(len: i32) -> Node {
+    (1..len).fold(Node { value: 0, next: None }, |next, value| Node { value, next: Some(Box::new(next)) })
+}
+
+#[test]
+fn boxed_recursive_messages_round_trip_and_deep_ones_are_refused() {
+    for &codec in Codec::ALL {
+        round_trip(codec, &chain(40));
+        round_trip(codec, &Box::new(chain(3)));
+        let mut buf = BytesMut::new();
+        codec.encode(&chain(300), &mut buf).unwrap();
+        let err = codec.decode::<Node>(&buf).unwrap_err();
+        assert_eq!(err.kind(), CodecErrorKind::Decode, "{codec}: {err}");
+    }
+    let mut idl = rpc_core::Idl::new("list");
+    idl.add::<Node>();
+    assert!(idl.to_proto().contains("optional Node next = 2;"), "{}", idl.to_proto());
+    assert!(idl.to_thrift().contains("2: optional Node next_;"), "{}", idl.to_thrift());
+}
+
 /// Floats JSON reproduces exactly (serde_json's default parser may round the last digit).
 fn float() -> impl Strategy<Value = f64> {
     any::<i32>().prop_map(|n| f64::from(n) / 8.0)

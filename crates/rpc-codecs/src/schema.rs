@@ -18,6 +18,7 @@
 //! | `Vec<T>` | `repeated T` (packed for numbers) | `list<T>` |
 //! | `HashMap<K, V>`, `BTreeMap<K, V>` | `map<K, V>` | `map<K, V>` |
 //! | `Option<T>` | `optional T` | `optional T` |
+//! | `Box<T>` | `T` | `T` |
 //! | `()` | empty message | empty struct |
 //! | `Result<T, E>` | message: `success = 1`, `error = 2` | struct: `success` id 0, `error` id 1 |
 //!
@@ -58,7 +59,7 @@ pub type ProtoResult<T> = Result<T, Box<CodecError>>;
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a supported #[message] field type",
     label = "the protobuf and thrift codecs cannot encode this type",
-    note = "supported: bool, integers, f32, f64, String, Vec<u8>, bytes::Bytes, Vec<T>, HashMap, BTreeMap, Option<T>, (), Result<T, E> and #[rpc_core::message] types"
+    note = "supported: bool, integers, f32, f64, String, Vec<u8>, bytes::Bytes, Vec<T>, HashMap, BTreeMap, Option<T>, Box<T>, (), Result<T, E> and #[rpc_core::message] types"
 )]
 pub trait Schema: Sized {
     /// Appends the field with number `tag` (nothing when proto3 leaves it implicit).
@@ -766,6 +767,74 @@ impl<T: Single> Schema for Option<T> {
     }
     fn idl(idl: &mut Idl) -> TypeRef {
         TypeRef::optional(T::idl(idl))
+    }
+}
+
+/// `Box<T>` is `T` on the wire; it lets a message contain itself (`Option<Box<Node>>`).
+impl<T: Single> Single for Box<T> {
+    const PROTO_WIRE: WireType = T::PROTO_WIRE;
+    const PROTO_PACKED: bool = T::PROTO_PACKED;
+    #[inline]
+    fn proto_value(&self, buf: &mut BytesMut) {
+        (**self).proto_value(buf)
+    }
+    #[inline]
+    fn proto_value_len(&self) -> usize {
+        (**self).proto_value_len()
+    }
+    #[inline]
+    fn proto_read(wire: WireType, buf: &mut &[u8], depth: usize) -> ProtoResult<Self> {
+        T::proto_read(wire, buf, depth).map(Box::new)
+    }
+    #[inline]
+    fn proto_is_default(&self) -> bool {
+        (**self).proto_is_default()
+    }
+    fn thrift_read<P: TInputProtocol + ?Sized>(i: &mut P, depth: usize) -> ThriftResult<Self> {
+        T::thrift_read(i, depth).map(Box::new)
+    }
+}
+
+impl<T: Single> Schema for Box<T> {
+    crate::__single_field_methods!();
+    #[inline]
+    fn absent() -> Option<Self> {
+        T::absent().map(Box::new)
+    }
+    const THRIFT_TYPE: TType = T::THRIFT_TYPE;
+    const THRIFT_EXCEPTION: bool = T::THRIFT_EXCEPTION;
+    fn thrift_present(&self) -> bool {
+        (**self).thrift_present()
+    }
+    fn thrift_write<P: TOutputProtocol + ?Sized>(&self, o: &mut P) -> ThriftResult<()> {
+        (**self).thrift_write(o)
+    }
+    fn proto_encode_message(&self, buf: &mut BytesMut) {
+        (**self).proto_encode_message(buf)
+    }
+    fn proto_decode_message(buf: &mut &[u8], depth: usize) -> ProtoResult<Self> {
+        T::proto_decode_message(buf, depth).map(Box::new)
+    }
+    fn proto_encode_reply(&self, buf: &mut BytesMut) {
+        (**self).proto_encode_reply(buf)
+    }
+    fn proto_decode_reply(buf: &mut &[u8], depth: usize) -> ProtoResult<Self> {
+        T::proto_decode_reply(buf, depth).map(Box::new)
+    }
+    fn thrift_write_message<P: TOutputProtocol + ?Sized>(&self, o: &mut P) -> ThriftResult<()> {
+        (**self).thrift_write_message(o)
+    }
+    fn thrift_read_message<P: TInputProtocol + ?Sized>(i: &mut P, depth: usize) -> ThriftResult<Self> {
+        T::thrift_read_message(i, depth).map(Box::new)
+    }
+    fn thrift_write_reply<P: TOutputProtocol + ?Sized>(&self, o: &mut P) -> ThriftResult<()> {
+        (**self).thrift_write_reply(o)
+    }
+    fn thrift_read_reply<P: TInputProtocol + ?Sized>(i: &mut P, depth: usize) -> ThriftResult<Self> {
+        T::thrift_read_reply(i, depth).map(Box::new)
+    }
+    fn idl(idl: &mut Idl) -> TypeRef {
+        T::idl(idl)
     }
 }
 
