@@ -38,6 +38,10 @@ def protobuf_value():
     m.shape.code = 0
     m.shapes.add().label = ""
     m.shapes.add().circle.x = 1.0
+    m.shared_bytes = b"\x07"
+    m.blob_list.extend([b"", b"\x01"])
+    m.maybe_point.x = 2.0
+    m.maybe_blob = b"\x02"
     return m, lambda data: pb.Sample.FromString(data), lambda v: v.SerializeToString()
 
 
@@ -54,6 +58,8 @@ def thrift_value(compact):
         by_name={"one": 1, "minus": -1}, by_id={3: t.Point(x=3.0, y=3.0)}, maybe=0, maybe_text=None,
         origin=t.Point(x=0.0, y=0.0), level=t.Level.Warn, shape=t.Shape(code=0),
         shapes=[t.Shape(label=""), t.Shape(circle=t.Point(x=1.0, y=0.0))],
+        shared_bytes=b"\x07", blob_list=[b"", b"\x01"], no_numbers=[], no_entries={},
+        maybe_point=t.Point(x=2.0, y=0.0), maybe_blob=b"\x02",
     )
     return v, lambda data: deserialize(t.Sample(), data, factory), lambda value: serialize(value, factory)
 
@@ -68,6 +74,8 @@ def plain_value(fmt):
         "by_name": {"one": 1, "minus": -1}, "by_id": {(3 if fmt == "msgpack" else "3"): point(3.0, 3.0)},
         "maybe": 0, "maybe_text": None, "origin": point(0.0, 0.0), "level": "Warn", "shape": {"Code": 0},
         "shapes": [{"Label": ""}, {"Circle": point(1.0, 0.0)}],
+        "shared_bytes": b"\x07" if fmt == "msgpack" else [7], "blob_list": [[], [1]], "no_numbers": [],
+        "no_entries": {}, "maybe_point": point(2.0, 0.0), "maybe_blob": b"\x02" if fmt == "msgpack" else [2],
     }
 
 

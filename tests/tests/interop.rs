@@ -43,6 +43,12 @@ pub struct Sample {
     pub level: Level,
     pub shape: Shape,
     pub shapes: Vec<Shape>,
+    pub shared_bytes: bytes::Bytes,
+    pub blob_list: Vec<Vec<u8>>,
+    pub no_numbers: Vec<i32>,
+    pub no_entries: BTreeMap<String, i64>,
+    pub maybe_point: Option<Point>,
+    pub maybe_blob: Option<Vec<u8>>,
 }
 
 fn sample() -> Sample {
@@ -71,6 +77,12 @@ fn sample() -> Sample {
         level: Level::Warn,
         shape: Shape::Code(0),
         shapes: vec![Shape::Label(String::new()), Shape::Circle(Point { x: 1.0, y: 0.0 })],
+        shared_bytes: bytes::Bytes::from_static(&[7]),
+        blob_list: vec![vec![], vec![1]],
+        no_numbers: vec![],
+        no_entries: BTreeMap::new(),
+        maybe_point: Some(Point { x: 2.0, y: 0.0 }),
+        maybe_blob: Some(vec![2]),
     }
 }
 
