@@ -40,3 +40,39 @@ fn bench_codecs_prints_one_json_object_per_codec_and_dataset_and_an_svg() {
     assert!(chart.starts_with("<svg") && chart.contains("thrift-compact decode"), "{chart}");
     let _ = std::fs::remove_file(&svg);
 }
+
+/// Whether `tool --version` runs; under CI (where `.ci/run` installs the compilers) a missing
+/// one fails the test instead of skipping it.
+fn have(tool: &str) -> bool {
+    let found = Command::new(tool).arg("--version").output().is_ok_and(|o| o.status.success());
+    assert!(
+        found || std::env::var_os("CI").is_none(),
+        "{tool} is missing; install protobuf-compiler and thrift-compiler"
+    );
+    found
+}
+
+#[test]
+fn the_idl_of_every_example_service_compiles_with_protoc_and_thrift() {
+    if !have("protoc") || !have("thrift") {
+        println!("SKIPPED: protoc or thrift missing");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("rpc-idl-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for service in ["Inventory", "Orders", "Products", "Checkout", "Bench"] {
+        for (format, file) in [("proto", format!("{service}.proto")), ("thrift", format!("{service}.thrift"))] {
+            let (ok, out, err) = rpc(&["idl", service, "--format", format]);
+            assert!(ok, "{err}");
+            std::fs::write(dir.join(&file), out).unwrap();
+            let compiled = if format == "proto" {
+                Command::new("protoc").arg("-I").arg(&dir).arg("--python_out").arg(&dir).arg(dir.join(&file)).output()
+            } else {
+                Command::new("thrift").args(["--gen", "py", "-out"]).arg(&dir).arg(dir.join(&file)).output()
+            };
+            let compiled = compiled.unwrap();
+            assert!(compiled.status.success(), "{file}: {}", String::from_utf8_lossy(&compiled.stderr));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
