@@ -121,6 +121,12 @@ fn an_error_thrift_cannot_throw_is_the_one_field_of_an_exception() {
     Codec::ThriftBinary.encode_reply(&Err::<u32, String>("x".into()), &mut buf).unwrap();
     // Field 1 is a struct (the exception) whose field 1 is the string; then two stops.
     assert_eq!(&buf[..], [12, 0, 1, 11, 0, 1, 0, 0, 0, 1, b'x', 0, 0]);
+    // A bare string error (a peer that does not wrap) is read too; an error field of another
+    // type is a decode error, never a success.
+    let bare = Codec::ThriftBinary.decode_reply::<Result<u32, String>>(&[11, 0, 1, 0, 0, 0, 1, b'x', 0]);
+    assert_eq!(bare.unwrap(), Err("x".to_string()));
+    let wrong = Codec::ThriftBinary.decode_reply::<Result<(), String>>(&[8, 0, 1, 0, 0, 0, 5, 0]).unwrap_err();
+    assert!(wrong.to_string().contains("the result's error has type I32"), "{wrong}");
     let mut buf = BytesMut::new();
     Codec::Protobuf.encode_reply(&Err::<u32, String>("x".into()), &mut buf).unwrap();
     assert_eq!(&buf[..], [(2 << 3) | 2, 1, b'x'], "protobuf carries the error itself as field 2");
@@ -136,20 +142,23 @@ fn an_error_thrift_cannot_throw_is_the_one_field_of_an_exception() {
 pub struct Blobs {
     pub maybe: Option<Vec<u8>>,
     pub one: Vec<u8>,
+    /// Its own serde attribute is kept, not doubled.
+    #[serde(default)]
+    pub also: Option<Vec<u8>>,
 }
 
 #[test]
 fn optional_bytes_are_a_byte_string_in_msgpack_and_may_be_left_out() {
     let mut buf = BytesMut::new();
-    Codec::MsgPack.encode(&Blobs { maybe: Some(vec![1, 2]), one: vec![] }, &mut buf).unwrap();
+    Codec::MsgPack.encode(&Blobs { maybe: Some(vec![1, 2]), one: vec![], also: None }, &mut buf).unwrap();
     assert!(buf.windows(4).any(|w| w == [0xc4, 2, 1, 2]), "bin 8 of two bytes in {buf:?}");
     for &codec in Codec::ALL {
-        round_trip(codec, &Blobs { maybe: Some(vec![1, 2]), one: vec![3] });
-        round_trip(codec, &Blobs { maybe: None, one: vec![] });
+        round_trip(codec, &Blobs { maybe: Some(vec![1, 2]), one: vec![3], also: Some(vec![]) });
+        round_trip(codec, &Blobs { maybe: None, one: vec![], also: None });
     }
     // A map with only `one`: the optional field is absent.
     let only_one = Codec::MsgPack.decode::<Blobs>(b"\x81\xa3one\xc4\x01\x07").unwrap();
-    assert_eq!(only_one, Blobs { maybe: None, one: vec![7] });
+    assert_eq!(only_one, Blobs { maybe: None, one: vec![7], also: None });
 }
 
 #[test]

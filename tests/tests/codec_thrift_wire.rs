@@ -85,3 +85,18 @@ async fn a_call_dropped_before_its_reply_does_not_hand_that_reply_to_the_next_ca
     assert_eq!(client.slow(1).await.unwrap(), 1);
     server.shutdown(Duration::from_secs(1)).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_thrift_channel_reconnects_when_the_server_closed_its_idle_connection() {
+    let server = Server::builder()
+        .idle_timeout(Duration::from_millis(100))
+        .add_service(EchoServer::new(MyEcho))
+        .start("127.0.0.1:0")
+        .await
+        .unwrap();
+    let client = EchoClient::new(ThriftChannel::connect(server.local_addr(), Codec::ThriftBinary).await.unwrap());
+    assert_eq!(client.echo("first".into()).await.unwrap(), "first");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(client.echo("after idle".into()).await.unwrap(), "after idle", "not a call lost on a closed socket");
+    server.shutdown(Duration::from_secs(1)).await.unwrap();
+}

@@ -57,16 +57,36 @@ fn lying_tree(codec: Codec, depth: usize) -> Vec<u8> {
     level.repeat(depth)
 }
 
+/// `depth` nested trees whose `children` each declare 1024 elements, which the bytes left could
+/// hold, then 1024 bytes that are each an empty struct or map marker.
+fn nested_counts_that_each_fit(codec: Codec, depth: usize) -> Vec<u8> {
+    let (level, element): (&[u8], u8) = match codec {
+        Codec::MsgPack => (b"\x82\xa5value\x00\xa8children\xdc\x04\x00", 0x80),
+        Codec::ThriftBinary => (&[15, 0, 2, 12, 0, 0, 4, 0], 0),
+        Codec::ThriftCompact => (&[0x29, 0xfc, 0x80, 0x08], 0),
+        Codec::Protobuf => (&[0x12, 0x80, 0x08], 0),
+        _ => (b"{\"value\":0,\"children\":[", b'{'),
+    };
+    let mut bytes = level.repeat(depth);
+    bytes.extend(std::iter::repeat_n(element, 1024));
+    bytes
+}
+
 #[test]
 fn lying_element_counts_reserve_at_most_what_the_input_holds() {
     for &codec in Codec::ALL {
-        let bytes = lying_tree(codec, 100);
-        let before = LIVE.load(Ordering::Relaxed);
-        PEAK.store(before, Ordering::Relaxed);
-        let err = codec.decode::<Tree>(&bytes).unwrap_err();
-        let reserved = PEAK.load(Ordering::Relaxed) - before;
-        // One element per input byte at most: a `Tree` is 32 bytes, plus the error's message.
-        let bound = bytes.len() * std::mem::size_of::<Tree>() + 4096;
-        assert!(reserved <= bound, "{codec}: {reserved} bytes reserved for {} bytes of input ({err})", bytes.len());
+        check(codec, &lying_tree(codec, 100));
+        check(codec, &nested_counts_that_each_fit(codec, 64));
     }
+}
+
+/// Decodes `bytes`, which must fail, and checks the most memory live meanwhile.
+fn check(codec: Codec, bytes: &[u8]) {
+    let before = LIVE.load(Ordering::Relaxed);
+    PEAK.store(before, Ordering::Relaxed);
+    let err = codec.decode::<Tree>(bytes).unwrap_err();
+    let reserved = PEAK.load(Ordering::Relaxed) - before;
+    // One element per input byte at most: a `Tree` is 32 bytes, plus the error's message.
+    let bound = bytes.len() * std::mem::size_of::<Tree>() + 4096;
+    assert!(reserved <= bound, "{codec}: {reserved} bytes reserved for {} bytes of input ({err})", bytes.len());
 }

@@ -477,10 +477,11 @@ const THRIFT_RESERVED: &[&str] = &[
 /// `name` as a Thrift field or argument name: a reserved word gets a trailing `_`. Only names
 /// that never travel on the wire are renamed (Thrift identifies fields and arguments by id).
 /// A field, argument or method name as the `.thrift` spells it: a word the Thrift compiler
-/// reserves gets a trailing `_` (`list` is `list_`). Calls name their method on the wire, so
-/// Thrift transports send and accept this spelling.
+/// reserves gets a trailing `_` (`list` is `list_`), and so does a name that already is such a
+/// word plus underscores (`list_` is `list__`), so that every name has its own spelling. Calls
+/// name their method on the wire, so Thrift transports send and accept this spelling.
 pub fn thrift_name(name: &str) -> std::borrow::Cow<'_, str> {
-    if THRIFT_RESERVED.contains(&name) {
+    if reserved_stem(name) {
         format!("{name}_").into()
     } else {
         name.into()
@@ -490,9 +491,14 @@ pub fn thrift_name(name: &str) -> std::borrow::Cow<'_, str> {
 /// The name a `.thrift` spelling stands for: undoes [`thrift_name`].
 pub fn from_thrift_name(name: &str) -> &str {
     match name.strip_suffix('_') {
-        Some(word) if THRIFT_RESERVED.contains(&word) => word,
+        Some(stripped) if reserved_stem(stripped) => stripped,
         _ => name,
     }
+}
+
+/// Whether `name` is a reserved word followed by any number of underscores.
+fn reserved_stem(name: &str) -> bool {
+    THRIFT_RESERVED.contains(&name.trim_end_matches('_'))
 }
 
 fn proto_message(out: &mut String, name: &str, fields: &[FieldDef]) {
@@ -537,6 +543,16 @@ fn screaming(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn thrift_names_are_escaped_reversibly() {
+        for (name, spelled) in
+            [("list", "list_"), ("list_", "list__"), ("return_", "return__"), ("get", "get"), ("x_", "x_")]
+        {
+            assert_eq!(thrift_name(name), spelled);
+            assert_eq!(from_thrift_name(spelled), name);
+        }
+    }
 
     #[test]
     fn tuples_spelled_alike_in_protobuf_but_not_in_thrift_get_names_of_their_own() {

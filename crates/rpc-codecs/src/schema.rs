@@ -1000,10 +1000,14 @@ impl<T: Schema, E: Single> Struct for Result<T, E> {
             match (field.field_type, field.id) {
                 (TType::Stop, _) => break,
                 (t, Some(0)) if t == T::THRIFT_TYPE => T::thrift_merge(&mut ok, i, depth)?,
-                (t, Some(1)) if E::THRIFT_EXCEPTION && t == E::THRIFT_TYPE => err = Some(E::thrift_read(i, depth)?),
                 (TType::Struct, Some(1)) if !E::THRIFT_EXCEPTION => {
                     err = Some(th::read_wrapped(i, th::deeper(depth)?, 1, "exception", "value")?)
                 }
+                // Bare: a struct error, or one from a peer that does not wrap (as this crate
+                // did not before it declared the wrapper in its .thrift).
+                (t, Some(1)) if t == E::THRIFT_TYPE => err = Some(E::thrift_read(i, depth)?),
+                // Skipping it would read the reply as a success.
+                (t, Some(1)) => return Err(th::invalid(format!("the result's error has type {t:?}"))),
                 (t, _) => i.skip(t)?,
             }
             i.read_field_end()?;

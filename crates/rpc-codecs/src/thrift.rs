@@ -209,9 +209,9 @@ fn write<T: Schema, P: TOutputProtocol>(value: &T, role: Role, o: &mut P) -> Thr
 pub(crate) fn decode<T: Schema>(codec: Codec, role: Role, bytes: &[u8]) -> Result<T, CodecError> {
     if codec == Codec::ThriftCompact {
         let pos = Cell::new(0);
-        read_all(codec, role, Guarded(CompactInput::new(bytes, &pos)))
+        read_all(codec, role, Guarded::new(CompactInput::new(bytes, &pos), bytes.len()))
     } else {
-        read_all(codec, role, Guarded(TBinaryInputProtocol::new(bytes, true)))
+        read_all(codec, role, Guarded::new(TBinaryInputProtocol::new(bytes, true), bytes.len()))
     }
 }
 
@@ -221,7 +221,7 @@ pub(crate) fn decode<T: Schema>(codec: Codec, role: Role, bytes: &[u8]) -> Resul
 fn read_all<T: Schema, S: SliceInput>(codec: Codec, role: Role, mut input: Guarded<S>) -> Result<T, CodecError> {
     let error = |m: String| CodecError::new(Some(codec), CodecErrorKind::Decode, m);
     match read(role, &mut input) {
-        Ok(value) => match input.0.unread().len() {
+        Ok(value) => match input.input.unread().len() {
             0 => Ok(value),
             n => Err(error(format!("{n} trailing bytes after the message"))),
         },
@@ -425,13 +425,23 @@ impl<'a> SliceInput for CompactInput<'a> {
 /// An input protocol that reads strings and binaries itself, once their declared length is
 /// known to fit in the input; the wrapped protocol would allocate a zero-filled buffer of the
 /// declared length first.
-pub(crate) struct Guarded<S>(S);
+pub(crate) struct Guarded<S> {
+    input: S,
+    /// Elements that declared counts may still claim in this decode. Every element (of a
+    /// list, set or map, at any depth) starts at a byte of its own, so truthful counts never
+    /// claim more than the input's length in total; nested lying ones run out.
+    elements_left: u64,
+}
 
 impl<S: SliceInput> Guarded<S> {
+    fn new(input: S, len: usize) -> Self {
+        Guarded { input, elements_left: len as u64 }
+    }
+
     /// Applies `take` to the bytes of a length-prefixed string or binary, then consumes them.
     #[inline]
     fn read_prefixed<T>(&mut self, take: impl FnOnce(&[u8]) -> ThriftResult<T>) -> ThriftResult<T> {
-        let rest = self.0.unread();
+        let rest = self.input.unread();
         let (declared, header) = if S::VARINT_LENGTHS {
             peek_varint(rest)?
         } else {
@@ -444,20 +454,26 @@ impl<S: SliceInput> Guarded<S> {
             return Err(invalid(format!("declared length {declared} exceeds the {} bytes left", left.len())));
         };
         let (value, taken) = (take(bytes)?, header + bytes.len());
-        self.0.consume(taken);
+        self.input.consume(taken);
         Ok(value)
     }
 
     /// Refuses a declared element count that the bytes left cannot hold, each element taking
-    /// at least `min_bytes`, so what a reader preallocates for it is backed by input.
+    /// at least `min_bytes`, or that the decode's element budget cannot: what a reader
+    /// preallocates for a count is then backed by input, in total over every nesting level.
     #[inline]
     fn check_count(&mut self, declared: i32, min_bytes: u64) -> ThriftResult<()> {
-        let left = self.0.unread().len();
-        match u64::try_from(declared) {
-            Ok(n) if n.saturating_mul(min_bytes) <= left as u64 => Ok(()),
-            Ok(n) => Err(invalid(format!("{n} elements declared but only {left} bytes left"))),
-            Err(_) => Err(invalid(format!("negative element count {declared}"))),
+        let left = self.input.unread().len();
+        let n = u64::try_from(declared).map_err(|_| invalid(format!("negative element count {declared}")))?;
+        let claimed = n.saturating_mul(min_bytes);
+        if claimed > left as u64 {
+            return Err(invalid(format!("{n} elements declared but only {left} bytes left")));
         }
+        if claimed > self.elements_left {
+            return Err(invalid(format!("{n} more elements declared than the input holds")));
+        }
+        self.elements_left -= claimed;
+        Ok(())
     }
 }
 
@@ -479,43 +495,43 @@ fn peek_varint(rest: &[u8]) -> ThriftResult<(u64, usize)> {
 
 impl<S: SliceInput> TInputProtocol for Guarded<S> {
     fn read_message_begin(&mut self) -> ThriftResult<TMessageIdentifier> {
-        self.0.protocol().read_message_begin()
+        self.input.protocol().read_message_begin()
     }
     fn read_message_end(&mut self) -> ThriftResult<()> {
-        self.0.protocol().read_message_end()
+        self.input.protocol().read_message_end()
     }
     fn read_struct_begin(&mut self) -> ThriftResult<Option<TStructIdentifier>> {
-        self.0.read_struct_begin()
+        self.input.read_struct_begin()
     }
     fn read_struct_end(&mut self) -> ThriftResult<()> {
-        self.0.read_struct_end()
+        self.input.read_struct_end()
     }
     fn read_field_begin(&mut self) -> ThriftResult<TFieldIdentifier> {
-        self.0.read_field_begin()
+        self.input.read_field_begin()
     }
     fn read_field_end(&mut self) -> ThriftResult<()> {
-        self.0.protocol().read_field_end()
+        self.input.protocol().read_field_end()
     }
     fn read_bool(&mut self) -> ThriftResult<bool> {
-        self.0.protocol().read_bool()
+        self.input.protocol().read_bool()
     }
     fn read_bytes(&mut self) -> ThriftResult<Vec<u8>> {
         self.read_prefixed(|bytes| Ok(bytes.to_vec()))
     }
     fn read_i8(&mut self) -> ThriftResult<i8> {
-        self.0.protocol().read_i8()
+        self.input.protocol().read_i8()
     }
     fn read_i16(&mut self) -> ThriftResult<i16> {
-        self.0.protocol().read_i16()
+        self.input.protocol().read_i16()
     }
     fn read_i32(&mut self) -> ThriftResult<i32> {
-        self.0.protocol().read_i32()
+        self.input.protocol().read_i32()
     }
     fn read_i64(&mut self) -> ThriftResult<i64> {
-        self.0.protocol().read_i64()
+        self.input.protocol().read_i64()
     }
     fn read_double(&mut self) -> ThriftResult<f64> {
-        self.0.protocol().read_double()
+        self.input.protocol().read_double()
     }
     fn read_string(&mut self) -> ThriftResult<String> {
         self.read_prefixed(|bytes| {
@@ -525,36 +541,36 @@ impl<S: SliceInput> TInputProtocol for Guarded<S> {
         })
     }
     fn read_list_begin(&mut self) -> ThriftResult<TListIdentifier> {
-        let header = self.0.protocol().read_list_begin();
+        let header = self.input.protocol().read_list_begin();
         if let Ok(h) = &header {
             self.check_count(h.size, 1)?;
         }
         header
     }
     fn read_list_end(&mut self) -> ThriftResult<()> {
-        self.0.protocol().read_list_end()
+        self.input.protocol().read_list_end()
     }
     fn read_set_begin(&mut self) -> ThriftResult<TSetIdentifier> {
-        let header = self.0.protocol().read_set_begin();
+        let header = self.input.protocol().read_set_begin();
         if let Ok(h) = &header {
             self.check_count(h.size, 1)?;
         }
         header
     }
     fn read_set_end(&mut self) -> ThriftResult<()> {
-        self.0.protocol().read_set_end()
+        self.input.protocol().read_set_end()
     }
     fn read_map_begin(&mut self) -> ThriftResult<TMapIdentifier> {
-        let header = self.0.protocol().read_map_begin();
+        let header = self.input.protocol().read_map_begin();
         if let Ok(h) = &header {
             self.check_count(h.size, 2)?;
         }
         header
     }
     fn read_map_end(&mut self) -> ThriftResult<()> {
-        self.0.protocol().read_map_end()
+        self.input.protocol().read_map_end()
     }
     fn read_byte(&mut self) -> ThriftResult<u8> {
-        self.0.protocol().read_byte()
+        self.input.protocol().read_byte()
     }
 }

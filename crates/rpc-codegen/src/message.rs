@@ -5,7 +5,7 @@
 //! is an error at the second use.
 
 use proc_macro2::{Span, TokenStream};
-use quote::{format_ident, quote, quote_spanned};
+use quote::{format_ident, quote, quote_spanned, ToTokens};
 use syn::spanned::Spanned;
 
 /// Largest field number both formats accept (Thrift ids are `i16`).
@@ -35,12 +35,16 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
         syn::Data::Union(_) => Vec::new(),
     };
     for field in fields {
+        // A field with its own serde adapter keeps it.
+        if serde_says(&field.attrs, &["with", "serialize_with", "deserialize_with"]) {
+            continue;
+        }
         if is_byte_vec(&field.ty) {
             field.attrs.push(syn::parse_quote!(#[serde(with = "::rpc_core::__private::bytes_field")]));
         } else if option_inner(&field.ty).is_some_and(is_byte_vec) {
             field.attrs.push(syn::parse_quote!(#[serde(with = "::rpc_core::__private::bytes_field::option")]));
             // A named field may be left out (what `Option` does without an adapter).
-            if field.ident.is_some() {
+            if field.ident.is_some() && !serde_says(&field.attrs, &["default"]) {
                 field.attrs.push(syn::parse_quote!(#[serde(default)]));
             }
         }
@@ -50,6 +54,14 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
         #[serde(crate = "::rpc_core::__private::serde")]
         #item
         #schema
+    })
+}
+
+/// Whether a `#[serde(..)]` attribute among `attrs` names one of `words`.
+fn serde_says(attrs: &[syn::Attribute], words: &[&str]) -> bool {
+    attrs.iter().filter(|a| a.path().is_ident("serde")).any(|a| {
+        let text = a.meta.to_token_stream().to_string();
+        text.split(|c: char| !c.is_alphanumeric() && c != '_').any(|w| words.contains(&w))
     })
 }
 

@@ -97,8 +97,8 @@ async fn exchange(conn: &mut Conn, codec: Codec, request: &Request, body: &[u8])
     // The stream is out of `conn` until the exchange completes: a call that fails, times out
     // or is dropped half way leaves no connection behind, and the next call connects again.
     let mut stream = match conn.stream.take() {
-        Some(stream) => stream,
-        None => {
+        Some(stream) if still_open(&stream) => stream,
+        _ => {
             conn.buf.clear();
             let stream = TcpStream::connect(conn.addr)
                 .await
@@ -127,4 +127,11 @@ async fn exchange(conn: &mut Conn, codec: Codec, request: &Request, body: &[u8])
         wire::EXCEPTION => Err(wire::exception_status(codec, &reply[at..])),
         other => Err(Status::protocol(format!("Thrift message type {other} in reply to a call"))),
     }
+}
+
+/// Whether a kept connection can carry the next call: the server may have closed it while it
+/// was idle (Thrift servers have idle timeouts too), and then a call sent on it is lost. Data
+/// waiting on it would be a reply to no call, so that connection is dropped as well.
+fn still_open(stream: &TcpStream) -> bool {
+    matches!(stream.try_read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
