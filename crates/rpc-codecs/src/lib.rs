@@ -258,9 +258,8 @@ impl Codec {
         }
         let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
         de.set_max_depth(MAX_DEPTH);
-        let budget = std::cell::Cell::new(bytes.len());
         // Matched rather than mapped, so the value moves once (as in the Thrift decoder).
-        match T::deserialize(budget::Capped::new(&mut de, &budget)) {
+        match budget::with_budget(bytes.len(), || T::deserialize(budget::Capped(&mut de))) {
             // The borrowed reader does not say where it stopped; reading a marker past the
             // value fails with end-of-input exactly when nothing trails it.
             Ok(value) => match serde::de::IgnoredAny::deserialize(&mut de) {
