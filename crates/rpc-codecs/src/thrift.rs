@@ -209,9 +209,9 @@ fn write<T: Schema, P: TOutputProtocol>(value: &T, role: Role, o: &mut P) -> Thr
 pub(crate) fn decode<T: Schema>(codec: Codec, role: Role, bytes: &[u8]) -> Result<T, CodecError> {
     if codec == Codec::ThriftCompact {
         let pos = Cell::new(0);
-        read_all(codec, role, Guarded::new(CompactInput::new(bytes, &pos), bytes.len()))
+        read_all(codec, role, Guarded::new(CompactInput::new(bytes, &pos)))
     } else {
-        read_all(codec, role, Guarded::new(TBinaryInputProtocol::new(bytes, true), bytes.len()))
+        read_all(codec, role, Guarded::new(TBinaryInputProtocol::new(bytes, true)))
     }
 }
 
@@ -434,8 +434,9 @@ pub(crate) struct Guarded<S> {
 }
 
 impl<S: SliceInput> Guarded<S> {
-    fn new(input: S, len: usize) -> Self {
-        Guarded { input, elements_left: len as u64 }
+    fn new(input: S) -> Self {
+        let elements_left = input.unread().len() as u64;
+        Guarded { input, elements_left }
     }
 
     /// Applies `take` to the bytes of a length-prefixed string or binary, then consumes them.
