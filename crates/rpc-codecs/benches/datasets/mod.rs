@@ -1,6 +1,7 @@
 //! Datasets that resemble real traffic, shared by `cargo bench -p rpc-codecs` and
-//! `rpc bench codecs`: each as a `#[message]` type and as an equivalent `prost`-derived struct,
-//! so the benchmarks can compare our codec layer with the library called directly.
+//! `rpc bench codecs`: each as a `#[message]` type, as an equivalent `prost`-derived struct and
+//! as the Thrift compiler's generated type ([`ToThrift`]), so the benchmarks can compare our
+//! codec layer with the libraries called directly.
 
 use std::collections::HashMap;
 
