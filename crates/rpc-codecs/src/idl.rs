@@ -91,6 +91,10 @@ pub struct MethodDef {
     pub returns: TypeRef,
     /// The method gets no reply.
     pub oneway: bool,
+    /// The item type, for a method that takes a stream of items (and no other arguments).
+    pub request_stream: Option<TypeRef>,
+    /// The method returns a stream of items of type `returns`.
+    pub reply_stream: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -238,38 +242,59 @@ impl Idl {
             }
         }
         for (service, doc, methods) in &self.services {
+            let mut signatures = Vec::new();
             for m in methods {
-                let args: Vec<FieldDef> =
-                    m.args.iter().enumerate().map(|(i, (n, t))| FieldDef::new(n, i as u32 + 1, t.clone())).collect();
-                out.push('\n');
-                proto_message(&mut out, &format!("{}_args", m.name), &args);
-                out.push('\n');
-                let fields = match &m.returns.shape {
-                    Shape::Unit => vec![],
-                    Shape::Plain => vec![FieldDef::new("success", 1, m.returns.clone())],
-                    Shape::Result(ok, err) => {
-                        let mut fields = vec![];
-                        if ok.shape != Shape::Unit {
-                            fields.push(FieldDef::new("success", 1, (**ok).clone()));
-                        }
-                        // Explicit presence: an error equal to its type's default (an empty
-                        // string, a zero enum) must still be sent, or it would read as success.
-                        fields.push(FieldDef::new("error", 2, TypeRef::optional((**err).clone())));
-                        fields
+                let request = match &m.request_stream {
+                    Some(item) => format!("stream {}", self.proto_item(&mut out, &format!("{}_in", m.name), item)),
+                    None => {
+                        let args: Vec<FieldDef> = m
+                            .args
+                            .iter()
+                            .enumerate()
+                            .map(|(i, (n, t))| FieldDef::new(n, i as u32 + 1, t.clone()))
+                            .collect();
+                        out.push('\n');
+                        proto_message(&mut out, &format!("{}_args", m.name), &args);
+                        format!("{}_args", m.name)
                     }
                 };
-                proto_message(&mut out, &format!("{}_result", m.name), &fields);
+                let reply = match m.reply_stream {
+                    true => format!("stream {}", self.proto_item(&mut out, &format!("{}_out", m.name), &m.returns)),
+                    false => {
+                        out.push('\n');
+                        proto_message(&mut out, &format!("{}_result", m.name), &result_fields(&m.returns));
+                        format!("{}_result", m.name)
+                    }
+                };
+                signatures.push((m, request, reply));
             }
             out.push('\n');
             comment(&mut out, "//", doc, "");
             let _ = writeln!(out, "service {service} {{");
-            for m in methods {
+            for (m, request, reply) in signatures {
                 comment(&mut out, "//", &m.doc, "  ");
-                let _ = writeln!(out, "  rpc {0}({0}_args) returns ({0}_result);", m.name);
+                let _ = writeln!(out, "  rpc {}({request}) returns ({reply});", m.name);
             }
             out.push_str("}\n");
         }
         out
+    }
+
+    /// The message a stream item travels as: a struct is itself; any other value is the field
+    /// of a wrapper message called `name` (`value = 1`, or `success`/`error` for a `Result`),
+    /// which is written to `out`.
+    fn proto_item(&self, out: &mut String, name: &str, item: &TypeRef) -> String {
+        let is_struct = self.defs.iter().any(|def| def.name == item.proto && matches!(def.kind, Kind::Struct(_)));
+        if is_struct && item.shape == Shape::Plain {
+            return item.proto.clone();
+        }
+        let fields = match &item.shape {
+            Shape::Plain => vec![FieldDef::new("value", 1, item.clone())],
+            _ => result_fields(item),
+        };
+        out.push('\n');
+        proto_message(out, name, &fields);
+        name.to_owned()
     }
 
     /// The schema as a `.thrift` file. A field, argument or method named with a word Thrift
@@ -309,6 +334,14 @@ impl Idl {
             comment(&mut out, "//", doc, "");
             let _ = writeln!(out, "service {service} {{");
             for m in methods {
+                if m.request_stream.is_some() || m.reply_stream {
+                    let _ = writeln!(
+                        out,
+                        "  // {}: a streaming method, left out: Thrift has no streams; call it over this framework's protocol",
+                        m.name
+                    );
+                    continue;
+                }
                 comment(&mut out, "//", &m.doc, "  ");
                 let args: Vec<String> = m
                     .args
@@ -499,6 +532,25 @@ pub fn from_thrift_name(name: &str) -> &str {
 /// Whether `name` is a reserved word followed by any number of underscores.
 fn reserved_stem(name: &str) -> bool {
     THRIFT_RESERVED.contains(&name.trim_end_matches('_'))
+}
+
+/// The fields of a method's protobuf result: `success = 1`, and `optional error = 2` for a
+/// `Result`.
+fn result_fields(returns: &TypeRef) -> Vec<FieldDef> {
+    match &returns.shape {
+        Shape::Unit => vec![],
+        Shape::Plain => vec![FieldDef::new("success", 1, returns.clone())],
+        Shape::Result(ok, err) => {
+            let mut fields = vec![];
+            if ok.shape != Shape::Unit {
+                fields.push(FieldDef::new("success", 1, (**ok).clone()));
+            }
+            // Explicit presence: an error equal to its type's default (an empty string, a zero
+            // enum) must still be sent, or it would read as success.
+            fields.push(FieldDef::new("error", 2, TypeRef::optional((**err).clone())));
+            fields
+        }
+    }
 }
 
 fn proto_message(out: &mut String, name: &str, fields: &[FieldDef]) {

@@ -15,6 +15,10 @@ struct Method {
     output: Type,
     oneway: bool,
     idempotent: bool,
+    /// The `Streaming<T>` argument, if the method takes a stream: its name and `T`.
+    stream_in: Option<(Ident, Type)>,
+    /// `T` of an `RpcStream<T>` return type.
+    stream_out: Option<Type>,
 }
 
 pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
@@ -138,6 +142,7 @@ fn parse_method(f: &TraitItemFn) -> syn::Result<Method> {
         }
     }
     let mut args = Vec::new();
+    let mut stream_in = None;
     for input in inputs {
         let FnArg::Typed(pt) = input else { continue };
         let ident = match &*pt.pat {
@@ -150,12 +155,31 @@ fn parse_method(f: &TraitItemFn) -> syn::Result<Method> {
             }
         };
         check_owned(&pt.ty, "argument")?;
-        args.push((ident, (*pt.ty).clone()));
+        if let Some(item) = stream_item(&pt.ty, "Streaming")? {
+            if stream_in.is_some() {
+                return Err(syn::Error::new_spanned(
+                    &pt.ty,
+                    "a #[service] method takes at most one `Streaming<T>` argument; send one stream of an enum instead",
+                ));
+            }
+            stream_in = Some((ident, item));
+        } else {
+            args.push((ident, (*pt.ty).clone()));
+        }
     }
+    if let (Some((ident, _)), Some((other, _))) = (&stream_in, args.first()) {
+        return Err(syn::Error::new(
+            other.span().join(ident.span()).unwrap_or_else(|| other.span()),
+            "a #[service] method with a `Streaming<T>` argument takes no other arguments (as in a .proto \
+             `rpc M(stream T)`); put them in the stream's items or in the call's metadata",
+        ));
+    }
+    let mut stream_out = None;
     let output = match &sig.output {
         ReturnType::Default => syn::parse_quote!(()),
         ReturnType::Type(_, ty) => {
             check_owned(ty, "return type")?;
+            stream_out = stream_item(ty, "RpcStream")?;
             (**ty).clone()
         }
     };
@@ -182,7 +206,37 @@ fn parse_method(f: &TraitItemFn) -> syn::Result<Method> {
             "a #[oneway] method gets no reply, so it cannot return a value; remove the return type",
         ));
     }
-    Ok(Method { ident: sig.ident.clone(), doc: doc_string(&f.attrs), attrs, args, output, oneway, idempotent })
+    if let (true, Some((ident, _))) = (oneway, &stream_in) {
+        return Err(syn::Error::new_spanned(ident, "a #[oneway] method cannot take a stream; drop #[oneway]"));
+    }
+    Ok(Method {
+        ident: sig.ident.clone(),
+        doc: doc_string(&f.attrs),
+        attrs,
+        args,
+        output,
+        oneway,
+        idempotent,
+        stream_in,
+        stream_out,
+    })
+}
+
+/// `T` if `ty` is `wrapper<T>` (by its last path segment, so `rpc_core::Streaming<T>` and an
+/// imported `Streaming<T>` both count).
+fn stream_item(ty: &Type, wrapper: &str) -> syn::Result<Option<Type>> {
+    let Type::Path(path) = ty else { return Ok(None) };
+    let Some(last) = path.path.segments.last() else { return Ok(None) };
+    if last.ident != wrapper {
+        return Ok(None);
+    }
+    match &last.arguments {
+        syn::PathArguments::AngleBracketed(args) if args.args.len() == 1 => match &args.args[0] {
+            syn::GenericArgument::Type(item) => Ok(Some(item.clone())),
+            other => Err(syn::Error::new_spanned(other, format!("`{wrapper}` takes the item type: `{wrapper}<T>`"))),
+        },
+        _ => Err(syn::Error::new_spanned(ty, format!("`{wrapper}` takes the item type: `{wrapper}<T>`"))),
+    }
 }
 
 /// Rejects types that cannot cross the network by value.
@@ -249,8 +303,9 @@ fn generate(item: &ItemTrait, name: &str, methods: &[Method]) -> TokenStream {
     let args_struct = |m: &Method| format_ident!("__{}{}Args", trait_ident, upper_camel(&m.ident));
 
     let trait_methods = methods.iter().map(|m| {
-        let Method { ident, attrs, args, output, .. } = m;
-        let params = args.iter().map(|(a, t)| quote!(#a: #t));
+        let Method { ident, attrs, args, output, stream_in, .. } = m;
+        let stream_param = stream_in.as_ref().map(|(a, item)| quote!(#a: #rpc::Streaming<#item>));
+        let params = args.iter().map(|(a, t)| quote!(#a: #t)).chain(stream_param);
         quote! {
             #(#attrs)*
             fn #ident(&self, #(#params),*) -> impl ::core::future::Future<Output = #output> + ::core::marker::Send;
@@ -278,6 +333,7 @@ fn generate(item: &ItemTrait, name: &str, methods: &[Method]) -> TokenStream {
         });
         let returns = type_text(&m.output);
         let (oneway, idempotent) = (m.oneway, m.idempotent);
+        let (client_stream, server_stream) = (m.stream_in.is_some(), m.stream_out.is_some());
         quote! {
             #private::MethodInfo {
                 name: #method_name,
@@ -286,6 +342,8 @@ fn generate(item: &ItemTrait, name: &str, methods: &[Method]) -> TokenStream {
                 returns: #returns,
                 oneway: #oneway,
                 idempotent: #idempotent,
+                client_stream: #client_stream,
+                server_stream: #server_stream,
             }
         }
     });
@@ -294,11 +352,16 @@ fn generate(item: &ItemTrait, name: &str, methods: &[Method]) -> TokenStream {
         let method_name = wire_name(&m.ident);
         let doc = &m.doc;
         let oneway = m.oneway;
-        let output = &m.output;
+        let output = m.stream_out.as_ref().unwrap_or(&m.output);
+        let reply_stream = m.stream_out.is_some();
         let args = m.args.iter().map(|(a, t)| {
             let a = wire_name(a);
             quote!((::std::string::String::from(#a), <#t as #private::schema::Schema>::idl(idl)))
         });
+        let request_stream = match &m.stream_in {
+            Some((_, item)) => quote!(::core::option::Option::Some(<#item as #private::schema::Schema>::idl(idl))),
+            None => quote!(::core::option::Option::None),
+        };
         quote! {
             #private::schema::MethodDef {
                 name: ::std::string::String::from(#method_name),
@@ -306,44 +369,85 @@ fn generate(item: &ItemTrait, name: &str, methods: &[Method]) -> TokenStream {
                 args: ::std::vec![#(#args),*],
                 returns: <#output as #private::schema::Schema>::idl(idl),
                 oneway: #oneway,
+                request_stream: #request_stream,
+                reply_stream: #reply_stream,
             }
         }
     });
 
     let client_methods = methods.iter().map(|m| {
-        let Method { ident, attrs, args, output, oneway, idempotent, .. } = m;
+        let Method { ident, attrs, args, output, oneway, idempotent, stream_in, stream_out, .. } = m;
         let s = args_struct(m);
         let method_name = wire_name(ident);
         let params = args.iter().map(|(a, t)| quote!(#a: #t));
         let names = args.iter().map(|(a, _)| a);
-        quote! {
-            #(#attrs)*
-            pub fn #ident(&self, #(#params),*) -> #rpc::Call<S, #output> {
-                #rpc::Call::new(
-                    ::core::clone::Clone::clone(&self.inner),
-                    #private::request(#name, #method_name, #s { #(#names),* }, #idempotent, #oneway),
-                )
+        let inner = quote!(::core::clone::Clone::clone(&self.inner));
+        let request = quote!(#private::request(#name, #method_name, #s { #(#names),* }, #idempotent, #oneway));
+        let open = quote!(S: #rpc::client::OpenStream + ::core::marker::Send + 'static);
+        match (stream_in, stream_out) {
+            (None, None) => quote! {
+                #(#attrs)*
+                pub fn #ident(&self, #(#params),*) -> #rpc::Call<S, #output> {
+                    #rpc::Call::new(#inner, #request)
+                }
+            },
+            (None, Some(item)) => quote! {
+                #(#attrs)*
+                pub fn #ident(&self, #(#params),*) -> #rpc::client::StreamCall<S, #item> where #open {
+                    #rpc::client::StreamCall::new(#inner, #request, ::core::option::Option::None)
+                }
+            },
+            (Some((items, item_in)), out) => {
+                let param = quote!(#items: impl #private::Stream<Item = #item_in> + ::core::marker::Send + 'static);
+                let items = quote!(#rpc::ClientItems::new(#items));
+                match out {
+                    Some(item) => quote! {
+                        #(#attrs)*
+                        pub fn #ident(&self, #param) -> #rpc::client::StreamCall<S, #item> where #open {
+                            #rpc::client::StreamCall::new(#inner, #request, ::core::option::Option::Some(#items))
+                        }
+                    },
+                    None => quote! {
+                        #(#attrs)*
+                        pub fn #ident(&self, #param) -> #rpc::client::ClientStreamCall<S, #output> where #open {
+                            #rpc::client::ClientStreamCall::new(#inner, #request, #items)
+                        }
+                    },
+                }
             }
         }
     });
 
     let dispatch_arms = methods.iter().map(|m| {
-        let Method { ident, args, oneway, .. } = m;
+        let Method { ident, args, oneway, stream_in, stream_out, .. } = m;
         let s = args_struct(m);
         let method_name = syn::LitByteStr::new(wire_name(ident).as_bytes(), ident.span());
         let names: Vec<_> = args.iter().map(|(a, _)| a).collect();
         let finish = if *oneway {
             quote!(::core::result::Result::Ok(#rpc::ServerResponse::default()))
+        } else if stream_out.is_some() {
+            quote!(__rpc_request.reply_stream(__rpc_ret))
         } else {
             quote!(__rpc_request.reply(&__rpc_ret))
         };
+        // A streaming method accepts its stream once its arguments decoded, before the handler
+        // runs: the handler may wait for the client's items, which wait for the acceptance.
+        let (accept, stream_arg) = match (stream_in, stream_out) {
+            (Some((items, item)), _) => {
+                (quote!(let #items = #rpc::Streaming::<#item>::new(__rpc_request.accept_stream()?);), Some(items))
+            }
+            (None, Some(_)) => (quote!(__rpc_request.accept_stream()?;), None),
+            (None, None) => (quote!(), None),
+        };
+        let call_args = names.iter().copied().chain(stream_arg);
         quote! {
             #method_name => {
                 let __rpc_inner = ::std::sync::Arc::clone(&self.inner);
                 ::std::boxed::Box::pin(async move {
                     let #s { #(#names),* } = __rpc_request.decode::<#s>()?;
+                    #accept
                     #[allow(clippy::let_unit_value)]
-                    let __rpc_ret = __rpc_inner.#ident(#(#names),*).await;
+                    let __rpc_ret = __rpc_inner.#ident(#(#call_args),*).await;
                     #finish
                 })
             }

@@ -123,6 +123,10 @@ constructors! {
     deadline_exceeded => DeadlineExceeded,
     /// A [`Code::ResourceExhausted`] status.
     resource_exhausted => ResourceExhausted,
+    /// A [`Code::FailedPrecondition`] status.
+    failed_precondition => FailedPrecondition,
+    /// A [`Code::Aborted`] status.
+    aborted => Aborted,
     /// A [`Code::Unimplemented`] status.
     unimplemented => Unimplemented,
     /// A [`Code::Internal`] status.

@@ -1,7 +1,7 @@
 //! The typed call a generated client method returns.
 
 use super::{Request, Response};
-use crate::{Message, Status};
+use crate::{ClientItems, Inbound, Message, Status, Streaming};
 use pin_project_lite::pin_project;
 use serde::de::IntoDeserializer;
 use std::{
@@ -100,5 +100,110 @@ where
                 std::any::type_name::<T>()
             ))
         }))
+    }
+}
+
+/// What a generated client's streaming methods call through; a [`Channel`](crate::Channel)
+/// implements it.
+pub trait OpenStream {
+    /// Opens a stream for `request` and waits until the server accepts it; `items` are the
+    /// items the caller sends, for a method that takes a stream.
+    fn open_stream(
+        &self,
+        request: Request,
+        items: Option<ClientItems>,
+    ) -> impl Future<Output = Result<Inbound, Status>> + Send;
+}
+
+/// Options shared by the stream calls: the request and what the caller sends.
+struct Opening<S> {
+    service: S,
+    request: Request,
+    items: Option<ClientItems>,
+}
+
+/// A call to a method that returns a stream: set per-call options, then `.await` it for the
+/// [`Streaming`] of items.
+///
+/// The deadline (`.timeout`) covers the whole stream, not only its opening.
+#[must_use = "a stream call does nothing until it is awaited"]
+pub struct StreamCall<S, T> {
+    opening: Opening<S>,
+    _item: PhantomData<fn() -> T>,
+}
+
+/// A call to a method that takes a stream and returns one value: `.await` it for the value.
+#[must_use = "a stream call does nothing until it is awaited"]
+pub struct ClientStreamCall<S, T> {
+    opening: Opening<S>,
+    _reply: PhantomData<fn() -> T>,
+}
+
+impl<S, T> StreamCall<S, T> {
+    /// A call of `request` through `service`, sending `items` if the method takes a stream.
+    pub fn new(service: S, request: Request, items: Option<ClientItems>) -> Self {
+        StreamCall { opening: Opening { service, request, items }, _item: PhantomData }
+    }
+
+    /// Ends the whole stream after `timeout`; the deadline travels to the server.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.opening.request.options.timeout = Some(timeout);
+        self
+    }
+
+    /// Sends `key: value` as metadata with the stream's opening.
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.opening.request.options.metadata.insert(key, value);
+        self
+    }
+}
+
+impl<S, T> ClientStreamCall<S, T> {
+    /// A call of `request` through `service` that sends `items`.
+    pub fn new(service: S, request: Request, items: ClientItems) -> Self {
+        ClientStreamCall { opening: Opening { service, request, items: Some(items) }, _reply: PhantomData }
+    }
+
+    /// Gives up after `timeout`, items and reply included; the deadline travels to the server.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.opening.request.options.timeout = Some(timeout);
+        self
+    }
+
+    /// Sends `key: value` as metadata with the stream's opening.
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.opening.request.options.metadata.insert(key, value);
+        self
+    }
+}
+
+/// The future of a stream call.
+pub type StreamFuture<T> = Pin<Box<dyn Future<Output = Result<T, Status>> + Send>>;
+
+impl<S, T> IntoFuture for StreamCall<S, T>
+where
+    S: OpenStream + Send + 'static,
+    T: Message,
+{
+    type Output = Result<Streaming<T>, Status>;
+    type IntoFuture = StreamFuture<Streaming<T>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        let Opening { service, request, items } = self.opening;
+        Box::pin(async move { Ok(Streaming::new(service.open_stream(request, items).await?)) })
+    }
+}
+
+impl<S, T> IntoFuture for ClientStreamCall<S, T>
+where
+    S: OpenStream + Send + 'static,
+    T: Message,
+{
+    type Output = Result<T, Status>;
+    type IntoFuture = StreamFuture<T>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        let Opening { service, request, items } = self.opening;
+        Box::pin(async move { service.open_stream(request, items).await?.reply().await })
     }
 }

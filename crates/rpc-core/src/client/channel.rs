@@ -5,13 +5,15 @@
 //! body with its codec. Choosing among several servers is `rpc-lb`'s job.
 
 use super::{
+    call::OpenStream,
     connection::{Connection, ConnectionConfig, ReplyFuture, Started},
     pending::Reply,
     Request, Response,
 };
 use crate::{
+    stream::StreamConfig,
     transport::{check_call_head, FrameBuilder, Head, DEFAULT_MAX_FRAME_SIZE},
-    Codec, Context, Status, CALLER, TRACEPARENT,
+    ClientItems, Codec, Context, Inbound, Status, CALLER, TRACEPARENT,
 };
 use bytes::{Bytes, BytesMut};
 use std::{
@@ -56,6 +58,7 @@ impl ChannelBuilder {
                 max_in_flight: 10_000,
                 write_queue: 1024,
                 connect_timeout: Duration::from_secs(5),
+                streams: StreamConfig::default(),
             },
         }
     }
@@ -96,6 +99,20 @@ impl ChannelBuilder {
     /// `ResourceExhausted` instead of queueing without bound.
     pub fn max_in_flight(mut self, calls: usize) -> Self {
         self.config.max_in_flight = calls.max(1);
+        self
+    }
+
+    /// Bytes of items a server may send on one stream before the caller consumes them (default
+    /// 256 KiB): what one slow consumer can make the client buffer, plus one item.
+    pub fn stream_window(mut self, bytes: u32) -> Self {
+        self.config.streams.window = bytes.max(1);
+        self
+    }
+
+    /// Largest stream item, sent or received (default 4 MiB); a larger one fails its stream
+    /// with `ResourceExhausted`.
+    pub fn max_item_size(mut self, bytes: usize) -> Self {
+        self.config.streams.max_item = bytes;
         self
     }
 
@@ -236,7 +253,7 @@ impl Channel {
     /// Sends `request`: what the tower `Service::call` does, without needing `&mut self` (or a
     /// clone) from callers that share a channel.
     pub fn send(&self, request: Request) -> ChannelFuture {
-        let call = match self.prepare(request) {
+        let call = match self.prepare(request, None) {
             Ok(call) => call,
             Err(status) => return ChannelFuture(State::Done(Some(Err(status)))),
         };
@@ -258,8 +275,31 @@ impl Channel {
         })
     }
 
-    /// Everything about a call that needs no connection: metadata, deadline, the encoded frame.
-    fn prepare(&self, request: Request) -> Result<Prepared, Status> {
+    /// Opens a stream for `request` on one of the channel's connections and waits until the
+    /// server accepts it; `items` are what the caller sends, for a method that takes a stream.
+    /// The call's deadline covers the whole stream.
+    pub async fn open_stream(&self, request: Request, items: Option<ClientItems>) -> Result<Inbound, Status> {
+        let limits = self.inner.config.streams;
+        let call = self.prepare(request, Some(limits.window))?;
+        let slot = self.pick();
+        let open = async {
+            let conn = self.connection(&self.inner.slots[slot]).await?;
+            conn.open_stream(call.frame, call.codec, call.deadline, items, limits).await
+        };
+        match call.deadline {
+            None => open.await,
+            Some(deadline) => tokio::time::timeout_at(deadline, open).await.unwrap_or_else(|_| {
+                Err(Status::deadline_exceeded(format!(
+                    "the deadline passed before {} accepted the stream; the server may be unreachable or overloaded",
+                    self.inner.addr
+                )))
+            }),
+        }
+    }
+
+    /// Everything about a call that needs no connection: metadata, deadline, the encoded frame
+    /// (an `Open` with `window` for a stream).
+    fn prepare(&self, request: Request, window: Option<u32>) -> Result<Prepared, Status> {
         let inner = &self.inner;
         let mut metadata = request.options.metadata;
         let (inherited_deadline, trace) = Context::inherited();
@@ -295,12 +335,10 @@ impl Channel {
             false => inner.codec,
         };
         let oneway = request.options.oneway;
-        let head = Head::Call {
-            service: request.service,
-            method: request.method,
-            timeout: deadline.zip(now).map(|(d, now)| d - now),
-            metadata,
-            oneway,
+        let (service, method, timeout) = (request.service, request.method, deadline.zip(now).map(|(d, now)| d - now));
+        let head = match window {
+            None => Head::Call { service, method, timeout, metadata, oneway },
+            Some(window) => Head::Open { window, service, method, timeout, metadata },
         };
         let mut frame = FrameBuilder::new(codec.id(), &head, 256);
         request.body.encode(codec, frame.body_mut()).map_err(|e| Status::invalid_argument(format!("request {e}")))?;
@@ -450,6 +488,16 @@ impl Future for ChannelFuture {
 impl fmt::Debug for ChannelFuture {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("ChannelFuture")
+    }
+}
+
+impl OpenStream for Channel {
+    fn open_stream(
+        &self,
+        request: Request,
+        items: Option<ClientItems>,
+    ) -> impl Future<Output = Result<Inbound, Status>> + Send {
+        Channel::open_stream(self, request, items)
     }
 }
 

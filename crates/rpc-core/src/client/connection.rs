@@ -7,12 +7,14 @@
 
 use super::{
     pending::{PendingCalls, Reply},
+    stream::{send_control, ClientStream, ItemSender, Streams},
     writer::{write_loop, Direct, Queue, WeakQueue, WriteSide},
     Response,
 };
 use crate::{
+    stream::{self as flow, Inbound, SendCredit, StreamConfig},
     transport::{FrameBuilder, FrameCodec, FrameReader, Head, PREFACE},
-    Code, Codec, Status,
+    ClientItems, Code, Codec, Status,
 };
 use bytes::{Bytes, BytesMut};
 use std::{
@@ -39,11 +41,13 @@ pub(crate) struct ConnectionConfig {
     pub(crate) max_in_flight: usize,
     pub(crate) write_queue: usize,
     pub(crate) connect_timeout: Duration,
+    pub(crate) streams: StreamConfig,
 }
 
 struct Shared {
     peer: SocketAddr,
     pending: PendingCalls,
+    streams: Arc<Streams>,
     /// No new calls: the server sent a go-away or the connection failed.
     draining: AtomicBool,
     /// Signalled once the connection is closed, so the reader stops without waiting for the
@@ -55,6 +59,7 @@ impl Shared {
     /// Fails every waiting call and refuses new ones.
     fn close(&self, status: Status) {
         self.draining.store(true, Ordering::Release);
+        self.streams.close(&status);
         self.pending.close(status);
         self.closed.notify_waiters();
     }
@@ -105,6 +110,7 @@ impl Connection {
         let shared = Arc::new(Shared {
             peer: addr,
             pending: PendingCalls::new(config.max_in_flight),
+            streams: Arc::default(),
             draining: AtomicBool::new(false),
             closed: Notify::new(),
         });
@@ -216,6 +222,72 @@ impl Connection {
     fn cancel(&self, id: u32) {
         send_cancel(&self.queue, id);
     }
+
+    /// Opens a stream with the `Open` frame in `frame` and waits for the server to accept it;
+    /// then sends `items`, if any, in a task of their own.
+    pub(crate) async fn open_stream(
+        self: &Arc<Self>,
+        frame: FrameBuilder,
+        codec: Codec,
+        deadline: Option<Instant>,
+        items: Option<ClientItems>,
+        limits: StreamConfig,
+    ) -> Result<Inbound, Status> {
+        let id = self.next_id();
+        let frame = frame
+            .finish(id, self.max_frame_size)
+            .map_err(|e| Status::invalid_argument(format!("stream to {}: {e}", self.shared.peer)).with_not_started())?;
+        let (accepted_tx, accepted_rx) = oneshot::channel();
+        let credit = Arc::new(SendCredit::new(0));
+        let queue = self.queue.downgrade();
+        let (inbox_tx, inbox) = flow::inbox(
+            limits.window,
+            limits.max_item,
+            Box::new(move |bytes| send_control(&queue, control_frame(id, &Head::Credit { bytes }, Bytes::new()))),
+        );
+        let stream = ClientStream { accepted: Some(accepted_tx), inbox: inbox_tx, credit: credit.clone() };
+        self.shared.streams.insert(id, stream)?;
+        // From here on, giving up (a dropped future, a failure) cancels the stream on the server.
+        let mut guard = StreamGuard { conn: self.clone(), id, sender: None };
+        self.send(frame).await?;
+        match accepted_rx.await {
+            Ok(Ok(())) => {}
+            Ok(Err(status)) => return Err(status),
+            Err(_) => return Err(self.closed_status()),
+        }
+        if let Some(items) = items {
+            let sender = ItemSender {
+                queue: self.queue.clone(),
+                streams: self.shared.streams.clone(),
+                id,
+                codec,
+                credit,
+                max_item: limits.max_item,
+                max_frame_size: self.max_frame_size,
+            };
+            guard.sender = Some(tokio::spawn(sender.run(items)).abort_handle());
+        }
+        Ok(Inbound { inbox, codec, deadline, guard: Some(Box::new(guard)) })
+    }
+}
+
+/// Held by the caller's end of a stream: dropped before the stream ended, it cancels the stream
+/// on the server and stops sending items.
+struct StreamGuard {
+    conn: Arc<Connection>,
+    id: u32,
+    sender: Option<tokio::task::AbortHandle>,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if let Some(sender) = &self.sender {
+            sender.abort();
+        }
+        if self.conn.shared.streams.fail(self.id, Status::cancelled("the caller dropped the stream")) {
+            self.conn.cancel(self.id);
+        }
+    }
 }
 
 /// Queues a cancel for call `id`. With the write queue full (a server that stops reading) it is
@@ -305,8 +377,8 @@ async fn expire_loop(shared: Arc<Shared>, queue: WeakQueue) {
     }
 }
 
-/// A frame without a codec body: cancel, ping, pong.
-fn control_frame(id: u32, head: &Head, body: Bytes) -> BytesMut {
+/// A frame without a codec body: cancel, ping, pong, credit, half-close.
+pub(crate) fn control_frame(id: u32, head: &Head, body: Bytes) -> BytesMut {
     let mut frame = FrameBuilder::new(0, head, body.len());
     frame.body_mut().extend_from_slice(&body);
     // Control frames are a few bytes; only a peer's oversized ping could exceed the limit, and
@@ -339,12 +411,39 @@ async fn read_loop(mut reader: FrameReader<tokio::net::tcp::OwnedReadHalf>, shar
         let failed = loop {
             match frame.head {
                 Head::Reply { metadata } => {
-                    let reply = Codec::from_id(frame.codec)
-                        .map(|codec| Response { codec, body: frame.body, metadata })
-                        .map_err(|e| Status::internal(format!("reply from {peer}: {e}")));
-                    replies.push((frame.id, reply));
+                    // Only a stream that sends items alone gets a reply; unary calls skip the lock.
+                    let unary = match shared.streams.is_empty() {
+                        true => Some((frame.body, metadata)),
+                        false => shared.streams.reply(frame.id, frame.body, metadata),
+                    };
+                    if let Some((body, metadata)) = unary {
+                        let reply = Codec::from_id(frame.codec)
+                            .map(|codec| Response { codec, body, metadata })
+                            .map_err(|e| Status::internal(format!("reply from {peer}: {e}")));
+                        replies.push((frame.id, reply));
+                    }
                 }
-                Head::Error { code, message, .. } => replies.push((frame.id, Err(Status::new(code, message)))),
+                Head::Error { code, message, .. } => {
+                    let status = Status::new(code, message);
+                    if shared.streams.is_empty() || !shared.streams.fail(frame.id, status.clone()) {
+                        replies.push((frame.id, Err(status)));
+                    }
+                }
+                Head::Item => {
+                    if shared.streams.item(frame.id, frame.body).is_err() {
+                        if let Some(queue) = queue.upgrade() {
+                            send_cancel(&queue, frame.id);
+                        }
+                    }
+                }
+                Head::End { status, metadata } => {
+                    let outcome = match status {
+                        None => Ok(metadata),
+                        Some((code, message)) => Err(Status::new(code, message)),
+                    };
+                    shared.streams.end(frame.id, outcome);
+                }
+                Head::Credit { bytes } => shared.streams.credit(frame.id, bytes),
                 Head::Pong => replies.push((
                     frame.id,
                     Ok(Response { codec: Codec::default(), body: frame.body, metadata: Default::default() }),
@@ -360,7 +459,7 @@ async fn read_loop(mut reader: FrameReader<tokio::net::tcp::OwnedReadHalf>, shar
                     shared.pending.complete(&mut replies);
                     shared.go_away(frame.id, code, &message);
                 }
-                Head::Call { .. } | Head::Cancel => {
+                Head::Call { .. } | Head::Cancel | Head::Open { .. } | Head::HalfClose => {
                     break Some(Status::protocol(format!(
                         "server at {peer} sent a client-only frame; closing the connection"
                     )))

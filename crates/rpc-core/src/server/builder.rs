@@ -1,7 +1,7 @@
 //! [`Server`]: binding a listener, accepting connections within limits, and shutting down.
 
 use super::{connection, Dispatch, Router, ServerRequest, ServerResponse};
-use crate::{transport::DEFAULT_MAX_FRAME_SIZE, Status};
+use crate::{stream::StreamConfig, transport::DEFAULT_MAX_FRAME_SIZE, Status};
 use std::{future::Future, io, net::SocketAddr, sync::Arc, time::Duration};
 use tokio::{
     net::{TcpListener, ToSocketAddrs},
@@ -23,6 +23,7 @@ pub(crate) struct ServerConfig {
     pub(crate) idle_timeout: Duration,
     pub(crate) handshake_timeout: Duration,
     pub(crate) write_queue: usize,
+    pub(crate) streams: StreamConfig,
 }
 
 impl Default for ServerConfig {
@@ -34,6 +35,7 @@ impl Default for ServerConfig {
             idle_timeout: Duration::from_secs(300),
             handshake_timeout: Duration::from_secs(10),
             write_queue: 1024,
+            streams: StreamConfig::default(),
         }
     }
 }
@@ -93,6 +95,27 @@ impl<L> ServerBuilder<L> {
     /// Frames queued for writing per connection before handlers wait (default 1024).
     pub fn write_queue(mut self, frames: usize) -> Self {
         self.config.write_queue = frames.max(1);
+        self
+    }
+
+    /// Most streams open at once on one connection (default 256); more are refused with
+    /// `ResourceExhausted`. Streams also count as calls in flight.
+    pub fn max_streams_per_connection(mut self, streams: usize) -> Self {
+        self.config.streams.max_streams = streams.max(1);
+        self
+    }
+
+    /// Bytes of items a client may send on one stream before the handler consumes them
+    /// (default 256 KiB): what one slow handler can make the server buffer, plus one item.
+    pub fn stream_window(mut self, bytes: u32) -> Self {
+        self.config.streams.window = bytes.max(1);
+        self
+    }
+
+    /// Largest stream item, sent or received (default 4 MiB); a larger one fails its stream
+    /// with `ResourceExhausted`.
+    pub fn max_item_size(mut self, bytes: usize) -> Self {
+        self.config.streams.max_item = bytes;
         self
     }
 

@@ -9,9 +9,16 @@
 //! floods calls gets `ResourceExhausted`; one that stops reading replies stops being read from,
 //! which bounds the memory it can make the server hold.
 
-use super::{builder::ServerConfig, catch_unwind::CatchUnwind, ServerRequest, ServerResponse};
+use super::{
+    builder::ServerConfig,
+    catch_unwind::CatchUnwind,
+    dispatch::Opened,
+    stream::{credit_frame, end_frame, send_control, StreamTask},
+    IncomingStream, ServerRequest, ServerResponse,
+};
 use crate::{
     id_map::IdMap,
+    stream::{self as flow, InboxSender, SendCredit},
     transport::{check_preface, Frame, FrameCodec, FrameError, FrameReader, FrameWriter, Head, BATCH},
     ByteStr, Code, Codec, Context, Metadata, Status,
 };
@@ -37,14 +44,36 @@ use tower::Service;
 
 /// Longest wait to flush the last frames to a client that is not reading.
 const FINAL_FLUSH: Duration = Duration::from_secs(5);
+/// How long stream handlers may run on after their connection is lost, to see `UNAVAILABLE` on
+/// the items they read, before they are aborted.
+const STREAM_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 type HandlerFuture = Pin<Box<dyn Future<Output = Result<ServerResponse, Status>> + Send>>;
 
 /// Calls whose handlers are running, by request id.
 struct InFlight {
     handlers: Mutex<IdMap<AbortHandle>>,
+    /// The open streams among them.
+    streams: Mutex<IdMap<StreamPeer>>,
     permits: Arc<Semaphore>,
     limit: u32,
+}
+
+/// What the connection task keeps of an open stream: where the client's items go, and the
+/// client's credit for the items this side sends.
+struct StreamPeer {
+    /// `None` once the client half-closed.
+    inbox: Option<InboxSender>,
+    credit: Arc<SendCredit>,
+}
+
+impl StreamPeer {
+    fn close(self, status: &Status) {
+        self.credit.close(status.clone());
+        if let Some(inbox) = self.inbox {
+            inbox.finish(Err(status.clone()));
+        }
+    }
 }
 
 impl InFlight {
@@ -52,8 +81,29 @@ impl InFlight {
         self.handlers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn streams(&self) -> std::sync::MutexGuard<'_, IdMap<StreamPeer>> {
+        self.streams.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn finish(&self, id: u32) {
         self.lock().remove(&id);
+    }
+
+    /// Removes stream `id`: its handler sees the stream end with `status`, and stops sending.
+    fn close_stream(&self, id: u32, status: &Status) {
+        if let Some(peer) = self.streams().remove(&id) {
+            peer.close(status);
+        }
+    }
+
+    /// Ends every stream with `status`; true if there were any.
+    fn close_streams(&self, status: &Status) -> bool {
+        let streams = std::mem::take(&mut *self.streams());
+        let any = !streams.is_empty();
+        for peer in streams.into_values() {
+            peer.close(status);
+        }
+        any
     }
 
     /// Resolves once no handler holds a permit.
@@ -120,6 +170,7 @@ pub(crate) async fn serve<S>(
         rx,
         in_flight: Arc::new(InFlight {
             handlers: Mutex::new(IdMap::default()),
+            streams: Mutex::new(IdMap::default()),
             permits: Arc::new(Semaphore::new(limit as usize)),
             limit,
         }),
@@ -139,7 +190,13 @@ pub(crate) async fn serve<S>(
     } else {
         match tokio::time::timeout(config.handshake_timeout, reader.preface()).await {
             Ok(Ok(preface)) => match (check_preface(&preface), crate::transport::thrift::detect(&preface)) {
-                (Ok(()), _) => conn.run(&mut reader, &config, &mut shutdown).await,
+                (Ok(()), _) => {
+                    conn.run(&mut reader, &config, &mut shutdown).await;
+                    let lost = Status::unavailable(format!("the connection to {peer} closed"));
+                    if conn.in_flight.close_streams(&lost) {
+                        let _ = tokio::time::timeout(STREAM_CLOSE_GRACE, conn.in_flight.idle()).await;
+                    }
+                }
                 // Not our preface but an Apache Thrift frame: serve it in Thrift.
                 (Err(_), Some(thrift)) => {
                     let (read, rest) = reader.into_parts();
@@ -196,7 +253,7 @@ where
                 frame = reader.next() => match frame {
                     Ok(Some(frame)) => {
                         frames_seen += 1;
-                        self.handle(frame).await
+                        self.handle(frame, config).await
                     }
                     Ok(None) => {
                         tracing::debug!(%peer, "client closed the connection");
@@ -231,7 +288,7 @@ where
             };
             // Take everything already buffered or queued, so that one write carries it all.
             let step = match step {
-                Ok(()) => self.drain_ready(reader, &mut replies).await,
+                Ok(()) => self.drain_ready(reader, &mut replies, config).await,
                 err => err,
             };
             if let Err(e) = step {
@@ -245,9 +302,10 @@ where
         &mut self,
         reader: &mut FrameReader<OwnedReadHalf>,
         replies: &mut Vec<Frame>,
+        config: &ServerConfig,
     ) -> Result<(), ConnectionError> {
         while let Some(frame) = reader.try_next()? {
-            self.handle(frame).await?;
+            self.handle(frame, config).await?;
         }
         while let Ok(frame) = self.rx.try_recv() {
             replies.push(frame);
@@ -280,7 +338,7 @@ where
     }
 
     /// Handles one frame from the client.
-    async fn handle(&mut self, frame: Frame) -> Result<(), ConnectionError> {
+    async fn handle(&mut self, frame: Frame, config: &ServerConfig) -> Result<(), ConnectionError> {
         match frame.head {
             Head::Call { service, method, timeout, metadata, oneway } => {
                 let call =
@@ -303,14 +361,53 @@ where
                 if let Some(handle) = self.in_flight.lock().remove(&frame.id) {
                     handle.abort();
                 }
+                self.in_flight.close_stream(frame.id, &Status::cancelled("the client cancelled the stream"));
+            }
+            Head::Open { window, service, method, timeout, metadata } => {
+                let call = IncomingCall {
+                    id: frame.id,
+                    codec: frame.codec,
+                    service,
+                    method,
+                    timeout,
+                    metadata,
+                    oneway: false,
+                };
+                if let Err(status) = self.open_stream(call, window, frame.body, config).await {
+                    self.writer.push(end_frame(frame.id, &status)).await?;
+                }
+            }
+            Head::Item => {
+                let pushed = match self.in_flight.streams().get_mut(&frame.id).and_then(|p| p.inbox.as_mut()) {
+                    Some(inbox) => inbox.push(frame.body),
+                    // The stream ended or was never opened: items already on their way are dropped.
+                    None => Ok(()),
+                };
+                if let Err(status) = pushed {
+                    self.in_flight.close_stream(frame.id, &status);
+                    if let Some(handle) = self.in_flight.lock().remove(&frame.id) {
+                        handle.abort();
+                    }
+                    self.writer.push(end_frame(frame.id, &status)).await?;
+                }
+            }
+            Head::HalfClose => {
+                if let Some(inbox) = self.in_flight.streams().get_mut(&frame.id).and_then(|p| p.inbox.take()) {
+                    inbox.finish(Ok(Metadata::new()));
+                }
+            }
+            Head::Credit { bytes } => {
+                if let Some(peer) = self.in_flight.streams().get(&frame.id) {
+                    peer.credit.grant(bytes);
+                }
             }
             Head::Ping => {
                 self.writer.push(Frame { id: frame.id, codec: 0, head: Head::Pong, body: frame.body }).await?;
             }
             Head::Pong | Head::GoAway { .. } => {}
-            Head::Reply { .. } | Head::Error { .. } => {
+            Head::Reply { .. } | Head::Error { .. } | Head::End { .. } => {
                 return Err(ConnectionError::Protocol(Status::protocol(format!(
-                    "client sent a reply frame (id {})",
+                    "client sent a server-only frame (id {})",
                     frame.id
                 ))));
             }
@@ -352,6 +449,7 @@ where
             metadata: call.metadata,
             deadline,
             peer: Some(self.peer),
+            stream: None,
         };
         std::future::poll_fn(|cx| self.service.poll_ready(cx)).await?;
         // Layers and dispatchers may read the context while building the call's future.
@@ -393,6 +491,94 @@ where
         });
         handlers.insert(id, task.abort_handle());
         Ok(None)
+    }
+
+    /// Opens the stream of `call`: its handler runs in its own task from the start.
+    async fn open_stream(
+        &mut self,
+        call: IncomingCall,
+        window: u32,
+        body: Bytes,
+        config: &ServerConfig,
+    ) -> Result<(), Status> {
+        let id = call.id;
+        if self.draining {
+            return Err(Status::unavailable("server is shutting down; the stream was not opened").with_not_started());
+        }
+        let limits = config.streams;
+        if self.in_flight.streams().len() >= limits.max_streams {
+            return Err(Status::resource_exhausted(format!(
+                "{} streams already open on this connection (the server's limit); end some or open another connection",
+                limits.max_streams
+            ))
+            .with_not_started());
+        }
+        // This task is the only one that takes permits, so one seen here is still there below.
+        let permit = self.in_flight.permits.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "{} calls already in flight on this connection (the server's limit); wait for replies or open another connection",
+                self.in_flight.limit
+            ))
+            .with_not_started()
+        })?;
+        let codec = Codec::from_id(call.codec).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if self.in_flight.lock().contains_key(&id) {
+            return Err(Status::invalid_argument(format!("request id {id} is already in flight on this connection")));
+        }
+        if (id.wrapping_sub(self.last_id) as i32) > 0 {
+            self.last_id = id;
+        }
+        let deadline = call.timeout.map(|t| Instant::now() + t);
+        let context =
+            Context::new(call.service.clone(), call.method.clone(), deadline, call.metadata.clone(), Some(self.peer));
+        let credit = Arc::new(SendCredit::new(window));
+        let (grant_tx, accept_tx) = (self.tx.clone(), self.tx.clone());
+        let (inbox_tx, inbox) = flow::inbox(
+            limits.window,
+            limits.max_item,
+            Box::new(move |bytes| send_control(&grant_tx, credit_frame(id, bytes))),
+        );
+        let accept = Box::new(move || send_control(&accept_tx, credit_frame(id, limits.window)));
+        let incoming = IncomingStream::new(Opened { inbox, accept });
+        let request = ServerRequest {
+            service: call.service.clone(),
+            method: call.method.clone(),
+            codec,
+            body,
+            metadata: call.metadata,
+            deadline,
+            peer: Some(self.peer),
+            stream: Some(incoming.clone()),
+        };
+        std::future::poll_fn(|cx| self.service.poll_ready(cx)).await?;
+        let call_future = context.sync_scope(|| self.service.call(request));
+        let task = StreamTask {
+            id,
+            codec,
+            service: call.service,
+            method: call.method,
+            context,
+            deadline,
+            incoming,
+            credit: credit.clone(),
+            max_item: limits.max_item,
+            tx: self.tx.clone(),
+        };
+        self.in_flight.streams().insert(id, StreamPeer { inbox: Some(inbox_tx), credit });
+        let in_flight = self.in_flight.clone();
+        let tx = self.tx.clone();
+        let mut handlers = self.in_flight.lock();
+        // The task's own `finish` takes this lock, so it cannot run before the insert below.
+        let task = tokio::spawn(async move {
+            let last = task.run::<S>(call_future).await;
+            // Out of the table first: client frames that still arrive for it are ignored.
+            in_flight.streams().remove(&id);
+            let _ = tx.send(last).await;
+            in_flight.finish(id);
+            drop(permit);
+        });
+        handlers.insert(id, task.abort_handle());
+        Ok(())
     }
 
     async fn go_away(&mut self, code: Code, message: String) {

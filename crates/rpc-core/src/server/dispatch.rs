@@ -1,9 +1,19 @@
 //! What a generated dispatcher implements, and what it receives and returns.
 
-use crate::{ByteStr, Codec, Metadata, Status};
+use crate::{
+    stream::{Inbound, Inbox},
+    ByteStr, Codec, Metadata, RpcStream, Status,
+};
 use bytes::{Bytes, BytesMut};
+use futures_core::Stream;
 use rpc_codecs::{Idl, Message};
-use std::{future::Future, net::SocketAddr, pin::Pin};
+use std::{
+    fmt,
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{Arc, Mutex},
+};
 use tokio::time::Instant;
 
 /// A call as the server's layers and dispatchers see it: the body is still encoded.
@@ -23,6 +33,8 @@ pub struct ServerRequest {
     pub deadline: Option<Instant>,
     /// The caller's address.
     pub peer: Option<SocketAddr>,
+    /// The stream this call opened, if the client opened one (see [`ServerRequest::accept_stream`]).
+    pub stream: Option<IncomingStream>,
 }
 
 impl ServerRequest {
@@ -43,17 +55,95 @@ impl ServerRequest {
         self.codec
             .encode_reply(value, &mut buf)
             .map_err(|e| Status::internal(format!("reply of {}.{}: {e}", self.service, self.method)))?;
-        Ok(ServerResponse { body: buf.freeze(), metadata: Metadata::new() })
+        Ok(ServerResponse { body: buf.freeze(), metadata: Metadata::new(), items: None })
+    }
+
+    /// Accepts the stream the client opened: grants the client its first credit and returns the
+    /// items it sends (none for a method that only streams its reply).
+    pub fn accept_stream(&self) -> Result<Inbound, Status> {
+        let opened = self.stream.as_ref().and_then(IncomingStream::take).ok_or_else(|| {
+            Status::failed_precondition(format!(
+                "{}.{} is a streaming method and the call opened no stream (or it was already accepted); \
+                 call it through a generated client",
+                self.service, self.method
+            ))
+        })?;
+        (opened.accept)();
+        Ok(Inbound { inbox: opened.inbox, codec: self.codec, deadline: self.deadline, guard: None })
+    }
+
+    /// Replies with a stream of items, encoded in the request's codec as the client's credit
+    /// allows.
+    pub fn reply_stream<T: Message>(&self, items: RpcStream<T>) -> Result<ServerResponse, Status> {
+        let codec = self.codec;
+        // Items of one stream are usually alike in size: start each buffer at the last one's.
+        let mut hint = 64;
+        let encoded = futures_util::StreamExt::map(items, move |item| {
+            let mut buf = BytesMut::with_capacity(hint);
+            codec.encode(&item?, &mut buf).map_err(|e| Status::internal(format!("stream item {e}")))?;
+            hint = buf.len().max(16);
+            Ok(buf.freeze())
+        });
+        Ok(ServerResponse { body: Bytes::new(), metadata: Metadata::new(), items: Some(Box::pin(encoded)) })
     }
 }
 
+/// Encoded items a handler streams back.
+pub type ItemStream = Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send>>;
+
 /// A successful reply, already encoded.
-#[derive(Clone, Debug, Default)]
+#[derive(Default)]
 pub struct ServerResponse {
-    /// The encoded result.
+    /// The encoded result (empty for a stream).
     pub body: Bytes,
-    /// Metadata sent back to the caller.
+    /// Metadata sent back to the caller (with the end of a stream).
     pub metadata: Metadata,
+    /// The items of a streamed reply.
+    pub items: Option<ItemStream>,
+}
+
+impl fmt::Debug for ServerResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerResponse")
+            .field("body", &self.body)
+            .field("metadata", &self.metadata)
+            .field("stream", &self.items.is_some())
+            .finish()
+    }
+}
+
+/// The incoming side of a stream a call opened, until a handler accepts it. Clones of a
+/// request share it; the first to accept takes it.
+#[derive(Clone)]
+pub struct IncomingStream {
+    slot: Arc<Mutex<Option<Opened>>>,
+}
+
+pub(crate) struct Opened {
+    pub(crate) inbox: Inbox,
+    /// Sends the server's first credit, which tells the client the stream was accepted.
+    pub(crate) accept: Box<dyn FnOnce() + Send>,
+}
+
+impl IncomingStream {
+    pub(crate) fn new(opened: Opened) -> IncomingStream {
+        IncomingStream { slot: Arc::new(Mutex::new(Some(opened))) }
+    }
+
+    fn take(&self) -> Option<Opened> {
+        self.slot.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// Whether a handler accepted the stream.
+    pub(crate) fn accepted(&self) -> bool {
+        self.slot.lock().unwrap_or_else(|e| e.into_inner()).is_none()
+    }
+}
+
+impl fmt::Debug for IncomingStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IncomingStream").field("accepted", &self.accepted()).finish()
+    }
 }
 
 /// Description of one method, generated from the trait.
@@ -71,6 +161,10 @@ pub struct MethodInfo {
     pub oneway: bool,
     /// The method may safely run more than once.
     pub idempotent: bool,
+    /// The method takes a stream of items (a `Streaming<T>` argument).
+    pub client_stream: bool,
+    /// The method returns a stream of items (`RpcStream<T>`).
+    pub server_stream: bool,
 }
 
 /// Description of a service: its name and method table.

@@ -10,8 +10,9 @@ mod catch_unwind;
 mod connection;
 mod dispatch;
 mod router;
+mod stream;
 mod thrift;
 
 pub use builder::{RunningServer, Server, ServerBuilder};
-pub use dispatch::{Dispatch, MethodInfo, ServerRequest, ServerResponse, ServiceInfo};
+pub use dispatch::{Dispatch, IncomingStream, ItemStream, MethodInfo, ServerRequest, ServerResponse, ServiceInfo};
 pub use router::Router;

@@ -74,6 +74,7 @@ pub(crate) async fn serve<S>(
             metadata: Metadata::new(),
             deadline: None,
             peer: Some(peer),
+            stream: None,
         };
         let result = match service.ready().await {
             Ok(ready) => CatchUnwind::new(ready.call(request))

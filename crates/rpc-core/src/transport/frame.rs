@@ -80,6 +80,35 @@ pub enum Head {
         /// Human-readable reason.
         message: String,
     },
+    /// Opens a stream: a call whose request or reply (or both) is a sequence of items.
+    Open {
+        /// Bytes of items the server may send before the client grants more with `Credit`.
+        window: u32,
+        /// Service name.
+        service: ByteStr,
+        /// Method name.
+        method: ByteStr,
+        /// Time the caller still waits for the whole stream, relative to when the frame was written.
+        timeout: Option<Duration>,
+        /// Request metadata.
+        metadata: Metadata,
+    },
+    /// One item of stream `id`, from either side.
+    Item,
+    /// The client sends no more items on stream `id`.
+    HalfClose,
+    /// The server ends stream `id`: `None` for success, or the status it failed with.
+    End {
+        /// The failure, if the stream did not succeed.
+        status: Option<(Code, String)>,
+        /// Trailing metadata.
+        metadata: Metadata,
+    },
+    /// The receiver of stream `id` lets its peer send `bytes` more bytes of items.
+    Credit {
+        /// Bytes granted.
+        bytes: u32,
+    },
 }
 
 impl Head {
@@ -94,6 +123,11 @@ impl Head {
             Head::Ping => 6,
             Head::Pong => 7,
             Head::GoAway { .. } => 8,
+            Head::Open { .. } => 9,
+            Head::Item => 10,
+            Head::HalfClose => 11,
+            Head::End { .. } => 12,
+            Head::Credit { .. } => 13,
         }
     }
 }
@@ -245,6 +279,30 @@ fn parse(mut buf: Bytes) -> Result<Frame, FrameError> {
             let message = take_string16(&mut buf, "go-away message")?;
             Head::GoAway { code, message }
         }
+        9 => {
+            let window = take_u32(&mut buf, "stream window")?;
+            let timeout_us = take_u64(&mut buf, "timeout")?;
+            let service = take_str8(&mut buf, "service name")?;
+            let method = take_str8(&mut buf, "method name")?;
+            let metadata = take_metadata(&mut buf)?;
+            Head::Open {
+                window,
+                service,
+                method,
+                timeout: (timeout_us != 0).then(|| Duration::from_micros(timeout_us)),
+                metadata,
+            }
+        }
+        10 => Head::Item,
+        11 => Head::HalfClose,
+        12 => {
+            let code = take_u16(&mut buf, "end status code")?;
+            let message = take_string16(&mut buf, "end status message")?;
+            let metadata = take_metadata(&mut buf)?;
+            // Zero is success; any other value is a status code, unknown ones read as UNKNOWN.
+            Head::End { status: (code != 0).then(|| (Code::from_u16(code), message)), metadata }
+        }
+        13 => Head::Credit { bytes: take_u32(&mut buf, "credit")? },
         other => return Err(FrameError::Malformed(format!("unknown frame kind {other} in frame {id}"))),
     };
     Ok(Frame { id, codec, head, body: buf })
@@ -263,6 +321,11 @@ fn need(buf: &Bytes, n: usize, what: &str) -> Result<(), FrameError> {
 fn take_u16(buf: &mut Bytes, what: &str) -> Result<u16, FrameError> {
     need(buf, 2, what)?;
     Ok(buf.get_u16())
+}
+
+fn take_u32(buf: &mut Bytes, what: &str) -> Result<u32, FrameError> {
+    need(buf, 4, what)?;
+    Ok(buf.get_u32())
 }
 
 fn take_u64(buf: &mut Bytes, what: &str) -> Result<u64, FrameError> {
@@ -365,8 +428,15 @@ impl Frame {
             }
             Head::Reply { metadata } => metadata_len(metadata),
             Head::Error { message, metadata, .. } => 2 + string16_len(message) + metadata_len(metadata),
-            Head::Cancel | Head::Ping | Head::Pong => 0,
+            Head::Cancel | Head::Ping | Head::Pong | Head::Item | Head::HalfClose => 0,
             Head::GoAway { message, .. } => 2 + string16_len(message),
+            Head::Open { service, method, metadata, .. } => {
+                4 + 8 + 1 + service.len() + 1 + method.len() + metadata_len(metadata)
+            }
+            Head::End { status, metadata } => {
+                2 + string16_len(status.as_ref().map_or("", |(_, m)| m)) + metadata_len(metadata)
+            }
+            Head::Credit { .. } => 4,
         };
         4 + FIXED_HEADER + head + self.body.len()
     }
@@ -401,28 +471,42 @@ fn put_head(dst: &mut BytesMut, id: u32, codec: u8, head: &Head) {
     dst.put_u8(codec);
     dst.put_u32(id);
     match head {
-        Head::Call { service, method, timeout, metadata, .. } => {
-            // Round up so that a sub-microsecond timeout is not sent as "no deadline".
-            let us = timeout.map_or(0, |t| u64::try_from(t.as_micros()).unwrap_or(u64::MAX).max(1));
-            dst.put_u64(us);
-            dst.put_u8(service.len() as u8);
-            dst.put_slice(service.as_bytes());
-            dst.put_u8(method.len() as u8);
-            dst.put_slice(method.as_bytes());
-            put_metadata(dst, metadata);
-        }
+        Head::Call { service, method, timeout, metadata, .. } => put_call(dst, service, method, *timeout, metadata),
         Head::Reply { metadata } => put_metadata(dst, metadata),
         Head::Error { code, message, metadata } => {
             dst.put_u16(code.as_u16());
             put_string16(dst, message);
             put_metadata(dst, metadata);
         }
-        Head::Cancel | Head::Ping | Head::Pong => {}
+        Head::Cancel | Head::Ping | Head::Pong | Head::Item | Head::HalfClose => {}
         Head::GoAway { code, message } => {
             dst.put_u16(code.as_u16());
             put_string16(dst, message);
         }
+        Head::Open { window, service, method, timeout, metadata } => {
+            dst.put_u32(*window);
+            put_call(dst, service, method, *timeout, metadata);
+        }
+        Head::End { status, metadata } => {
+            let (code, message) = status.as_ref().map_or((0, ""), |(code, message)| (code.as_u16(), message));
+            dst.put_u16(code);
+            put_string16(dst, message);
+            put_metadata(dst, metadata);
+        }
+        Head::Credit { bytes } => dst.put_u32(*bytes),
     }
+}
+
+/// The call header shared by `Call`, `Oneway` and `Open`.
+fn put_call(dst: &mut BytesMut, service: &ByteStr, method: &ByteStr, timeout: Option<Duration>, metadata: &Metadata) {
+    // Round up so that a sub-microsecond timeout is not sent as "no deadline".
+    let us = timeout.map_or(0, |t| u64::try_from(t.as_micros()).unwrap_or(u64::MAX).max(1));
+    dst.put_u64(us);
+    dst.put_u8(service.len() as u8);
+    dst.put_slice(service.as_bytes());
+    dst.put_u8(method.len() as u8);
+    dst.put_slice(method.as_bytes());
+    put_metadata(dst, metadata);
 }
 
 /// Fills in the length of the frame that starts at `start`, or removes it if it is too large.
@@ -442,6 +526,7 @@ fn finish_frame(dst: &mut BytesMut, start: usize, max_frame_size: usize) -> Resu
 #[derive(Debug)]
 pub struct FrameBuilder {
     buf: BytesMut,
+    head_len: usize,
 }
 
 impl FrameBuilder {
@@ -449,7 +534,12 @@ impl FrameBuilder {
     pub fn new(codec: u8, head: &Head, body_hint: usize) -> FrameBuilder {
         let mut buf = BytesMut::with_capacity(64 + body_hint);
         put_head(&mut buf, 0, codec, head);
-        FrameBuilder { buf }
+        FrameBuilder { head_len: buf.len(), buf }
+    }
+
+    /// Bytes of body appended so far.
+    pub fn body_len(&self) -> usize {
+        self.buf.len() - self.head_len
     }
 
     /// The buffer the body is appended to.
@@ -510,6 +600,33 @@ mod tests {
                 id: 41,
                 codec: 0,
                 head: Head::GoAway { code: Code::Unavailable, message: "draining".into() },
+                body: Bytes::new(),
+            },
+            Frame {
+                id: 11,
+                codec: 1,
+                head: Head::Open {
+                    window: 65536,
+                    service: "Logs".into(),
+                    method: "tail".into(),
+                    timeout: Some(Duration::from_secs(3)),
+                    metadata: [("k", "v")].into_iter().collect(),
+                },
+                body: Bytes::from_static(b"\x08\x05"),
+            },
+            Frame { id: 11, codec: 1, head: Head::Item, body: Bytes::from_static(b"item") },
+            Frame { id: 11, codec: 0, head: Head::HalfClose, body: Bytes::new() },
+            Frame { id: 11, codec: 0, head: Head::Credit { bytes: 4096 }, body: Bytes::new() },
+            Frame {
+                id: 11,
+                codec: 0,
+                head: Head::End { status: None, metadata: [("rows", "3")].into_iter().collect() },
+                body: Bytes::new(),
+            },
+            Frame {
+                id: 12,
+                codec: 0,
+                head: Head::End { status: Some((Code::Internal, "boom".into())), metadata: Metadata::new() },
                 body: Bytes::new(),
             },
         ]
