@@ -262,6 +262,14 @@ pub trait Mail {
     async fn check(&self) -> Result<u32, Vec<u8>>;
     /// An error that is a tuple, which is a struct and thrown as it is.
     async fn hold(&self) -> Result<u32, (String, i32)>;
+    /// A stream of messages.
+    async fn watch(&self, from: u64) -> rpc_core::RpcStream<Setting>;
+    /// A stream of results.
+    async fn audit(&self, limit: u32) -> rpc_core::RpcStream<Result<u64, String>>;
+    /// A stream of plain values in.
+    async fn gather(&self, ids: rpc_core::Streaming<u64>) -> u32;
+    /// Streams both ways.
+    async fn sync(&self, settings: rpc_core::Streaming<Setting>) -> rpc_core::RpcStream<Setting>;
 }
 
 #[test]
@@ -271,7 +279,17 @@ fn emitted_idl_with_reserved_and_raw_names_and_every_kind_of_error_compiles() {
     }
     let dir = workdir();
     let idl = MailServer::<()>::INFO.idl();
-    std::fs::write(dir.join("mail.proto"), idl.to_proto()).unwrap();
+    let proto = idl.to_proto();
+    for rpc in [
+        "rpc watch(watch_args) returns (stream Setting);",
+        "rpc audit(audit_args) returns (stream audit_out);",
+        "rpc gather(stream gather_in) returns (gather_result);",
+        "rpc sync(stream Setting) returns (stream Setting);",
+    ] {
+        assert!(proto.contains(rpc), "{rpc} missing from:\n{proto}");
+    }
+    assert!(!idl.to_thrift().contains(" sync("), "Thrift has no streams: streaming methods are left out");
+    std::fs::write(dir.join("mail.proto"), proto).unwrap();
     std::fs::write(dir.join("mail.thrift"), idl.to_thrift()).unwrap();
     run(Command::new("protoc").arg("-I").arg(&dir).arg("--python_out").arg(&dir).arg(dir.join("mail.proto")));
     for lang in ["py", "java", "go"] {

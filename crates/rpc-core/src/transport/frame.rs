@@ -672,6 +672,15 @@ mod tests {
     }
 
     #[test]
+    fn the_stream_item_example_in_protocol_md_is_what_we_write() {
+        let frame = Frame { id: 9, codec: 1, head: Head::Item, body: Bytes::from_static(b"\x08\x01\x12\x02hi") };
+        let mut buf = BytesMut::new();
+        FrameCodec::default().encode(&frame, &mut buf).unwrap();
+        let expected: &[u8] = &[0, 0, 0, 0x0B, 0x0A, 0, 1, 0, 0, 0, 9, 0x08, 0x01, 0x12, 0x02, b'h', b'i'];
+        assert_eq!(&buf[..], expected);
+    }
+
+    #[test]
     fn a_built_frame_decodes_like_an_encoded_one() {
         let frame = frames().remove(0);
         let mut builder = FrameBuilder::new(frame.codec, &frame.head, frame.body.len());
