@@ -70,21 +70,31 @@ impl SendCredit {
         self.changed.notify_waiters();
     }
 
+    /// Takes `len` bytes if credit is left.
+    fn try_take(&self, len: usize) -> Option<Result<(), Status>> {
+        let mut state = self.lock();
+        if let Some(status) = &state.closed {
+            return Some(Err(status.clone()));
+        }
+        if state.available > 0 {
+            state.available -= i64::try_from(len).unwrap_or(i64::MAX);
+            return Some(Ok(()));
+        }
+        None
+    }
+
     /// Waits until credit is left, then takes `len` bytes of it.
     pub(crate) async fn take(&self, len: usize) -> Result<(), Status> {
+        // With credit left (the common case), no waiter is registered.
+        if let Some(taken) = self.try_take(len) {
+            return taken;
+        }
         loop {
             let changed = self.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            {
-                let mut state = self.lock();
-                if let Some(status) = &state.closed {
-                    return Err(status.clone());
-                }
-                if state.available > 0 {
-                    state.available -= i64::try_from(len).unwrap_or(i64::MAX);
-                    return Ok(());
-                }
+            if let Some(taken) = self.try_take(len) {
+                return taken;
             }
             changed.await;
         }

@@ -7,6 +7,7 @@ mod raft;
 mod raw;
 mod report;
 pub(crate) mod rpc;
+mod stream;
 
 use crate::CliResult;
 use clap::Subcommand;
@@ -15,6 +16,8 @@ use clap::Subcommand;
 pub(crate) enum BenchCommand {
     /// Unary calls over loopback between two processes, against a raw TCP echo.
     Rpc(rpc::RpcBenchArgs),
+    /// A server stream of the benchmark request, against raw length-prefixed bytes on one connection.
+    Stream(stream::StreamBenchArgs),
     /// Encode and decode time and size of every codec, against the libraries called directly.
     Codecs(codecs::CodecBenchArgs),
     /// Raft throughput and failover time, 1, 3 and 5 nodes in one process.
@@ -27,6 +30,7 @@ pub(crate) async fn run(what: BenchCommand) -> CliResult {
     match what {
         BenchCommand::Rpc(args) => rpc::run(args).await,
         BenchCommand::Lb(args) => lb::run(args).await,
+        BenchCommand::Stream(args) => stream::run(args).await,
         BenchCommand::Codecs(args) => codecs::run(args).await,
         BenchCommand::Raft(args) => raft::run_bench(args).await,
     }
