@@ -284,8 +284,10 @@ impl Idl {
     /// of a wrapper message called `name` (`value = 1`, or `success`/`error` for a `Result`),
     /// which is written to `out`.
     fn proto_item(&self, out: &mut String, name: &str, item: &TypeRef) -> String {
-        let is_struct = self.defs.iter().any(|def| def.name == item.proto && matches!(def.kind, Kind::Struct(_)));
-        if is_struct && item.shape == Shape::Plain {
+        // Structs and unions are messages in `.proto` and encode as themselves (see `Schema`).
+        let is_message =
+            self.defs.iter().any(|def| def.name == item.proto && matches!(def.kind, Kind::Struct(_) | Kind::Union(_)));
+        if is_message && item.shape == Shape::Plain {
             return item.proto.clone();
         }
         let fields = match &item.shape {

@@ -399,7 +399,7 @@ fn generate(item: &ItemTrait, name: &str, methods: &[Method]) -> TokenStream {
             },
             (Some((items, item_in)), out) => {
                 let param = quote!(#items: impl #private::Stream<Item = #item_in> + ::core::marker::Send + 'static);
-                let items = quote!(#rpc::ClientItems::new(#items));
+                let items = quote!(#rpc::Items::new(#items));
                 match out {
                     Some(item) => quote! {
                         #(#attrs)*

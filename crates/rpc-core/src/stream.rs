@@ -12,15 +12,16 @@ use crate::{Codec, Message, Metadata, Status};
 use bytes::{Bytes, BytesMut};
 use futures_core::Stream;
 use std::{
+    collections::VecDeque,
     fmt,
     future::Future,
     marker::PhantomData,
     pin::Pin,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc, Mutex,
+        Arc, Mutex, MutexGuard,
     },
-    task::{ready, Context, Poll},
+    task::{ready, Context, Poll, Waker},
 };
 use tokio::{
     sync::{mpsc, Notify},
@@ -70,31 +71,31 @@ impl SendCredit {
         self.changed.notify_waiters();
     }
 
-    /// Takes `len` bytes if credit is left.
-    fn try_take(&self, len: usize) -> Option<Result<(), Status>> {
+    /// Takes `len` bytes if credit is left; `Ok(false)` if none is.
+    pub(crate) fn try_take(&self, len: usize) -> Result<bool, Status> {
         let mut state = self.lock();
         if let Some(status) = &state.closed {
-            return Some(Err(status.clone()));
+            return Err(status.clone());
         }
         if state.available > 0 {
             state.available -= i64::try_from(len).unwrap_or(i64::MAX);
-            return Some(Ok(()));
+            return Ok(true);
         }
-        None
+        Ok(false)
     }
 
     /// Waits until credit is left, then takes `len` bytes of it.
     pub(crate) async fn take(&self, len: usize) -> Result<(), Status> {
         // With credit left (the common case), no waiter is registered.
-        if let Some(taken) = self.try_take(len) {
-            return taken;
+        if self.try_take(len)? {
+            return Ok(());
         }
         loop {
             let changed = self.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            if let Some(taken) = self.try_take(len) {
-                return taken;
+            if self.try_take(len)? {
+                return Ok(());
             }
             changed.await;
         }
@@ -112,9 +113,49 @@ pub(crate) enum Delivery {
 /// Sends a `Credit` frame for `bytes` on the stream; never waits.
 pub(crate) type Grant = Box<dyn Fn(u32) + Send + Sync>;
 
+/// Deliveries on their way from the connection to a stream's consumer. A lock and a queue rather
+/// than a channel: the consumer takes everything waiting under one lock, so a busy stream costs
+/// the connection's reader one uncontended lock per item and its consumer one per batch. Credit
+/// bounds the queue to one window plus one item, and the end.
+#[derive(Default)]
+struct Mailbox {
+    state: Mutex<MailboxState>,
+}
+
+#[derive(Default)]
+struct MailboxState {
+    queue: VecDeque<Delivery>,
+    /// The consumer, waiting for a delivery.
+    waker: Option<Waker>,
+    /// The connection's end is gone: no delivery follows what is queued.
+    sender_gone: bool,
+    /// The consumer's end is gone: deliveries are dropped on arrival.
+    receiver_gone: bool,
+}
+
+impl Mailbox {
+    fn lock(&self) -> MutexGuard<'_, MailboxState> {
+        // Every update is a push, a swap or a flag: a panic cannot leave the state torn.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn deliver(&self, delivery: Delivery) {
+        let mut state = self.lock();
+        if state.receiver_gone {
+            return;
+        }
+        state.queue.push_back(delivery);
+        let waker = state.waker.take();
+        drop(state);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
 /// The connection's end of a stream's incoming items: holds the peer to the credit granted.
 pub(crate) struct InboxSender {
-    tx: mpsc::UnboundedSender<Delivery>,
+    mailbox: Arc<Mailbox>,
     received: u64,
     granted: Arc<AtomicU64>,
     max_item: usize,
@@ -137,25 +178,38 @@ impl InboxSender {
             )));
         }
         self.received += item.len() as u64;
-        // A consumer that dropped its end no longer wants items; they are discarded.
-        let _ = self.tx.send(Delivery::Item(item));
+        self.mailbox.deliver(Delivery::Item(item));
         Ok(())
     }
 
     /// Delivers a value outside the item window: a client stream's single reply.
     pub(crate) fn push_reply(&self, body: Bytes) {
-        let _ = self.tx.send(Delivery::Item(body));
+        self.mailbox.deliver(Delivery::Item(body));
     }
 
     /// Ends the stream.
     pub(crate) fn finish(self, outcome: Result<Metadata, Status>) {
-        let _ = self.tx.send(Delivery::End(outcome));
+        self.mailbox.deliver(Delivery::End(outcome));
+    }
+}
+
+impl Drop for InboxSender {
+    fn drop(&mut self) {
+        let mut state = self.mailbox.lock();
+        state.sender_gone = true;
+        let waker = state.waker.take();
+        drop(state);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
     }
 }
 
 /// The consumer's end of a stream's incoming items: grants credit back as it takes them.
 pub(crate) struct Inbox {
-    rx: mpsc::UnboundedReceiver<Delivery>,
+    mailbox: Arc<Mailbox>,
+    /// Deliveries taken from the mailbox in one go, handed out one at a time.
+    taken: VecDeque<Delivery>,
     granted: Arc<AtomicU64>,
     window: u32,
     consumed: u64,
@@ -165,17 +219,17 @@ pub(crate) struct Inbox {
 /// A stream's incoming side: `window` bytes granted up front, items up to `max_item` bytes,
 /// more credit sent through `grant` as items are consumed.
 pub(crate) fn inbox(window: u32, max_item: usize, grant: Grant) -> (InboxSender, Inbox) {
-    let (tx, rx) = mpsc::unbounded_channel();
+    let mailbox = Arc::new(Mailbox::default());
     let granted = Arc::new(AtomicU64::new(u64::from(window)));
     (
-        InboxSender { tx, received: 0, granted: granted.clone(), max_item },
-        Inbox { rx, granted, window, consumed: 0, grant },
+        InboxSender { mailbox: mailbox.clone(), received: 0, granted: granted.clone(), max_item },
+        Inbox { mailbox, taken: VecDeque::new(), granted, window, consumed: 0, grant },
     )
 }
 
 impl Inbox {
     pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
-        let delivery = ready!(self.rx.poll_recv(cx));
+        let delivery = ready!(self.poll_take(cx));
         if let Some(Delivery::Item(item)) = &delivery {
             self.consumed += item.len() as u64;
             // Half a window at a time: few credit frames, and the peer never runs dry while
@@ -190,6 +244,34 @@ impl Inbox {
             }
         }
         Poll::Ready(delivery)
+    }
+
+    fn poll_take(&mut self, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
+        if let Some(delivery) = self.taken.pop_front() {
+            return Poll::Ready(Some(delivery));
+        }
+        let mut state = self.mailbox.lock();
+        std::mem::swap(&mut self.taken, &mut state.queue);
+        if let Some(delivery) = self.taken.pop_front() {
+            return Poll::Ready(Some(delivery));
+        }
+        if state.sender_gone {
+            return Poll::Ready(None);
+        }
+        match &state.waker {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            _ => state.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        let mut state = self.mailbox.lock();
+        state.receiver_gone = true;
+        // A consumer that dropped its end no longer wants items: they are freed now.
+        state.queue.clear();
     }
 }
 
@@ -366,8 +448,11 @@ impl<T> fmt::Debug for RpcStream<T> {
     }
 }
 
-/// Items a client sends on a stream, encoded by the channel with the codec it uses.
-pub struct ClientItems {
+/// The items one side sends on a stream, encoded as they are sent, with the codec of the call.
+///
+/// A client passes them to a method that takes a `Streaming<T>` (a generated client builds them
+/// from any `Stream`); a server's handler returns them as an [`RpcStream`].
+pub struct Items {
     inner: Pin<Box<dyn EncodeItems>>,
 }
 
@@ -384,7 +469,7 @@ struct Encoded<S>(Pin<Box<S>>);
 
 impl<S, T> EncodeItems for Encoded<S>
 where
-    S: Stream<Item = T> + Send,
+    S: Stream<Item = Result<T, Status>> + Send,
     T: Message,
 {
     fn poll_encode(
@@ -395,26 +480,44 @@ where
     ) -> Poll<Option<Result<(), Status>>> {
         let item = ready!(self.0.as_mut().poll_next(cx));
         Poll::Ready(
-            item.map(|item| codec.encode(&item, buf).map_err(|e| Status::invalid_argument(format!("stream item {e}")))),
+            item.map(|item| {
+                codec.encode(&item?, buf).map_err(|e| Status::invalid_argument(format!("stream item {e}")))
+            }),
         )
     }
 }
 
-impl ClientItems {
+impl Items {
     /// The items of `stream`.
-    pub fn new<T: Message>(stream: impl Stream<Item = T> + Send + 'static) -> ClientItems {
-        ClientItems { inner: Box::pin(Encoded(Box::pin(stream))) }
+    pub fn new<T: Message>(stream: impl Stream<Item = T> + Send + 'static) -> Items {
+        Items::try_new(futures_util::StreamExt::map(stream, Ok))
+    }
+
+    /// The items of `stream` until it yields an `Err`, which fails the stream with that status.
+    pub fn try_new<T: Message>(stream: impl Stream<Item = Result<T, Status>> + Send + 'static) -> Items {
+        Items { inner: Box::pin(Encoded(Box::pin(stream))) }
     }
 
     /// Appends the next item, encoded with `codec`, to `buf`; `None` once the items ran out.
+    /// Nothing is appended unless an item is ready.
+    pub(crate) fn poll_next_into(
+        &mut self,
+        cx: &mut Context<'_>,
+        codec: Codec,
+        buf: &mut BytesMut,
+    ) -> Poll<Option<Result<(), Status>>> {
+        self.inner.as_mut().poll_encode(cx, codec, buf)
+    }
+
+    /// [`Items::poll_next_into`], waiting for the item.
     pub(crate) async fn next_into(&mut self, codec: Codec, buf: &mut BytesMut) -> Option<Result<(), Status>> {
-        std::future::poll_fn(|cx| self.inner.as_mut().poll_encode(cx, codec, buf)).await
+        std::future::poll_fn(|cx| self.poll_next_into(cx, codec, buf)).await
     }
 }
 
-impl fmt::Debug for ClientItems {
+impl fmt::Debug for Items {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ClientItems")
+        f.write_str("Items")
     }
 }
 

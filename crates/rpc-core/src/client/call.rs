@@ -1,7 +1,7 @@
 //! The typed call a generated client method returns.
 
 use super::{Request, Response};
-use crate::{ClientItems, Inbound, Message, Status, Streaming};
+use crate::{Inbound, Items, Message, Status, Streaming};
 use pin_project_lite::pin_project;
 use serde::de::IntoDeserializer;
 use std::{
@@ -111,7 +111,7 @@ pub trait OpenStream {
     fn open_stream(
         &self,
         request: Request,
-        items: Option<ClientItems>,
+        items: Option<Items>,
     ) -> impl Future<Output = Result<Inbound, Status>> + Send;
 }
 
@@ -119,7 +119,7 @@ pub trait OpenStream {
 struct Opening<S> {
     service: S,
     request: Request,
-    items: Option<ClientItems>,
+    items: Option<Items>,
 }
 
 /// A call to a method that returns a stream: set per-call options, then `.await` it for the
@@ -141,7 +141,7 @@ pub struct ClientStreamCall<S, T> {
 
 impl<S, T> StreamCall<S, T> {
     /// A call of `request` through `service`, sending `items` if the method takes a stream.
-    pub fn new(service: S, request: Request, items: Option<ClientItems>) -> Self {
+    pub fn new(service: S, request: Request, items: Option<Items>) -> Self {
         StreamCall { opening: Opening { service, request, items }, _item: PhantomData }
     }
 
@@ -160,7 +160,7 @@ impl<S, T> StreamCall<S, T> {
 
 impl<S, T> ClientStreamCall<S, T> {
     /// A call of `request` through `service` that sends `items`.
-    pub fn new(service: S, request: Request, items: ClientItems) -> Self {
+    pub fn new(service: S, request: Request, items: Items) -> Self {
         ClientStreamCall { opening: Opening { service, request, items: Some(items) }, _reply: PhantomData }
     }
 

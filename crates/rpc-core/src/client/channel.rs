@@ -13,7 +13,7 @@ use super::{
 use crate::{
     stream::StreamConfig,
     transport::{check_call_head, FrameBuilder, Head, DEFAULT_MAX_FRAME_SIZE},
-    ClientItems, Codec, Context, Inbound, Status, CALLER, TRACEPARENT,
+    Codec, Context, Inbound, Items, Status, CALLER, TRACEPARENT,
 };
 use bytes::{Bytes, BytesMut};
 use std::{
@@ -278,7 +278,7 @@ impl Channel {
     /// Opens a stream for `request` on one of the channel's connections and waits until the
     /// server accepts it; `items` are what the caller sends, for a method that takes a stream.
     /// The call's deadline covers the whole stream.
-    pub async fn open_stream(&self, request: Request, items: Option<ClientItems>) -> Result<Inbound, Status> {
+    pub async fn open_stream(&self, request: Request, items: Option<Items>) -> Result<Inbound, Status> {
         let limits = self.inner.config.streams;
         let call = self.prepare(request, Some(limits.window))?;
         let slot = self.pick();
@@ -495,7 +495,7 @@ impl OpenStream for Channel {
     fn open_stream(
         &self,
         request: Request,
-        items: Option<ClientItems>,
+        items: Option<Items>,
     ) -> impl Future<Output = Result<Inbound, Status>> + Send {
         Channel::open_stream(self, request, items)
     }

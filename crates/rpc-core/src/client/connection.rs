@@ -14,7 +14,7 @@ use super::{
 use crate::{
     stream::{self as flow, Inbound, SendCredit, StreamConfig},
     transport::{FrameBuilder, FrameCodec, FrameReader, Head, PREFACE},
-    ClientItems, Code, Codec, Status,
+    Code, Codec, Items, Status,
 };
 use bytes::{Bytes, BytesMut};
 use std::{
@@ -230,7 +230,7 @@ impl Connection {
         frame: FrameBuilder,
         codec: Codec,
         deadline: Option<Instant>,
-        items: Option<ClientItems>,
+        items: Option<Items>,
         limits: StreamConfig,
     ) -> Result<Inbound, Status> {
         let id = self.next_id();

@@ -6,7 +6,7 @@ use crate::{
     id_map::IdMap,
     stream::{InboxSender, SendCredit},
     transport::{FrameBuilder, Head},
-    ClientItems, Codec, Metadata, Status,
+    Codec, Items, Metadata, Status,
 };
 use bytes::Bytes;
 use std::sync::{
@@ -175,7 +175,7 @@ impl ItemSender {
     /// Sends every item, each once the server has credit for it, then a half-close. A local
     /// failure (an item that cannot be encoded or is too large) fails the stream and cancels it
     /// on the server.
-    pub(crate) async fn run(self, mut items: ClientItems) {
+    pub(crate) async fn run(self, mut items: Items) {
         let failure = loop {
             let mut frame = FrameBuilder::new(self.codec.id(), &Head::Item, 64);
             match items.next_into(self.codec, frame.body_mut()).await {

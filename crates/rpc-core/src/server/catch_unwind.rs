@@ -37,7 +37,13 @@ impl<F: Future> Future for CatchUnwind<F> {
     }
 }
 
-fn panic_message(payload: Box<dyn Any + Send>) -> String {
+/// Logs a handler's panic and returns the error its caller gets.
+pub(crate) fn panicked(service: &str, method: &str, panic: &str) -> crate::Status {
+    tracing::error!(service, method, panic, "handler panicked");
+    crate::Status::internal(format!("the handler of {service}.{method} panicked: {panic}"))
+}
+
+pub(crate) fn panic_message(payload: Box<dyn Any + Send>) -> String {
     match payload.downcast::<String>() {
         Ok(s) => *s,
         Err(payload) => payload.downcast_ref::<&str>().map_or("non-string panic payload", |s| s).to_owned(),

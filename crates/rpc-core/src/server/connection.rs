@@ -11,9 +11,9 @@
 
 use super::{
     builder::ServerConfig,
-    catch_unwind::CatchUnwind,
+    catch_unwind::{panicked, CatchUnwind},
     dispatch::Opened,
-    stream::{credit_frame, end_frame, send_control, StreamTask},
+    stream::{credit_frame, end_frame, send_control, Outbound, StreamTask},
     IncomingStream, ServerRequest, ServerResponse,
 };
 use crate::{
@@ -133,8 +133,8 @@ struct ServerConnection<S> {
     peer: SocketAddr,
     writer: FrameWriter<OwnedWriteHalf>,
     /// Replies of handlers that run in their own task.
-    tx: mpsc::Sender<Frame>,
-    rx: mpsc::Receiver<Frame>,
+    tx: mpsc::Sender<Outbound>,
+    rx: mpsc::Receiver<Outbound>,
     in_flight: Arc<InFlight>,
     /// Highest call id accepted, announced in a go-away.
     last_id: u32,
@@ -301,7 +301,7 @@ where
     async fn drain_ready(
         &mut self,
         reader: &mut FrameReader<OwnedReadHalf>,
-        replies: &mut Vec<Frame>,
+        replies: &mut Vec<Outbound>,
         config: &ServerConfig,
     ) -> Result<(), ConnectionError> {
         while let Some(frame) = reader.try_next()? {
@@ -314,9 +314,12 @@ where
         Ok(self.writer.flush().await?)
     }
 
-    async fn push_replies(&mut self, replies: &mut Vec<Frame>) -> Result<(), ConnectionError> {
-        for frame in replies.drain(..) {
-            self.writer.push(frame).await?;
+    async fn push_replies(&mut self, replies: &mut Vec<Outbound>) -> Result<(), ConnectionError> {
+        for outbound in replies.drain(..) {
+            match outbound {
+                Outbound::Frame(frame) => self.writer.push(frame).await?,
+                Outbound::Encoded(frames) => self.writer.push_encoded(&frames).await?,
+            }
         }
         Ok(())
     }
@@ -484,7 +487,7 @@ where
                     },
                     Err(status) => error_frame(id, &status),
                 };
-                let _ = tx.send(frame).await;
+                let _ = tx.send(frame.into()).await;
             }
             in_flight.finish(id);
             drop(permit);
@@ -573,7 +576,7 @@ where
             let last = task.run::<S>(call_future).await;
             // Out of the table first: client frames that still arrive for it are ignored.
             in_flight.streams().remove(&id);
-            let _ = tx.send(last).await;
+            let _ = tx.send(last.into()).await;
             in_flight.finish(id);
             drop(permit);
         });
@@ -642,10 +645,7 @@ where
             Ok(response)
         }
         Ok(Err(status)) => Err(status),
-        Err(panic) => {
-            tracing::error!(service = %svc, method = %method, panic = %panic, "handler panicked");
-            Err(Status::internal(format!("the handler of {svc}.{method} panicked: {panic}")))
-        }
+        Err(panic) => Err(panicked(&svc, &method, &panic)),
     }
 }
 

@@ -2,10 +2,9 @@
 
 use crate::{
     stream::{Inbound, Inbox},
-    ByteStr, Codec, Metadata, RpcStream, Status,
+    ByteStr, Codec, Items, Metadata, RpcStream, Status,
 };
 use bytes::{Bytes, BytesMut};
-use futures_core::Stream;
 use rpc_codecs::{Idl, Message};
 use std::{
     fmt,
@@ -75,21 +74,9 @@ impl ServerRequest {
     /// Replies with a stream of items, encoded in the request's codec as the client's credit
     /// allows.
     pub fn reply_stream<T: Message>(&self, items: RpcStream<T>) -> Result<ServerResponse, Status> {
-        let codec = self.codec;
-        // Items of one stream are usually alike in size: start each buffer at the last one's.
-        let mut hint = 64;
-        let encoded = futures_util::StreamExt::map(items, move |item| {
-            let mut buf = BytesMut::with_capacity(hint);
-            codec.encode(&item?, &mut buf).map_err(|e| Status::internal(format!("stream item {e}")))?;
-            hint = buf.len().max(16);
-            Ok(buf.freeze())
-        });
-        Ok(ServerResponse { body: Bytes::new(), metadata: Metadata::new(), items: Some(Box::pin(encoded)) })
+        Ok(ServerResponse { body: Bytes::new(), metadata: Metadata::new(), items: Some(Items::try_new(items)) })
     }
 }
-
-/// Encoded items a handler streams back.
-pub type ItemStream = Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send>>;
 
 /// A successful reply, already encoded.
 #[derive(Default)]
@@ -99,7 +86,7 @@ pub struct ServerResponse {
     /// Metadata sent back to the caller (with the end of a stream).
     pub metadata: Metadata,
     /// The items of a streamed reply.
-    pub items: Option<ItemStream>,
+    pub items: Option<Items>,
 }
 
 impl fmt::Debug for ServerResponse {

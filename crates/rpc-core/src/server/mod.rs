@@ -14,5 +14,5 @@ mod stream;
 mod thrift;
 
 pub use builder::{RunningServer, Server, ServerBuilder};
-pub use dispatch::{Dispatch, IncomingStream, ItemStream, MethodInfo, ServerRequest, ServerResponse, ServiceInfo};
+pub use dispatch::{Dispatch, IncomingStream, MethodInfo, ServerRequest, ServerResponse, ServiceInfo};
 pub use router::Router;

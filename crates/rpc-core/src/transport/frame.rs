@@ -520,6 +520,20 @@ fn finish_frame(dst: &mut BytesMut, start: usize, max_frame_size: usize) -> Resu
     Ok(())
 }
 
+/// Appends the header of a frame to `dst` and returns where the frame starts; append the body,
+/// then call [`close_frame`] with that position.
+pub(crate) fn open_frame(dst: &mut BytesMut, id: u32, codec: u8, head: &Head) -> usize {
+    let start = dst.len();
+    put_head(dst, id, codec, head);
+    start
+}
+
+/// Fills in the length of the frame [`open_frame`] started at `start`, or removes it if it is
+/// larger than `max_frame_size`.
+pub(crate) fn close_frame(dst: &mut BytesMut, start: usize, max_frame_size: usize) -> Result<(), FrameError> {
+    finish_frame(dst, start, max_frame_size)
+}
+
 /// A frame built in its own send buffer: the header is written first, the body is encoded right
 /// after it by the caller, and the request id and length are filled in last. One allocation
 /// per frame, and the body is never copied.
@@ -676,7 +690,7 @@ mod tests {
         let frame = Frame { id: 9, codec: 1, head: Head::Item, body: Bytes::from_static(b"\x08\x01\x12\x02hi") };
         let mut buf = BytesMut::new();
         FrameCodec::default().encode(&frame, &mut buf).unwrap();
-        let expected: &[u8] = &[0, 0, 0, 0x0B, 0x0A, 0, 1, 0, 0, 0, 9, 0x08, 0x01, 0x12, 0x02, b'h', b'i'];
+        let expected: &[u8] = &[0, 0, 0, 0x0D, 0x0A, 0, 1, 0, 0, 0, 9, 0x08, 0x01, 0x12, 0x02, b'h', b'i'];
         assert_eq!(&buf[..], expected);
     }
 

@@ -10,4 +10,5 @@ pub use frame::{
     check_call_head, check_preface, Frame, FrameBuilder, FrameCodec, FrameError, Head, DEFAULT_MAX_FRAME_SIZE, PREFACE,
     VERSION,
 };
+pub(crate) use frame::{close_frame, open_frame};
 pub(crate) use writer::{FrameReader, FrameWriter, BATCH, FLUSH_AT};

@@ -39,6 +39,15 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.buf.extend_from_slice(bytes);
     }
 
+    /// Queues frames that are already encoded; writes right away only once the buffer is large.
+    pub(crate) async fn push_encoded(&mut self, frames: &[u8]) -> Result<(), FrameError> {
+        self.buf.extend_from_slice(frames);
+        if self.buf.len() >= FLUSH_AT {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
     /// Writes everything queued.
     pub(crate) async fn flush(&mut self) -> Result<(), FrameError> {
         while !self.buf.is_empty() {
