@@ -4,6 +4,7 @@ mod bench;
 mod call;
 mod demo;
 mod idl;
+mod registry;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -28,6 +29,21 @@ enum Command {
     Call(call::CallArgs),
     /// Print an example service's schema as .proto or .thrift.
     Idl(idl::IdlArgs),
+    /// Run a registry member, or ask one for the cluster's status.
+    Registry {
+        #[command(subcommand)]
+        command: registry::RegistryCommand,
+    },
+    /// Read, write and watch registry keys.
+    Kv {
+        #[command(subcommand)]
+        command: registry::KvCommand,
+    },
+    /// Grant, keep alive, revoke and list registry leases.
+    Lease {
+        #[command(subcommand)]
+        command: registry::LeaseCommand,
+    },
     /// Serve the benchmark service in this process (started by `rpc bench`).
     #[command(hide = true, name = "__bench-server")]
     BenchServer {
@@ -56,6 +72,9 @@ fn main() -> ExitCode {
             Command::Bench { what } => bench::run(what).await,
             Command::Call(args) => call::run(args).await,
             Command::Idl(args) => idl::run(args),
+            Command::Registry { command } => registry::run_registry(command).await,
+            Command::Kv { command } => registry::run_kv(command).await,
+            Command::Lease { command } => registry::run_lease(command).await,
             Command::BenchServer { kind } => bench::rpc::serve_child(&kind).await,
         }
     });

@@ -1,4 +1,20 @@
-//! The service registry: a replicated state machine on `rpc-raft`.
+//! The service registry: an etcd-like MVCC store replicated by `rpc-raft`, served over our own
+//! RPC.
 //!
-//! This crate is filled in by the registry work; today it only fixes its place in the dependency
-//! order (`rpc-lb` <- `rpc-registry` <- `rpc-cli`).
+//! - [`api`]: the data model and the request and reply types (etcd v3's).
+//! - [`store`]: the MVCC store and leases, a deterministic state machine.
+//! - [`command`]: what is replicated through Raft.
+//! - [`service`]: the RPC services, for clients and between members.
+//! - [`member`]: a running member: server, Raft thread, watches, lease clock.
+//! - [`client`]: a client that follows the leader across members.
+
+pub mod api;
+pub mod client;
+pub mod command;
+pub mod member;
+pub mod service;
+pub mod store;
+
+pub use client::{ClientError, RegistryClient};
+pub use member::{member_id, min_ttl_secs, MemberConfig, RunningMember};
+pub use service::{ErrorCode, RegistryApiClient, RegistryError};

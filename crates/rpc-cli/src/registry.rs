@@ -1,0 +1,323 @@
+//! `rpc registry ...` and `rpc kv ...`: running a registry member and using the registry.
+
+use crate::CliResult;
+use clap::{Args, Subcommand};
+use futures_util::StreamExt;
+use rpc_registry::{
+    api::{prefix_end, KeyValue, RangeRequest, WatchCreate, WatchRequest},
+    MemberConfig, RegistryClient, RunningMember,
+};
+use std::{path::PathBuf, time::Duration};
+
+/// `rpc registry ...`
+#[derive(Subcommand)]
+pub(crate) enum RegistryCommand {
+    /// Run a registry member until SIGTERM or Ctrl-C.
+    ///
+    /// With no --peers it is a one-member registry. For a cluster, start one process per
+    /// member, each with its own --name and the same --peers:
+    ///
+    ///   rpc registry serve --name n1 --data-dir d1 --listen 127.0.0.1:2401 \
+    ///       --peers n1=127.0.0.1:2401,n2=127.0.0.1:2402,n3=127.0.0.1:2403
+    ///
+    /// Restarting a member with the same --data-dir recovers it.
+    Serve(ServeArgs),
+    /// Print a member's view of the cluster: members, leader, term, revision, indexes, size.
+    Status(EndpointArgs),
+}
+
+/// Flags of `rpc registry serve`.
+#[derive(Args)]
+pub(crate) struct ServeArgs {
+    /// This member's name, unique in the cluster.
+    #[arg(long, default_value = "default")]
+    name: String,
+    /// Where the member keeps its Raft log and snapshots.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// The address to serve clients and peers on.
+    #[arg(long, default_value = "127.0.0.1:2379")]
+    listen: String,
+    /// Every member as NAME=ADDR, comma-separated, this one included.
+    #[arg(long, value_delimiter = ',')]
+    peers: Vec<String>,
+    /// Do not sync the log to disk (faster; acknowledged writes may be lost on power failure).
+    #[arg(long)]
+    no_fsync: bool,
+    /// Compact the history automatically, keeping this many revisions (0 keeps all).
+    #[arg(long, default_value_t = 0)]
+    retain_revisions: u64,
+}
+
+/// Which registry to talk to.
+#[derive(Args)]
+pub(crate) struct EndpointArgs {
+    /// Registry members, comma-separated; calls follow the leader.
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:2379")]
+    endpoints: Vec<String>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `rpc kv ...`
+#[derive(Subcommand)]
+pub(crate) enum KvCommand {
+    /// Print a key's value, or every key under a prefix with --prefix.
+    Get {
+        /// The key (or prefix).
+        key: String,
+        /// Treat the key as a prefix.
+        #[arg(long)]
+        prefix: bool,
+        #[command(flatten)]
+        endpoint: EndpointArgs,
+    },
+    /// Set a key.
+    Put {
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+        /// Bind the key to this lease (hex, as `rpc lease grant` prints it).
+        #[arg(long)]
+        lease: Option<String>,
+        #[command(flatten)]
+        endpoint: EndpointArgs,
+    },
+    /// Delete a key.
+    Del {
+        /// The key.
+        key: String,
+        #[command(flatten)]
+        endpoint: EndpointArgs,
+    },
+    /// Print changes of a key (or every key under a prefix) as they happen, until Ctrl-C.
+    Watch {
+        /// The key (or prefix).
+        key: String,
+        /// Treat the key as a prefix.
+        #[arg(long)]
+        prefix: bool,
+        /// Replay changes from this revision on first (inclusive).
+        #[arg(long, default_value_t = 0)]
+        rev: u64,
+        #[command(flatten)]
+        endpoint: EndpointArgs,
+    },
+}
+
+/// `rpc lease ...`
+#[derive(Subcommand)]
+pub(crate) enum LeaseCommand {
+    /// Grant a lease of TTL seconds and print its id (hex).
+    Grant {
+        /// Time to live in seconds (raised to the registry's minimum).
+        ttl: u64,
+        #[command(flatten)]
+        endpoint: EndpointArgs,
+    },
+    /// Revoke a lease, deleting its keys.
+    Revoke {
+        /// The lease id (hex).
+        id: String,
+        #[command(flatten)]
+        endpoint: EndpointArgs,
+    },
+    /// Keep a lease alive until Ctrl-C, printing its remaining time at each renewal.
+    Keepalive {
+        /// The lease id (hex).
+        id: String,
+        #[command(flatten)]
+        endpoint: EndpointArgs,
+    },
+    /// List the leases alive.
+    Ls {
+        #[command(flatten)]
+        endpoint: EndpointArgs,
+    },
+}
+
+pub(crate) async fn run_registry(command: RegistryCommand) -> CliResult {
+    match command {
+        RegistryCommand::Serve(args) => serve(args).await,
+        RegistryCommand::Status(endpoint) => {
+            let status = client(&endpoint).status().await?;
+            match endpoint.json {
+                true => println!("{}", serde_json::to_string(&status)?),
+                false => {
+                    let leader =
+                        status.members.iter().find(|m| m.id == status.leader).map_or("none", |m| m.name.as_str());
+                    let names: Vec<String> = status.members.iter().map(|m| format!("{}={}", m.name, m.addr)).collect();
+                    println!("members   {}", names.join(","));
+                    println!("leader    {leader}");
+                    println!("term      {}", status.header.raft_term);
+                    println!("revision  {}", status.header.revision);
+                    println!(
+                        "raft      index {} commit {} applied {}",
+                        status.raft_index, status.commit_index, status.applied_index
+                    );
+                    println!("db size   {} bytes, compacted to {}", status.db_size, status.compact_revision);
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> CliResult {
+    let mut peers = Vec::new();
+    for peer in &args.peers {
+        let (name, addr) = peer.split_once('=').ok_or_else(|| format!("--peers takes NAME=ADDR, not {peer:?}"))?;
+        peers.push((name.to_owned(), addr.to_owned()));
+    }
+    let mut config = MemberConfig::new(args.name, args.data_dir, args.listen).peers(peers);
+    config.fsync = !args.no_fsync;
+    config.retain_revisions = args.retain_revisions;
+    let member = RunningMember::start(config).await?;
+    println!("registry member {:x} serving on {}", member.id(), member.local_addr());
+    shutdown_signal().await?;
+    eprintln!("stopping: finishing running calls");
+    member.shutdown(Duration::from_secs(5)).await?;
+    Ok(())
+}
+
+/// Waits for SIGTERM or Ctrl-C.
+async fn shutdown_signal() -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => Ok(()),
+            signal = tokio::signal::ctrl_c() => signal,
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c().await
+}
+
+fn client(endpoint: &EndpointArgs) -> RegistryClient {
+    RegistryClient::connect(endpoint.endpoints.clone())
+}
+
+pub(crate) async fn run_kv(command: KvCommand) -> CliResult {
+    match command {
+        KvCommand::Get { key, prefix, endpoint } => {
+            let range_end = if prefix { prefix_end(key.as_bytes()) } else { Vec::new() };
+            let request = RangeRequest { key: key.into_bytes(), range_end, ..RangeRequest::default() };
+            let response = client(&endpoint).range(request).await?;
+            for kv in &response.kvs {
+                print_kv(kv, endpoint.json)?;
+            }
+            Ok(())
+        }
+        KvCommand::Put { key, value, lease, endpoint } => {
+            let lease = match lease {
+                Some(hex) => lease_id(&hex)?,
+                None => 0,
+            };
+            let request = rpc_registry::api::PutRequest {
+                key: key.into_bytes(),
+                value: value.into_bytes(),
+                lease,
+                ..Default::default()
+            };
+            let response = client(&endpoint).put_with(request).await?;
+            match endpoint.json {
+                true => println!("{}", serde_json::to_string(&response)?),
+                false => println!("OK (revision {})", response.header.revision),
+            }
+            Ok(())
+        }
+        KvCommand::Watch { key, prefix, rev, endpoint } => watch(key, prefix, rev, endpoint).await,
+        KvCommand::Del { key, endpoint } => {
+            let deleted = client(&endpoint).delete(key).await?;
+            match endpoint.json {
+                true => println!("{{\"deleted\":{deleted}}}"),
+                false => println!("{deleted}"),
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn watch(key: String, prefix: bool, rev: u64, endpoint: EndpointArgs) -> CliResult {
+    let range_end = if prefix { prefix_end(key.as_bytes()) } else { Vec::new() };
+    let create =
+        WatchCreate { key: key.into_bytes(), range_end, start_revision: rev, watch_id: 1, ..WatchCreate::default() };
+    let (requests, rx) = tokio::sync::mpsc::channel(1);
+    requests.send(WatchRequest::Create(create)).await?;
+    let mut responses = client(&endpoint).current().watch(rpc_core::stream::from_receiver(rx)).await?;
+    while let Some(response) = responses.next().await {
+        let response = response?;
+        if response.canceled {
+            return Err(format!("the watch ended: {}", response.cancel_reason).into());
+        }
+        for event in &response.events {
+            match endpoint.json {
+                true => println!("{}", serde_json::to_string(event)?),
+                false => println!(
+                    "{:?} {} @{}\n{}",
+                    event.kind,
+                    String::from_utf8_lossy(&event.kv.key),
+                    event.kv.mod_revision,
+                    String::from_utf8_lossy(&event.kv.value)
+                ),
+            }
+        }
+    }
+    drop(requests);
+    Ok(())
+}
+
+pub(crate) async fn run_lease(command: LeaseCommand) -> CliResult {
+    match command {
+        LeaseCommand::Grant { ttl, endpoint } => {
+            let granted = client(&endpoint).call(false, |c| async move { c.lease_grant(ttl, 0).await }).await?;
+            match endpoint.json {
+                true => println!("{}", serde_json::to_string(&granted)?),
+                false => println!("lease {:x} granted with TTL {}s", granted.id, granted.ttl),
+            }
+        }
+        LeaseCommand::Revoke { id, endpoint } => {
+            client(&endpoint).lease_revoke(lease_id(&id)?).await?;
+            println!("lease {id} revoked");
+        }
+        LeaseCommand::Keepalive { id, endpoint } => {
+            let id = lease_id(&id)?;
+            let ticks = futures_util::stream::unfold(true, move |first| async move {
+                if !first {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Some((id, false))
+            });
+            let mut renewals = client(&endpoint).current().lease_keep_alive(ticks).await?;
+            while let Some(renewal) = renewals.next().await {
+                let status = renewal??;
+                match endpoint.json {
+                    true => println!("{}", serde_json::to_string(&status)?),
+                    false => println!("lease {:x} renewed: {} ms left", status.id, status.remaining_ms),
+                }
+            }
+        }
+        LeaseCommand::Ls { endpoint } => {
+            let leases = client(&endpoint).call(true, |c| async move { c.lease_list().await }).await?;
+            for id in leases {
+                println!("{id:x}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn lease_id(hex: &str) -> Result<u64, String> {
+    u64::from_str_radix(hex, 16).map_err(|e| format!("lease id {hex:?} is not hex: {e}"))
+}
+
+fn print_kv(kv: &KeyValue, json: bool) -> CliResult {
+    match json {
+        true => println!("{}", serde_json::to_string(kv)?),
+        false => println!("{}\n{}", String::from_utf8_lossy(&kv.key), String::from_utf8_lossy(&kv.value)),
+    }
+    Ok(())
+}

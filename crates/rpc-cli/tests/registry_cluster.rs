@@ -1,0 +1,230 @@
+//! A registry of three `rpc registry serve` processes, faulted like a database: the leader is
+//! killed with SIGKILL and restarted, a member is paused with SIGSTOP and resumed, while clients
+//! read, write and compare-and-swap. The history they observe must be linearizable, and every
+//! acknowledged write must be there at the end.
+
+use rpc_raft::{
+    kv::{KvOp, KvOutput},
+    linearizability::{check, CheckResult, KvModel, Operation},
+};
+use rpc_registry::{
+    api::{Compare, CompareResult, CompareTarget, PutRequest, RequestOp, TxnRequest},
+    ClientError, ErrorCode, RegistryClient,
+};
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+struct Cluster {
+    dir: PathBuf,
+    peers: Vec<(String, String)>,
+    children: Vec<Option<Child>>,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let dir = std::env::temp_dir().join(format!("rpc-registry-cluster-{}-{nanos}", std::process::id()));
+        let listeners: Vec<_> = (0..3).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+        let peers =
+            listeners.iter().enumerate().map(|(i, l)| (format!("n{i}"), l.local_addr().unwrap().to_string())).collect();
+        drop(listeners);
+        let mut cluster = Cluster { dir, peers, children: vec![None, None, None] };
+        for i in 0..3 {
+            cluster.spawn(i);
+        }
+        cluster
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let peers: Vec<String> = self.peers.iter().map(|(n, a)| format!("{n}={a}")).collect();
+        let child = Command::new(env!("CARGO_BIN_EXE_rpc"))
+            .args(["registry", "serve", "--name", &self.peers[i].0, "--listen", &self.peers[i].1, "--peers"])
+            .arg(peers.join(","))
+            .arg("--data-dir")
+            .arg(self.dir.join(&self.peers[i].0))
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("the rpc binary starts");
+        self.children[i] = Some(child);
+    }
+
+    fn kill(&mut self, i: usize) {
+        let mut child = self.children[i].take().expect("the member is running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    fn signal(&self, i: usize, signal: &str) {
+        let pid = self.children[i].as_ref().expect("the member is running").id().to_string();
+        assert!(Command::new("kill").args([signal, &pid]).status().unwrap().success());
+    }
+
+    fn addrs(&self) -> Vec<String> {
+        self.peers.iter().map(|(_, a)| a.clone()).collect()
+    }
+
+    fn index_of(&self, id: u64) -> usize {
+        self.peers.iter().position(|(name, _)| rpc_registry::member_id(name) == id).expect("a member of the cluster")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in self.children.iter_mut().flatten() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The leader's index, once one member reports one.
+async fn leader(cluster: &Cluster) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        for addr in cluster.addrs() {
+            if let Ok(status) = RegistryClient::connect([addr]).status().await {
+                if status.leader != 0 {
+                    return cluster.index_of(status.leader);
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "no leader elected within 20 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn key(k: u64) -> Vec<u8> {
+    format!("lin/{k}").into_bytes()
+}
+
+/// Runs `op` against the registry; `None` when the outcome is unknown.
+async fn run(client: &RegistryClient, op: KvOp) -> Option<KvOutput> {
+    let outcome: Result<KvOutput, ClientError> = match op {
+        KvOp::Get { key: k } => client
+            .get(key(k))
+            .await
+            .map(|kv| KvOutput::Value(kv.map(|kv| String::from_utf8_lossy(&kv.value).parse().unwrap()))),
+        KvOp::Put { key: k, value } => client.put(key(k), value.to_string()).await.map(|_| KvOutput::Written),
+        KvOp::Cas { key: k, expected, new } => {
+            let compare = match expected {
+                Some(v) => Compare {
+                    key: key(k),
+                    result: CompareResult::Equal,
+                    target: CompareTarget::Value(v.to_string().into_bytes()),
+                },
+                None => Compare { key: key(k), result: CompareResult::Equal, target: CompareTarget::Version(0) },
+            };
+            let put = PutRequest { key: key(k), value: new.to_string().into_bytes(), ..PutRequest::default() };
+            let request =
+                TxnRequest { compare: vec![compare], success: vec![RequestOp::Put(put)], failure: Vec::new() };
+            client
+                .call(false, |c| {
+                    let request = request.clone();
+                    async move { c.txn(request).await }
+                })
+                .await
+                .map(|r| KvOutput::Swapped(r.succeeded))
+        }
+    };
+    match outcome {
+        Ok(output) => Some(output),
+        Err(ClientError::Registry(e)) if e.code == ErrorCode::InvalidRequest => {
+            panic!("a valid request was refused: {e}")
+        }
+        // Timed out or cut off: the write may or may not have happened, so its outcome is unknown.
+        Err(_) => None,
+    }
+}
+
+type History = Arc<Mutex<Vec<Operation<KvOp, KvOutput>>>>;
+
+/// A client that reads, writes and compares-and-swaps through every member (following the
+/// leader), or, given one member, only reads through it: linearizable reads must be current
+/// whichever member serves them.
+async fn client_loop(id: u64, addrs: Vec<String>, history: History, epoch: Instant, until: Arc<Mutex<bool>>) {
+    let reads_only = addrs.len() == 1;
+    let client = RegistryClient::connect(addrs);
+    let mut seed = id.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    while !*until.lock().unwrap() {
+        let k = next() % 3;
+        let op = match next() % 3 {
+            _ if reads_only => KvOp::Get { key: k },
+            0 => KvOp::Get { key: k },
+            1 => KvOp::Put { key: k, value: next() % 1000 },
+            _ => KvOp::Cas { key: k, expected: Some(next() % 1000).filter(|_| next() % 4 != 0), new: next() % 1000 },
+        };
+        let call = epoch.elapsed().as_nanos() as u64;
+        let output = run(&client, op).await;
+        let ret = output.map(|o| (epoch.elapsed().as_nanos() as u64, o));
+        history.lock().unwrap().push(Operation { client: id, input: op, call, ret });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_and_paused_members_lose_no_acknowledged_write_and_the_history_is_linearizable() {
+    let mut cluster = Cluster::start();
+    let first = leader(&cluster).await;
+    let history: History = Arc::default();
+    let stop = Arc::new(Mutex::new(false));
+    let epoch = Instant::now();
+    let mut clients: Vec<_> = (1..=4)
+        .map(|id| tokio::spawn(client_loop(id, cluster.addrs(), history.clone(), epoch, stop.clone())))
+        .collect();
+    for (i, addr) in cluster.addrs().into_iter().enumerate() {
+        clients.push(tokio::spawn(client_loop(10 + i as u64, vec![addr], history.clone(), epoch, stop.clone())));
+    }
+    let acknowledged = |history: &History| history.lock().unwrap().iter().filter(|op| op.ret.is_some()).count();
+    let wait_for_progress = |history: History, more: usize| async move {
+        let target = acknowledged(&history) + more;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while acknowledged(&history) < target {
+            assert!(Instant::now() < deadline, "the cluster made no progress for 30 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+
+    wait_for_progress(history.clone(), 100).await;
+    cluster.kill(first);
+    wait_for_progress(history.clone(), 100).await;
+    cluster.spawn(first);
+
+    let paused = leader(&cluster).await;
+    cluster.signal(paused, "-STOP");
+    wait_for_progress(history.clone(), 100).await;
+    cluster.signal(paused, "-CONT");
+    wait_for_progress(history.clone(), 100).await;
+
+    *stop.lock().unwrap() = true;
+    for client in clients {
+        client.await.unwrap();
+    }
+    let ops = history.lock().unwrap().clone();
+    assert!(ops.iter().filter(|op| op.ret.is_some()).count() >= 400);
+    assert_eq!(check(&KvModel, &ops), CheckResult::Linearizable, "{} operations", ops.len());
+
+    // The last acknowledged write of each key, if no unknown write could follow it, is what
+    // every member holds once they agree.
+    let client = RegistryClient::connect(cluster.addrs());
+    for k in 0..3 {
+        let read = run(&client, KvOp::Get { key: k }).await.expect("the final read succeeds");
+        let mut final_ops = ops.clone();
+        final_ops.push(Operation {
+            client: 99,
+            input: KvOp::Get { key: k },
+            call: u64::MAX - 1,
+            ret: Some((u64::MAX, read)),
+        });
+        assert_eq!(check(&KvModel, &final_ops), CheckResult::Linearizable, "key {k}'s final value");
+    }
+}

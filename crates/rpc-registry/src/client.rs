@@ -1,0 +1,191 @@
+//! [`RegistryClient`]: calls any member of a registry, follows its leader, and moves on from a
+//! member that is down.
+
+use crate::{
+    api::{DeleteRangeRequest, KeyValue, PutRequest, PutResponse, RangeRequest, RangeResponse, StatusResponse},
+    service::{ErrorCode, RegistryApiClient, RegistryError},
+};
+use rpc_core::{Channel, Status};
+use std::{
+    fmt,
+    future::Future,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+/// Tries per call across members before giving up.
+const ATTEMPTS: usize = 12;
+/// Pause between rounds over all members, doubling up to 1 s.
+const BACKOFF: Duration = Duration::from_millis(50);
+
+/// Why a registry call failed: the registry refused it, or no member could be reached.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ClientError {
+    /// The registry answered with an error.
+    Registry(RegistryError),
+    /// No member answered.
+    Unreachable(Status),
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::Registry(e) => e.fmt(f),
+            ClientError::Unreachable(status) => write!(f, "no registry member answered: {status}"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+/// A client of a registry cluster. Cheap to clone.
+#[derive(Clone)]
+pub struct RegistryClient {
+    members: Arc<Vec<(String, RegistryApiClient<Channel>)>>,
+    /// The member calls go to first: the leader, once known.
+    current: Arc<AtomicUsize>,
+}
+
+impl fmt::Debug for RegistryClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let addrs: Vec<&str> = self.members.iter().map(|(addr, _)| addr.as_str()).collect();
+        f.debug_struct("RegistryClient").field("members", &addrs).finish()
+    }
+}
+
+impl RegistryClient {
+    /// A client of the members at `addrs`; connects on first use, so members may still be
+    /// starting.
+    pub fn connect<I, A>(addrs: I) -> RegistryClient
+    where
+        I: IntoIterator<Item = A>,
+        A: Into<String>,
+    {
+        let members = addrs
+            .into_iter()
+            .map(|addr| {
+                let addr = addr.into();
+                let channel = Channel::builder(addr.clone())
+                    .timeout(Duration::from_secs(6))
+                    .connect_timeout(Duration::from_millis(500))
+                    .connect_lazy();
+                (addr, RegistryApiClient::new(channel))
+            })
+            .collect();
+        RegistryClient { members: Arc::new(members), current: Arc::new(AtomicUsize::new(0)) }
+    }
+
+    /// Calls `call` on the current member, moving to the leader it names, or to the next member
+    /// when it is unreachable or has no leader, until one answers. A call that may have reached
+    /// a member before failing is tried again only if `idempotent`.
+    pub async fn call<T, F, Fut>(&self, idempotent: bool, call: F) -> Result<T, ClientError>
+    where
+        F: Fn(RegistryApiClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<Result<T, RegistryError>, Status>>,
+    {
+        let mut backoff = BACKOFF;
+        let mut last = ClientError::Unreachable(Status::unavailable("no member was tried"));
+        for attempt in 0..ATTEMPTS * self.members.len().max(1) {
+            let index = self.current.load(Ordering::Relaxed) % self.members.len();
+            let client = self.members[index].1.clone();
+            let next = match call(client).await {
+                Ok(Ok(answer)) => return Ok(answer),
+                Ok(Err(e)) if e.code == ErrorCode::NotLeader && !e.leader.is_empty() => {
+                    let leader = self.members.iter().position(|(addr, _)| *addr == e.leader);
+                    last = ClientError::Registry(e);
+                    leader.unwrap_or(index + 1)
+                }
+                Ok(Err(e)) if e.not_started() => {
+                    last = ClientError::Registry(e);
+                    index + 1
+                }
+                Ok(Err(e)) => return Err(ClientError::Registry(e)),
+                Err(status) if status.not_started() || (idempotent && retryable(&status)) => {
+                    last = ClientError::Unreachable(status);
+                    index + 1
+                }
+                Err(status) => return Err(ClientError::Unreachable(status)),
+            };
+            self.current.store(next % self.members.len(), Ordering::Relaxed);
+            if (attempt + 1) % self.members.len() == 0 {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+        Err(last)
+    }
+
+    /// The value of `key`, read linearizably.
+    pub async fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<KeyValue>, ClientError> {
+        let request = RangeRequest { key: key.as_ref().to_vec(), ..RangeRequest::default() };
+        Ok(self.range(request).await?.kvs.into_iter().next())
+    }
+
+    /// Reads keys.
+    pub async fn range(&self, request: RangeRequest) -> Result<RangeResponse, ClientError> {
+        self.call(true, |c| {
+            let request = request.clone();
+            async move { c.range(request).await }
+        })
+        .await
+    }
+
+    /// Sets `key` to `value`.
+    pub async fn put(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<PutResponse, ClientError> {
+        let request =
+            PutRequest { key: key.as_ref().to_vec(), value: value.as_ref().to_vec(), ..PutRequest::default() };
+        self.put_with(request).await
+    }
+
+    /// Sets a key with every option of [`PutRequest`].
+    pub async fn put_with(&self, request: PutRequest) -> Result<PutResponse, ClientError> {
+        self.call(false, |c| {
+            let request = request.clone();
+            async move { c.put(request).await }
+        })
+        .await
+    }
+
+    /// Deletes `key`; answers how many keys were deleted (0 or 1).
+    pub async fn delete(&self, key: impl AsRef<[u8]>) -> Result<u64, ClientError> {
+        let request = DeleteRangeRequest { key: key.as_ref().to_vec(), ..DeleteRangeRequest::default() };
+        let response = self
+            .call(false, |c| {
+                let request = request.clone();
+                async move { c.delete_range(request).await }
+            })
+            .await?;
+        Ok(response.deleted)
+    }
+
+    /// Grants a lease of `ttl` seconds; answers its id.
+    pub async fn lease_grant(&self, ttl: u64) -> Result<u64, ClientError> {
+        Ok(self.call(false, |c| async move { c.lease_grant(ttl, 0).await }).await?.id)
+    }
+
+    /// Revokes lease `id`, deleting its keys.
+    pub async fn lease_revoke(&self, id: u64) -> Result<(), ClientError> {
+        self.call(true, |c| async move { c.lease_revoke(id).await }).await.map(drop)
+    }
+
+    /// The status of the member calls go to first.
+    pub async fn status(&self) -> Result<StatusResponse, ClientError> {
+        self.call(true, |c| async move { c.status().await.map(Ok) }).await
+    }
+
+    /// The RPC client of the member calls go to first, for calls this type does not wrap
+    /// (watch and keep-alive streams).
+    pub fn current(&self) -> RegistryApiClient<Channel> {
+        self.members[self.current.load(Ordering::Relaxed) % self.members.len()].1.clone()
+    }
+}
+
+/// Whether a transport failure of a call that may have reached a member means another member
+/// may do better.
+fn retryable(status: &Status) -> bool {
+    use rpc_core::Code;
+    status.not_started() || matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled)
+}

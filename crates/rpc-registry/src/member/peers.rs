@@ -1,0 +1,67 @@
+//! Raft messages on their way to other members, over our own RPC.
+//!
+//! One task per peer drains a bounded queue and delivers what it holds in one oneway call.
+//! When a peer is slow or down its queue fills and further messages are dropped: Raft resends
+//! what matters (appends, votes, heartbeats), and the Raft thread never waits on a peer.
+
+use crate::{api::Member, service::RaftPeerClient};
+use rpc_core::Channel;
+use rpc_raft::{codec::encode_message, Message};
+use std::{collections::HashMap, time::Duration};
+use tokio::sync::mpsc;
+
+/// Messages queued per peer before new ones are dropped.
+const QUEUE: usize = 4096;
+/// Bytes of messages per delivery call.
+const BATCH_BYTES: usize = 4 << 20;
+
+pub(super) struct Outbox {
+    peers: HashMap<u64, mpsc::Sender<Vec<u8>>>,
+}
+
+impl Outbox {
+    /// Starts a sender task per member other than `me`. Must run inside a Tokio runtime.
+    pub(super) fn start(me: u64, members: &[Member]) -> Outbox {
+        let peers = members
+            .iter()
+            .filter(|m| m.id != me)
+            .map(|m| {
+                let (tx, rx) = mpsc::channel(QUEUE);
+                tokio::spawn(deliver(m.addr.clone(), rx));
+                (m.id, tx)
+            })
+            .collect();
+        Outbox { peers }
+    }
+
+    /// Queues `messages` for their recipients, dropping those whose queue is full.
+    pub(super) fn send(&self, messages: &[Message]) {
+        for message in messages {
+            if let Some(peer) = self.peers.get(&message.to) {
+                let _ = peer.try_send(encode_message(message));
+            }
+        }
+    }
+}
+
+async fn deliver(addr: String, mut rx: mpsc::Receiver<Vec<u8>>) {
+    let channel =
+        Channel::builder(addr).timeout(Duration::from_secs(5)).connect_timeout(Duration::from_secs(1)).connect_lazy();
+    let client = RaftPeerClient::new(channel);
+    let mut batch = Vec::new();
+    while let Some(first) = rx.recv().await {
+        let mut bytes = first.len();
+        batch.push(first);
+        while bytes < BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(message) => {
+                    bytes += message.len();
+                    batch.push(message);
+                }
+                Err(_) => break,
+            }
+        }
+        // A peer that is down loses this batch; Raft retries on its own schedule.
+        let _ = client.deliver(std::mem::take(&mut batch)).await;
+    }
+}

@@ -1,0 +1,408 @@
+//! The thread that owns the member's Raft node: inputs in, one `Ready` at a time out.
+
+use super::{leases::LeaseClock, peers::Outbox, RaftView, Shared};
+use crate::{
+    api::Member,
+    command::{Command, Proposal},
+    service::{ErrorCode, RegistryError},
+    store::{Output, Store},
+};
+use rpc_core::Codec;
+use rpc_raft::{
+    storage::{DurableOptions, DurableStorage, StdFs},
+    ConfState, Config, EntryKind, Message, ProposeError, RawNode, Ready, Role, Storage,
+};
+use std::{
+    collections::{BTreeMap, HashMap},
+    io,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc, Arc,
+    },
+    time::{Duration, Instant},
+};
+use tokio::sync::oneshot;
+
+pub(super) type Node = RawNode<DurableStorage<StdFs>>;
+
+/// One Raft tick.
+const TICK: Duration = Duration::from_millis(10);
+/// Inputs waiting for the Raft thread; past this, handlers are refused rather than queued.
+const INPUT_QUEUE: usize = 64 * 1024;
+
+/// The answer to a write.
+pub(super) type WriteReply = oneshot::Sender<Result<Output, RegistryError>>;
+
+/// What the Raft thread is asked to do.
+pub(super) enum Input {
+    /// A message from a peer.
+    Peer(Message),
+    /// Replicate and apply a command; answer once applied here.
+    Propose(Command, WriteReply),
+    /// Answer once this member has applied everything committed before now (a linearizable
+    /// read barrier).
+    Read(oneshot::Sender<Result<(), RegistryError>>),
+    /// Renew a lease (leader only); answers its remaining milliseconds.
+    KeepAlive(u64, oneshot::Sender<Result<u64, RegistryError>>),
+    /// A lease's remaining milliseconds (leader only).
+    TimeToLive(u64, oneshot::Sender<Result<u64, RegistryError>>),
+}
+
+/// The handlers' end of the Raft thread's queue.
+pub(super) struct Inputs {
+    tx: mpsc::SyncSender<Input>,
+    stopped: Arc<AtomicBool>,
+}
+
+impl Inputs {
+    /// Queues `input`; fails if the Raft thread is overloaded or stopped.
+    pub(super) fn send(&self, input: Input) -> Result<(), RegistryError> {
+        self.tx.try_send(input).map_err(|e| match e {
+            mpsc::TrySendError::Full(_) => {
+                RegistryError::new(ErrorCode::NoLeader, "the member is overloaded; retry shortly or ask another member")
+            }
+            mpsc::TrySendError::Disconnected(_) => {
+                RegistryError::new(ErrorCode::NoLeader, "the member is shutting down; ask another member")
+            }
+        })
+    }
+
+    /// Tells the Raft thread to stop at its next wake-up.
+    pub(super) fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+    }
+}
+
+pub(super) struct Queue {
+    rx: mpsc::Receiver<Input>,
+    stopped: Arc<AtomicBool>,
+}
+
+pub(super) fn inputs() -> (Inputs, Queue) {
+    let (tx, rx) = mpsc::sync_channel(INPUT_QUEUE);
+    let stopped = Arc::new(AtomicBool::new(false));
+    (Inputs { tx, stopped: stopped.clone() }, Queue { rx, stopped })
+}
+
+/// Opens the member's storage and recovers its store from the latest snapshot.
+pub(super) fn open(config: &super::MemberConfig, id: u64, members: &[Member]) -> io::Result<(Node, Store)> {
+    let dir = config.data_dir.join("raft");
+    std::fs::create_dir_all(&dir)?;
+    let conf = ConfState::with_voters(members.iter().map(|m| m.id));
+    let opts = DurableOptions { sync: config.fsync, ..DurableOptions::default() };
+    let storage = DurableStorage::open(StdFs::new(), &dir.to_string_lossy(), opts, conf)
+        .map_err(|e| io::Error::other(format!("{}: {e}", dir.display())))?;
+    let snapshot = storage.snapshot().map_err(|e| io::Error::other(e.to_string()))?;
+    let store = match snapshot.data.is_empty() {
+        true => Store::new(config.limits.clone()),
+        false => Store::restore(&snapshot.data, config.limits.clone())
+            .map_err(|e| io::Error::other(format!("{}: the snapshot is unreadable: {e}", dir.display())))?,
+    };
+    let node = RawNode::new(Config::new(id), storage).map_err(|e| io::Error::other(e.to_string()))?;
+    Ok((node, store))
+}
+
+pub(super) fn spawn(
+    shared: Arc<Shared>,
+    node: Node,
+    queue: Queue,
+    outbox: Outbox,
+) -> io::Result<std::thread::JoinHandle<()>> {
+    let name = format!("raft-{}", shared.config.name);
+    std::thread::Builder::new().name(name).spawn(move || Driver::new(shared, node, outbox).run(queue))
+}
+
+/// The Raft thread's state besides the node.
+struct Driver {
+    shared: Arc<Shared>,
+    node: Node,
+    outbox: Outbox,
+    /// Writes proposed here, by sequence number, awaiting their application.
+    writes: HashMap<u64, WriteReply>,
+    next_seq: u64,
+    /// Read barriers sent to Raft, by context.
+    reads: HashMap<u64, oneshot::Sender<Result<(), RegistryError>>>,
+    /// Confirmed reads waiting for this member to apply up to their index.
+    confirmed: BTreeMap<u64, Vec<oneshot::Sender<Result<(), RegistryError>>>>,
+    leases: LeaseClock,
+    role: Role,
+    last_snapshot: u64,
+}
+
+impl Driver {
+    fn new(shared: Arc<Shared>, node: Node, outbox: Outbox) -> Driver {
+        let last_snapshot = node.storage().snapshot_meta().index;
+        let checkpoint = TICK * node_election_ticks();
+        Driver {
+            shared,
+            node,
+            outbox,
+            writes: HashMap::new(),
+            next_seq: 1,
+            reads: HashMap::new(),
+            confirmed: BTreeMap::new(),
+            leases: LeaseClock::new(checkpoint),
+            role: Role::Follower,
+            last_snapshot,
+        }
+    }
+
+    fn run(mut self, queue: Queue) {
+        if self.shared.members.len() == 1 {
+            self.node.campaign();
+        }
+        let mut next_tick = Instant::now() + TICK;
+        loop {
+            if queue.stopped.load(Ordering::Acquire) {
+                return;
+            }
+            let now = Instant::now();
+            if now >= next_tick {
+                self.node.tick();
+                self.on_tick(now);
+                next_tick = now + TICK;
+            }
+            match queue.rx.recv_timeout(next_tick.saturating_duration_since(Instant::now())) {
+                Ok(input) => {
+                    self.handle(input);
+                    // Take whatever else is queued, so one `Ready` carries it all.
+                    while let Ok(input) = queue.rx.try_recv() {
+                        self.handle(input);
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+            if let Err(e) = self.process_ready() {
+                tracing::error!(member = %self.shared.config.name, error = %e, "storage failed; stopping the member");
+                return;
+            }
+        }
+    }
+
+    fn not_leader(&self) -> RegistryError {
+        match self.node.leader() {
+            Some(leader) if leader != self.shared.id => {
+                let mut e = RegistryError::new(
+                    ErrorCode::NotLeader,
+                    format!("this member is not the leader; ask {}", self.shared.addr_of(leader)),
+                );
+                e.leader = self.shared.addr_of(leader);
+                e
+            }
+            _ => RegistryError::new(ErrorCode::NoLeader, "no leader is known yet (an election is under way); retry"),
+        }
+    }
+
+    fn handle(&mut self, input: Input) {
+        match input {
+            Input::Peer(message) => self.node.step(message),
+            Input::Propose(command, reply) => {
+                if let Err(e) = self.propose(command, Some(reply)) {
+                    tracing::debug!(error = %e, "proposal refused");
+                }
+            }
+            Input::Read(reply) => {
+                let ctx = self.next_seq;
+                self.next_seq += 1;
+                match self.node.read_index(ctx.to_be_bytes().to_vec()) {
+                    Ok(()) => {
+                        self.reads.insert(ctx, reply);
+                    }
+                    Err(_) => {
+                        let _ = reply.send(Err(self.not_leader()));
+                    }
+                }
+            }
+            Input::KeepAlive(id, reply) => {
+                let answer = match self.role {
+                    Role::Leader => self.leases.renew(id, &self.shared.lock().store, Instant::now()),
+                    _ => Err(self.not_leader()),
+                };
+                let _ = reply.send(answer);
+            }
+            Input::TimeToLive(id, reply) => {
+                let answer = match self.role {
+                    Role::Leader => self.leases.remaining(id, Instant::now()),
+                    _ => Err(self.not_leader()),
+                };
+                let _ = reply.send(answer);
+            }
+        }
+    }
+
+    /// Proposes `command`; the reply, if any, is answered when it is applied or refused.
+    fn propose(&mut self, command: Command, reply: Option<WriteReply>) -> Result<(), RegistryError> {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let proposal = Proposal { member: self.shared.id, seq, command };
+        let mut data = bytes::BytesMut::new();
+        let outcome = match Codec::Protobuf.encode(&proposal, &mut data) {
+            Ok(()) => self.node.propose(data.to_vec()).map_err(|e| match e {
+                ProposeError::NotLeader { .. } => self.not_leader(),
+                other => RegistryError::new(ErrorCode::NoLeader, format!("{other}; retry")),
+            }),
+            Err(e) => Err(RegistryError::new(ErrorCode::InvalidRequest, format!("the request cannot be encoded: {e}"))),
+        };
+        match (outcome, reply) {
+            (Ok(_), Some(reply)) => {
+                self.writes.insert(seq, reply);
+                Ok(())
+            }
+            (Ok(_), None) => Ok(()),
+            (Err(e), Some(reply)) => {
+                let _ = reply.send(Err(e.clone()));
+                Err(e)
+            }
+            (Err(e), None) => Err(e),
+        }
+    }
+
+    fn on_tick(&mut self, now: Instant) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let due = {
+            let state = self.shared.lock();
+            self.leases.due(&state.store, now)
+        };
+        for command in due {
+            // Refused only if leadership was just lost; the next leader takes over.
+            let _ = self.propose(command, None);
+        }
+        let retain = self.shared.config.retain_revisions;
+        if retain > 0 {
+            let (revision, compacted) = {
+                let state = self.shared.lock();
+                (state.store.revision(), state.store.compact_revision())
+            };
+            // Compacting in steps of `retain` keeps the work per compaction bounded.
+            if revision > compacted + 2 * retain {
+                let _ = self.propose(Command::Compact(revision - retain), None);
+            }
+        }
+    }
+
+    fn process_ready(&mut self) -> Result<(), rpc_raft::StorageError> {
+        while self.node.has_ready() {
+            let ready = self.node.ready();
+            self.node.persist_ready(&ready)?;
+            self.outbox.send(&ready.messages);
+            self.apply(&ready);
+            self.node.advance();
+        }
+        self.maybe_snapshot();
+        Ok(())
+    }
+
+    fn apply(&mut self, ready: &Ready) {
+        let now = Instant::now();
+        let status = self.node.status();
+        let mut state = self.shared.lock();
+        if let Some(snapshot) = &ready.snapshot {
+            match Store::restore(&snapshot.data, self.shared.config.limits.clone()) {
+                Ok(store) => {
+                    state.store = store;
+                    self.leases.restored(&state.store, now);
+                    let super::State { store, watchers, .. } = &mut *state;
+                    watchers.restored(store);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "a snapshot from the leader is unreadable; keeping the old state")
+                }
+            }
+        }
+        for entry in &ready.committed_entries {
+            if entry.kind != EntryKind::Normal || entry.data.is_empty() {
+                continue;
+            }
+            let proposal: Proposal = match Codec::Protobuf.decode(&entry.data) {
+                Ok(proposal) => proposal,
+                Err(e) => {
+                    tracing::error!(index = entry.index, error = %e, "a log entry is unreadable; skipped on every member");
+                    continue;
+                }
+            };
+            let applied = state.store.apply(&proposal.command);
+            self.leases.applied(&proposal.command, &state.store, now);
+            if !applied.events.is_empty() {
+                let revision = state.store.revision();
+                let header = self.shared.header(&state);
+                state.watchers.notify(&header, revision, &applied.events);
+            }
+            if proposal.member == self.shared.id {
+                if let Some(reply) = self.writes.remove(&proposal.seq) {
+                    let _ = reply.send(applied.output.map_err(RegistryError::from));
+                }
+            }
+        }
+        state.raft = RaftView {
+            term: status.term,
+            leader: status.leader.unwrap_or(0),
+            last_index: status.last_index,
+            commit: status.commit,
+            applied: status.applied.max(ready.committed_entries.last().map_or(0, |e| e.index)),
+        };
+        let applied = state.raft.applied;
+        drop(state);
+        for read in &ready.read_states {
+            let ctx = read.ctx.as_slice().try_into().map(u64::from_be_bytes).unwrap_or(0);
+            if let Some(reply) = self.reads.remove(&ctx) {
+                self.confirmed.entry(read.index).or_default().push(reply);
+            }
+        }
+        while let Some(entry) = self.confirmed.first_entry() {
+            if *entry.key() > applied {
+                break;
+            }
+            for reply in entry.remove() {
+                let _ = reply.send(Ok(()));
+            }
+        }
+        let role = self.node.role();
+        if role != self.role {
+            self.role_changed(role, now);
+        }
+    }
+
+    fn role_changed(&mut self, role: Role, now: Instant) {
+        let was_leader = self.role == Role::Leader;
+        self.role = role;
+        if role == Role::Leader {
+            let state = self.shared.lock();
+            self.leases.elected(&state.store, now);
+            tracing::info!(member = %self.shared.config.name, term = self.node.term(), "became the leader");
+        } else if was_leader {
+            self.leases.deposed();
+            // Writes proposed here may still commit under the next leader, or be dropped:
+            // the callers are told the outcome is unknown rather than left waiting.
+            for (_, reply) in self.writes.drain() {
+                let _ = reply.send(Err(RegistryError::new(
+                    ErrorCode::Timeout,
+                    "leadership changed before the write was applied; it may or may not have been; read to find out",
+                )));
+            }
+            for (_, reply) in self.reads.drain() {
+                let _ = reply
+                    .send(Err(RegistryError::new(ErrorCode::NoLeader, "leadership changed during the read; retry")));
+            }
+        }
+    }
+
+    fn maybe_snapshot(&mut self) {
+        let applied = self.node.status().applied;
+        if applied < self.last_snapshot + self.shared.config.snapshot_entries {
+            return;
+        }
+        let data = self.shared.lock().store.snapshot();
+        match self.node.compact(data) {
+            Ok(()) => self.last_snapshot = applied,
+            Err(e) => tracing::warn!(error = %e, "taking a snapshot failed; the log keeps growing until the next try"),
+        }
+    }
+}
+
+/// The default minimum election timeout, in ticks: leases are checkpointed this often.
+fn node_election_ticks() -> u32 {
+    Config::new(1).election_tick_min as u32
+}

@@ -1,0 +1,161 @@
+//! The registry over real sockets: one member, and a three-member cluster in one process.
+
+use futures_util::{stream, StreamExt};
+use rpc_core::Channel;
+use rpc_registry::{
+    api::{prefix_end, EventKind, PutRequest, WatchCreate, WatchRequest},
+    MemberConfig, RegistryApiClient, RegistryClient, RunningMember,
+};
+use std::{path::PathBuf, time::Duration};
+use tokio::sync::mpsc;
+
+/// A fresh directory under the system's temp dir, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let dir = std::env::temp_dir().join(format!("rpc-registry-{tag}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn one_member(dir: &TempDir) -> RunningMember {
+    let mut config = MemberConfig::new("solo", dir.0.join("solo"), "127.0.0.1:0");
+    config.fsync = false;
+    RunningMember::start(config).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_put_is_read_back_with_its_revisions_and_survives_a_restart() {
+    let dir = TempDir::new("restart");
+    let member = one_member(&dir).await;
+    let client = RegistryClient::connect([member.local_addr().to_string()]);
+    let first = client.put("svc/orders/1", "10.0.0.1:80").await.unwrap();
+    let second = client.put("svc/orders/1", "10.0.0.2:80").await.unwrap();
+    assert_eq!(second.header.revision, first.header.revision + 1);
+    let kv = client.get("svc/orders/1").await.unwrap().expect("the key exists");
+    assert_eq!(kv.value, b"10.0.0.2:80");
+    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (first.header.revision, second.header.revision, 2));
+    member.shutdown(Duration::from_secs(1)).await.unwrap();
+
+    let member = one_member(&dir).await;
+    let client = RegistryClient::connect([member.local_addr().to_string()]);
+    let kv = client.get("svc/orders/1").await.unwrap().expect("the key survived the restart");
+    assert_eq!(kv.value, b"10.0.0.2:80");
+    assert_eq!(client.delete("svc/orders/1").await.unwrap(), 1);
+    assert_eq!(client.get("svc/orders/1").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn a_watch_replays_history_then_follows_live_changes_in_order() {
+    let dir = TempDir::new("watch");
+    let member = one_member(&dir).await;
+    let client = RegistryClient::connect([member.local_addr().to_string()]);
+    let start = client.put("svc/a", "1").await.unwrap().header.revision;
+    client.put("svc/b", "2").await.unwrap();
+    client.put("other", "x").await.unwrap();
+
+    let api = RegistryApiClient::new(Channel::connect(member.local_addr().to_string()).await.unwrap());
+    let (requests, rx) = mpsc::channel(4);
+    requests
+        .send(WatchRequest::Create(WatchCreate {
+            key: b"svc/".to_vec(),
+            range_end: prefix_end(b"svc/"),
+            start_revision: start,
+            prev_kv: true,
+            watch_id: 7,
+            ..WatchCreate::default()
+        }))
+        .await
+        .unwrap();
+    let mut watch = api.watch(rpc_core::stream::from_receiver(rx)).await.unwrap();
+    let created = watch.next().await.unwrap().unwrap();
+    assert!(created.created && created.watch_id == 7);
+    client.delete("svc/a").await.unwrap();
+
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let response = watch.next().await.unwrap().unwrap();
+        seen.extend(response.events.into_iter().map(|e| (e.kind, e.kv.key, e.kv.mod_revision, e.prev_kv.is_some())));
+    }
+    let keys: Vec<(EventKind, &[u8])> = seen.iter().map(|(kind, key, ..)| (*kind, key.as_slice())).collect();
+    assert_eq!(keys, [(EventKind::Put, &b"svc/a"[..]), (EventKind::Put, b"svc/b"), (EventKind::Delete, b"svc/a")]);
+    assert!(seen.windows(2).all(|w| w[0].2 < w[1].2), "events come in revision order: {seen:?}");
+    assert!(seen[2].3, "the delete carries the key as it was");
+    drop(requests);
+}
+
+#[tokio::test]
+async fn keys_of_an_expired_lease_are_deleted_and_keep_alive_holds_them() {
+    let dir = TempDir::new("lease");
+    let member = one_member(&dir).await;
+    let client = RegistryClient::connect([member.local_addr().to_string()]);
+    let kept = client.lease_grant(1).await.unwrap();
+    let dropped = client.lease_grant(1).await.unwrap();
+    for (key, lease) in [("svc/kept", kept), ("svc/dropped", dropped)] {
+        let put = PutRequest { key: key.into(), value: b"x".to_vec(), lease, ..PutRequest::default() };
+        client.put_with(put).await.unwrap();
+    }
+    let api = client.current();
+    let ticks = stream::unfold((), move |()| async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        Some((kept, ()))
+    });
+    let mut alive = api.lease_keep_alive(ticks).await.unwrap();
+    let first = alive.next().await.unwrap().unwrap().unwrap();
+    assert_eq!((first.id, first.remaining_ms), (kept, 1000));
+    // Wait on the event (the expired key's deletion), polling the store, not on a fixed sleep.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while client.get("svc/dropped").await.unwrap().is_some() {
+        assert!(tokio::time::Instant::now() < deadline, "the lease without keep-alives never expired");
+        alive.next().await.unwrap().unwrap().unwrap();
+    }
+    assert!(client.get("svc/kept").await.unwrap().is_some(), "the kept-alive lease's key is still there");
+}
+
+#[tokio::test]
+async fn a_three_member_cluster_keeps_writing_after_its_leader_stops() {
+    let dir = TempDir::new("cluster");
+    let listeners: Vec<std::net::TcpListener> =
+        (0..3).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    let addrs: Vec<String> = listeners.iter().map(|l| l.local_addr().unwrap().to_string()).collect();
+    drop(listeners);
+    let peers: Vec<(String, String)> = addrs.iter().enumerate().map(|(i, a)| (format!("n{i}"), a.clone())).collect();
+    let mut members = Vec::new();
+    for (name, addr) in &peers {
+        let mut config = MemberConfig::new(name.clone(), dir.0.join(name), addr.clone()).peers(peers.clone());
+        config.fsync = false;
+        members.push(Some(RunningMember::start(config).await.unwrap()));
+    }
+    let client = RegistryClient::connect(addrs.clone());
+    for i in 0..20 {
+        client.put(format!("k{i}"), "v").await.unwrap();
+    }
+    let status = client.status().await.unwrap();
+    let leader = members.iter().position(|m| m.as_ref().is_some_and(|m| m.id() == status.leader));
+    let leader = leader.expect("the status names a leader among the members");
+    members[leader].take().unwrap().shutdown(Duration::from_millis(100)).await.unwrap();
+    for i in 20..40 {
+        client.put(format!("k{i}"), "v").await.unwrap();
+    }
+    let all = client
+        .range(rpc_registry::api::RangeRequest {
+            key: b"k".to_vec(),
+            range_end: prefix_end(b"k"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.count, 40, "every acknowledged write is there after the leader stopped");
+    let status = client.status().await.unwrap();
+    assert_ne!(status.leader, 0);
+    assert_ne!(status.leader, rpc_registry::member_id(&peers[leader].0), "a new leader was elected");
+}
