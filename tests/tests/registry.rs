@@ -3,8 +3,8 @@
 use futures_util::{stream, StreamExt};
 use rpc_core::Channel;
 use rpc_registry::{
-    api::{prefix_end, EventKind, PutRequest, WatchCreate, WatchRequest},
-    MemberConfig, RegistryApiClient, RegistryClient, RunningMember,
+    api::{prefix_end, EventKind, PutRequest, RangeRequest, RequestOp, TxnRequest, WatchCreate, WatchRequest},
+    ClientError, ErrorCode, MemberConfig, RegistryApiClient, RegistryClient, RunningMember,
 };
 use std::{path::PathBuf, time::Duration};
 use tokio::sync::mpsc;
@@ -122,6 +122,54 @@ async fn keys_of_an_expired_lease_are_deleted_and_keep_alive_holds_them() {
 }
 
 #[tokio::test]
+async fn bad_requests_get_typed_errors_and_lose_nothing() {
+    let dir = TempDir::new("bad");
+    let member = one_member(&dir).await;
+    let client = member.client();
+    client.put("kept", "1").await.unwrap();
+    let registry_error = |e: ClientError| match e {
+        ClientError::Registry(e) => e,
+        other => panic!("expected a registry error, got {other}"),
+    };
+
+    let huge = client.put("huge", vec![0u8; 2 << 20]).await.unwrap_err();
+    let huge = registry_error(huge);
+    assert_eq!(huge.code, ErrorCode::InvalidRequest, "{huge}");
+    assert!(huge.message.contains("over the limit"), "{huge}");
+
+    let put = |i: usize| RequestOp::Put(PutRequest { key: format!("t{i}").into(), ..PutRequest::default() });
+    let txn = TxnRequest { success: (0..200).map(put).collect(), ..TxnRequest::default() };
+    let api = client.current();
+    let too_many = api.txn(txn).await.unwrap().unwrap_err();
+    assert_eq!(too_many.code, ErrorCode::InvalidRequest, "{too_many}");
+
+    let orphan = PutRequest { key: b"orphan".to_vec(), lease: 0xdead, ..PutRequest::default() };
+    let orphan = registry_error(client.put_with(orphan).await.unwrap_err());
+    assert_eq!(orphan.code, ErrorCode::LeaseNotFound, "{orphan}");
+
+    let revision = client.put("kept", "2").await.unwrap().header.revision;
+    client.put("kept", "3").await.unwrap();
+    api.compact(revision).await.unwrap().unwrap();
+    let old = RangeRequest { key: b"kept".to_vec(), revision: revision - 1, ..RangeRequest::default() };
+    let compacted = registry_error(client.range(old).await.unwrap_err());
+    assert_eq!((compacted.code, compacted.compact_revision), (ErrorCode::Compacted, revision), "{compacted}");
+
+    let (requests, rx) = mpsc::channel(1);
+    let create = WatchCreate { key: b"kept".to_vec(), start_revision: 1, watch_id: 1, ..WatchCreate::default() };
+    requests.send(WatchRequest::Create(create)).await.unwrap();
+    let mut watch = api.watch(rpc_core::stream::from_receiver(rx)).await.unwrap();
+    let refused = watch.next().await.unwrap().unwrap();
+    assert!(refused.canceled, "a watch from a compacted revision is refused, not silently short");
+    assert_eq!(refused.compact_revision, revision);
+
+    // Garbage on the port costs that connection only.
+    let mut garbage = tokio::net::TcpStream::connect(member.local_addr()).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut garbage, b"\x00\x00\x00\x10GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    assert_eq!(client.get("kept").await.unwrap().unwrap().value, b"3", "acknowledged data is intact");
+    drop(requests);
+}
+
+#[tokio::test]
 async fn a_three_member_cluster_keeps_writing_after_its_leader_stops() {
     let dir = TempDir::new("cluster");
     let listeners: Vec<std::net::TcpListener> =
@@ -158,4 +206,69 @@ async fn a_three_member_cluster_keeps_writing_after_its_leader_stops() {
     let status = client.status().await.unwrap();
     assert_ne!(status.leader, 0);
     assert_ne!(status.leader, rpc_registry::member_id(&peers[leader].0), "a new leader was elected");
+}
+
+/// Three members in this process, serving on free ports.
+async fn cluster(dir: &TempDir) -> (Vec<(String, String)>, Vec<RunningMember>) {
+    let listeners: Vec<std::net::TcpListener> =
+        (0..3).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    let peers: Vec<(String, String)> =
+        listeners.iter().enumerate().map(|(i, l)| (format!("n{i}"), l.local_addr().unwrap().to_string())).collect();
+    drop(listeners);
+    let mut members = Vec::new();
+    for (name, addr) in &peers {
+        let mut config = MemberConfig::new(name.clone(), dir.0.join(name), addr.clone()).peers(peers.clone());
+        config.fsync = false;
+        members.push(RunningMember::start(config).await.unwrap());
+    }
+    (peers, members)
+}
+
+#[tokio::test]
+async fn a_lease_expires_on_time_across_three_leader_changes() {
+    let dir = TempDir::new("lease-elections");
+    let (peers, _members) = cluster(&dir).await;
+    let addrs: Vec<String> = peers.iter().map(|(_, a)| a.clone()).collect();
+    let client = RegistryClient::connect(addrs);
+    let ttl = Duration::from_secs(4);
+    let lease = client.lease_grant(ttl.as_secs()).await.unwrap();
+    let granted = tokio::time::Instant::now();
+    let put = PutRequest { key: b"svc/leased".to_vec(), value: b"x".to_vec(), lease, ..PutRequest::default() };
+    let revision = client.put_with(put).await.unwrap().header.revision;
+
+    // Three leader changes, a second apart, so a TTL restarted at each would end past 7 s.
+    for change in 1..=3 {
+        tokio::time::sleep_until(granted + Duration::from_millis(900 * change)).await;
+        let old = client.status().await.unwrap().leader;
+        let next = peers.iter().map(|(name, _)| rpc_registry::member_id(name)).find(|&id| id != old).unwrap();
+        client.move_leader(next).await.unwrap();
+        while client.status().await.unwrap().leader != next {
+            tokio::task::yield_now().await;
+        }
+    }
+    assert!(granted.elapsed() < ttl, "the leader changes took the whole TTL; the test proves nothing");
+
+    // Wait on the delete event; its time is when the lease expired.
+    let api = client.current();
+    let (requests, rx) = mpsc::channel(1);
+    let create = WatchCreate {
+        key: b"svc/leased".to_vec(),
+        start_revision: revision + 1,
+        watch_id: 1,
+        ..WatchCreate::default()
+    };
+    requests.send(WatchRequest::Create(create)).await.unwrap();
+    let mut watch = api.watch(rpc_core::stream::from_receiver(rx)).await.unwrap();
+    let deleted = loop {
+        let response = watch.next().await.unwrap().unwrap();
+        if let Some(event) = response.events.first() {
+            assert_eq!(event.kind, EventKind::Delete);
+            break granted.elapsed();
+        }
+    };
+    // Each change may add one checkpoint interval (150 ms) to the expiry; etcd restarts the
+    // whole TTL at each election, which would put it past the last change plus 4 s (> 6.7 s).
+    assert!(deleted >= ttl, "the lease expired early, after {deleted:?}");
+    assert!(deleted < ttl + Duration::from_millis(3 * 150 + 500), "the lease expired after {deleted:?}");
+    drop(requests);
 }

@@ -24,6 +24,13 @@ pub(crate) enum RegistryCommand {
     Serve(ServeArgs),
     /// Print a member's view of the cluster: members, leader, term, revision, indexes, size.
     Status(EndpointArgs),
+    /// Hand leadership to the member named NAME (for maintenance of the current leader).
+    MoveLeader {
+        /// The member to lead.
+        name: String,
+        #[command(flatten)]
+        endpoint: EndpointArgs,
+    },
 }
 
 /// Flags of `rpc registry serve`.
@@ -141,6 +148,11 @@ pub(crate) enum LeaseCommand {
 pub(crate) async fn run_registry(command: RegistryCommand) -> CliResult {
     match command {
         RegistryCommand::Serve(args) => serve(args).await,
+        RegistryCommand::MoveLeader { name, endpoint } => {
+            client(&endpoint).move_leader(rpc_registry::member_id(&name)).await?;
+            println!("leadership is moving to {name}");
+            Ok(())
+        }
         RegistryCommand::Status(endpoint) => {
             let status = client(&endpoint).status().await?;
             match endpoint.json {

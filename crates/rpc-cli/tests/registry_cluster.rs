@@ -3,12 +3,15 @@
 //! read, write and compare-and-swap. The history they observe must be linearizable, and every
 //! acknowledged write must be there at the end.
 
+use futures_util::StreamExt;
 use rpc_raft::{
     kv::{KvOp, KvOutput},
     linearizability::{check, CheckResult, KvModel, Operation},
 };
 use rpc_registry::{
-    api::{Compare, CompareResult, CompareTarget, PutRequest, RequestOp, TxnRequest},
+    api::{
+        prefix_end, Compare, CompareResult, CompareTarget, PutRequest, RangeRequest, RequestOp, TxnRequest, WatchCreate,
+    },
     ClientError, ErrorCode, RegistryClient,
 };
 use std::{
@@ -98,6 +101,10 @@ async fn leader(cluster: &Cluster) -> usize {
     }
 }
 
+fn client_for(cluster: &Cluster) -> RegistryClient {
+    RegistryClient::connect(cluster.addrs())
+}
+
 fn key(k: u64) -> Vec<u8> {
     format!("lin/{k}").into_bytes()
 }
@@ -178,6 +185,23 @@ async fn killed_and_paused_members_lose_no_acknowledged_write_and_the_history_is
     let history: History = Arc::default();
     let stop = Arc::new(Mutex::new(false));
     let epoch = Instant::now();
+    // A watcher of every key the clients touch, across the faults: it must see each change
+    // once, in order, with no gap. It starts on the member about to be killed, so it must
+    // resume elsewhere.
+    let mut addrs = cluster.addrs();
+    addrs.rotate_left(first);
+    let watcher = RegistryClient::connect(addrs);
+    let spec =
+        WatchCreate { key: b"lin/".to_vec(), range_end: prefix_end(b"lin/"), start_revision: 1, ..Default::default() };
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let mut watch = watcher.watch(spec.clone());
+    tokio::spawn(async move {
+        while let Some(Ok(response)) = watch.next().await {
+            for event in response.events {
+                let _ = seen_tx.send((event.kv.mod_revision, event.kv.key, event.kv.value));
+            }
+        }
+    });
     let mut clients: Vec<_> = (1..=4)
         .map(|id| tokio::spawn(client_loop(id, cluster.addrs(), history.clone(), epoch, stop.clone())))
         .collect();
@@ -212,6 +236,24 @@ async fn killed_and_paused_members_lose_no_acknowledged_write_and_the_history_is
     let ops = history.lock().unwrap().clone();
     assert!(ops.iter().filter(|op| op.ret.is_some()).count() >= 400);
     assert_eq!(check(&KvModel, &ops), CheckResult::Linearizable, "{} operations", ops.len());
+
+    // The watcher saw exactly the store's history of those keys, as a fresh watch replays it.
+    let last = client_for(&cluster).range(RangeRequest { key: b"lin/".to_vec(), ..Default::default() }).await.unwrap();
+    let last = last.header.revision;
+    let mut observed: Vec<(u64, Vec<u8>, Vec<u8>)> = Vec::new();
+    while observed.last().is_none_or(|(revision, ..)| *revision < last) {
+        let event = tokio::time::timeout(Duration::from_secs(30), seen.recv()).await;
+        observed.push(event.expect("the watcher keeps up within 30 s").expect("the watcher is running"));
+    }
+    let mut replay = client_for(&cluster).watch(spec);
+    let mut expected = Vec::new();
+    while expected.len() < observed.len() {
+        for event in replay.next().await.unwrap().unwrap().events {
+            expected.push((event.kv.mod_revision, event.kv.key, event.kv.value));
+        }
+    }
+    assert_eq!(observed.len(), expected.len());
+    assert!(observed == expected, "the watcher's events differ from the history");
 
     // The last acknowledged write of each key, if no unknown write could follow it, is what
     // every member holds once they agree.

@@ -2,19 +2,26 @@
 //! member that is down.
 
 use crate::{
-    api::{DeleteRangeRequest, KeyValue, PutRequest, PutResponse, RangeRequest, RangeResponse, StatusResponse},
+    api::{
+        DeleteRangeRequest, KeyValue, PutRequest, PutResponse, RangeRequest, RangeResponse, StatusResponse,
+        WatchCreate, WatchRequest, WatchResponse,
+    },
     service::{ErrorCode, RegistryApiClient, RegistryError},
 };
+use futures_util::{Stream, StreamExt};
 use rpc_core::{Channel, Status};
 use std::{
     fmt,
     future::Future,
+    pin::Pin,
     sync::{
         atomic::{AtomicUsize, Ordering},
         Arc,
     },
+    task::{Context, Poll},
     time::Duration,
 };
+use tokio::sync::mpsc;
 
 /// Tries per call across members before giving up.
 const ATTEMPTS: usize = 12;
@@ -171,15 +178,98 @@ impl RegistryClient {
         self.call(true, |c| async move { c.lease_revoke(id).await }).await.map(drop)
     }
 
+    /// Hands leadership to member `to` (see [`crate::member_id`]); returns once the transfer
+    /// has started.
+    pub async fn move_leader(&self, to: u64) -> Result<(), ClientError> {
+        self.call(true, |c| async move { c.move_leader(to).await }).await
+    }
+
     /// The status of the member calls go to first.
     pub async fn status(&self) -> Result<StatusResponse, ClientError> {
         self.call(true, |c| async move { c.status().await.map(Ok) }).await
+    }
+
+    /// Watches the keys `spec` selects, from `spec.start_revision` (0: from now), across
+    /// member failures: when its member dies the watch resumes on another from the revision
+    /// after the last it delivered, so every event arrives once, in order. Yields responses
+    /// with events, and progress notifications; ends with an error if the history it needs was
+    /// compacted. Dropping the stream ends the watch.
+    pub fn watch(&self, spec: WatchCreate) -> Watch {
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(follow(self.clone(), spec, tx));
+        Watch { rx }
     }
 
     /// The RPC client of the member calls go to first, for calls this type does not wrap
     /// (watch and keep-alive streams).
     pub fn current(&self) -> RegistryApiClient<Channel> {
         self.members[self.current.load(Ordering::Relaxed) % self.members.len()].1.clone()
+    }
+}
+
+/// A watch that survives member failures; see [`RegistryClient::watch`].
+#[derive(Debug)]
+pub struct Watch {
+    rx: mpsc::Receiver<Result<WatchResponse, ClientError>>,
+}
+
+impl Stream for Watch {
+    type Item = Result<WatchResponse, ClientError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+/// Keeps one watch open on some member, resuming after the last revision delivered.
+async fn follow(client: RegistryClient, mut spec: WatchCreate, out: mpsc::Sender<Result<WatchResponse, ClientError>>) {
+    let mut backoff = BACKOFF;
+    loop {
+        let (requests, rx) = mpsc::channel(1);
+        if requests.send(WatchRequest::Create(spec.clone())).await.is_err() {
+            return;
+        }
+        let member = client.current();
+        let opened = member.watch(rpc_core::stream::from_receiver(rx)).await;
+        if let Ok(mut responses) = opened {
+            while let Some(Ok(response)) = responses.next().await {
+                backoff = BACKOFF;
+                if response.canceled {
+                    let code = match response.compact_revision {
+                        0 => ErrorCode::InvalidRequest,
+                        _ => ErrorCode::Compacted,
+                    };
+                    let mut error = RegistryError::new(code, response.cancel_reason.clone());
+                    error.compact_revision = response.compact_revision;
+                    let _ = out.send(Err(ClientError::Registry(error))).await;
+                    return;
+                }
+                // Where to resume: after the last event, or after what a progress
+                // notification vouches for; a watch from now starts after its creation.
+                let seen = match response.events.last() {
+                    Some(event) => Some(event.kv.mod_revision),
+                    None if response.created => (spec.start_revision == 0).then_some(response.header.revision),
+                    None => Some(response.header.revision),
+                };
+                if let Some(seen) = seen {
+                    spec.start_revision = spec.start_revision.max(seen + 1);
+                }
+                if response.created {
+                    continue;
+                }
+                if out.send(Ok(response)).await.is_err() {
+                    return;
+                }
+            }
+        }
+        if out.is_closed() {
+            return;
+        }
+        // The member failed or went away: try the next one.
+        let next = (client.current.load(Ordering::Relaxed) + 1) % client.members.len();
+        client.current.store(next, Ordering::Relaxed);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(1));
     }
 }
 

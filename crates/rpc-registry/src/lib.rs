@@ -15,6 +15,6 @@ pub mod member;
 pub mod service;
 pub mod store;
 
-pub use client::{ClientError, RegistryClient};
+pub use client::{ClientError, RegistryClient, Watch};
 pub use member::{member_id, min_ttl_secs, MemberConfig, RunningMember};
 pub use service::{ErrorCode, RegistryApiClient, RegistryError};

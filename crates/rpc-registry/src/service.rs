@@ -117,6 +117,9 @@ pub trait RegistryApi {
     /// Every lease alive.
     #[idempotent]
     async fn lease_list(&self) -> Result<Vec<u64>, RegistryError>;
+    /// Hands leadership to member `to` (the leader answers once the transfer has started; the
+    /// new leader takes over within an election timeout).
+    async fn move_leader(&self, to: u64) -> Result<(), RegistryError>;
     /// The answering member's view of the cluster.
     #[idempotent]
     async fn status(&self) -> StatusResponse;

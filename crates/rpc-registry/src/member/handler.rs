@@ -127,6 +127,15 @@ impl RegistryApi for Api {
 
     async fn txn(&self, request: TxnRequest) -> Result<TxnResponse, RegistryError> {
         self.check_size(txn_bytes(&request))?;
+        let ops = request.compare.len() + request.success.len() + request.failure.len();
+        let max = self.shared.config.limits.max_txn_ops;
+        if ops > max {
+            // Refused here too, so an oversized transaction never takes a place in the log.
+            return Err(RegistryError::new(
+                ErrorCode::InvalidRequest,
+                format!("the transaction has {ops} operations, over the limit of {max}; split it"),
+            ));
+        }
         match self.write(Command::Txn(request)).await? {
             Output::Txn(mut response) => {
                 response.header = crate::api::Header { revision: response.header.revision, ..self.header() };
@@ -205,6 +214,12 @@ impl RegistryApi for Api {
     async fn lease_list(&self) -> Result<Vec<u64>, RegistryError> {
         self.read_barrier().await?;
         Ok(self.shared.lock().store.leases().map(|l| l.id).collect())
+    }
+
+    async fn move_leader(&self, to: u64) -> Result<(), RegistryError> {
+        let (tx, rx) = oneshot::channel();
+        self.shared.inputs.send(Input::MoveLeader(to, tx))?;
+        self.wait(rx).await?
     }
 
     async fn status(&self) -> StatusResponse {

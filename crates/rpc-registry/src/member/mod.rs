@@ -198,7 +198,9 @@ impl RunningMember {
         let outbox = peers::Outbox::start(id, &members);
         let raft = raft::spawn(shared.clone(), node, queue, outbox)?;
         let server = Server::builder()
-            .max_frame_size(config.max_request_bytes + (64 << 10))
+            // Room above the request limit, so a request somewhat over it gets a typed refusal
+            // rather than a closed connection.
+            .max_frame_size(2 * config.max_request_bytes + (64 << 10))
             .add_service(RegistryApiServer::new(handler::Api::new(shared.clone())))
             .add_service(RaftPeerServer::new(handler::Peer::new(shared.clone())))
             .start_on(listener);

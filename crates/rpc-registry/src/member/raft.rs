@@ -46,6 +46,8 @@ pub(super) enum Input {
     KeepAlive(u64, oneshot::Sender<Result<u64, RegistryError>>),
     /// A lease's remaining milliseconds (leader only).
     TimeToLive(u64, oneshot::Sender<Result<u64, RegistryError>>),
+    /// Hand leadership to a member (leader only).
+    MoveLeader(u64, oneshot::Sender<Result<(), RegistryError>>),
 }
 
 /// The handlers' end of the Raft thread's queue.
@@ -217,6 +219,15 @@ impl Driver {
             Input::KeepAlive(id, reply) => {
                 let answer = match self.role {
                     Role::Leader => self.leases.renew(id, &self.shared.lock().store, Instant::now()),
+                    _ => Err(self.not_leader()),
+                };
+                let _ = reply.send(answer);
+            }
+            Input::MoveLeader(to, reply) => {
+                let answer = match self.role {
+                    Role::Leader => self.node.transfer_leader(to).map_err(|e| {
+                        RegistryError::new(ErrorCode::InvalidRequest, format!("cannot move leadership to {to:x}: {e}"))
+                    }),
                     _ => Err(self.not_leader()),
                 };
                 let _ = reply.send(answer);

@@ -48,6 +48,11 @@ impl Watchers {
     pub(super) fn notify(&mut self, header: &Header, revision: u64, events: &[Event]) {
         let mut fell_behind = Vec::new();
         for (&key, watcher) in &self.watchers {
+            // A watch resumed on a member that lags behind the one it left must not see again
+            // what it has seen.
+            if revision < watcher.spec.start_revision {
+                continue;
+            }
             let selected = select(&watcher.spec, events);
             if selected.is_empty() {
                 continue;
