@@ -23,27 +23,69 @@ use std::{
 
 struct Cluster {
     dir: PathBuf,
+    /// Each member's name and the address it listens on.
     peers: Vec<(String, String)>,
+    /// What each member is told of its peers: their addresses, or the proxies to them.
+    views: Vec<Vec<(String, String)>>,
+    /// The proxy from member `from` to member `to`, when the cluster was started with them.
+    proxies: Vec<(usize, usize, Proxy)>,
     children: Vec<Option<Child>>,
 }
 
 impl Cluster {
     fn start() -> Cluster {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-        let dir = std::env::temp_dir().join(format!("rpc-registry-cluster-{}-{nanos}", std::process::id()));
-        let listeners: Vec<_> = (0..3).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-        let peers =
-            listeners.iter().enumerate().map(|(i, l)| (format!("n{i}"), l.local_addr().unwrap().to_string())).collect();
-        drop(listeners);
-        let mut cluster = Cluster { dir, peers, children: vec![None, None, None] };
+        let mut cluster = Cluster::new();
+        cluster.views = vec![cluster.peers.clone(); 3];
         for i in 0..3 {
             cluster.spawn(i);
         }
         cluster
     }
 
+    /// A cluster whose members reach each other through proxies that can be cut.
+    async fn start_partitionable() -> Cluster {
+        let mut cluster = Cluster::new();
+        for from in 0..3 {
+            let mut view = Vec::new();
+            for to in 0..3 {
+                let (name, addr) = cluster.peers[to].clone();
+                if from == to {
+                    view.push((name, addr));
+                    continue;
+                }
+                let proxy = Proxy::start(addr).await;
+                view.push((name, proxy.addr.clone()));
+                cluster.proxies.push((from, to, proxy));
+            }
+            cluster.views.push(view);
+        }
+        for i in 0..3 {
+            cluster.spawn(i);
+        }
+        cluster
+    }
+
+    fn new() -> Cluster {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let dir = std::env::temp_dir().join(format!("rpc-registry-cluster-{}-{nanos}", std::process::id()));
+        let listeners: Vec<_> = (0..3).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+        let peers =
+            listeners.iter().enumerate().map(|(i, l)| (format!("n{i}"), l.local_addr().unwrap().to_string())).collect();
+        drop(listeners);
+        Cluster { dir, peers, views: Vec::new(), proxies: Vec::new(), children: vec![None, None, None] }
+    }
+
+    /// Cuts (or restores) every link between member `i` and the others, both ways.
+    fn isolate(&self, i: usize, cut: bool) {
+        for (from, to, proxy) in &self.proxies {
+            if *from == i || *to == i {
+                proxy.cut.send_replace(cut);
+            }
+        }
+    }
+
     fn spawn(&mut self, i: usize) {
-        let peers: Vec<String> = self.peers.iter().map(|(n, a)| format!("{n}={a}")).collect();
+        let peers: Vec<String> = self.views[i].iter().map(|(n, a)| format!("{n}={a}")).collect();
         let child = Command::new(env!("CARGO_BIN_EXE_rpc"))
             .args(["registry", "serve", "--name", &self.peers[i].0, "--listen", &self.peers[i].1, "--peers"])
             .arg(peers.join(","))
@@ -72,6 +114,38 @@ impl Cluster {
 
     fn index_of(&self, id: u64) -> usize {
         self.peers.iter().position(|(name, _)| rpc_registry::member_id(name) == id).expect("a member of the cluster")
+    }
+}
+
+/// A TCP proxy that can cut its connections and refuse new ones: a network partition.
+struct Proxy {
+    addr: String,
+    cut: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Proxy {
+    async fn start(target: String) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let cut = Arc::new(tokio::sync::watch::Sender::new(false));
+        let state = cut.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if *state.borrow() {
+                    continue;
+                }
+                let target = target.clone();
+                let mut cut = state.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.wait_for(|cut| *cut) => {}
+                    }
+                });
+            }
+        });
+        Proxy { addr, cut }
     }
 }
 
@@ -268,5 +342,35 @@ async fn killed_and_paused_members_lose_no_acknowledged_write_and_the_history_is
             ret: Some((u64::MAX, read)),
         });
         assert_eq!(check(&KvModel, &final_ops), CheckResult::Linearizable, "key {k}'s final value");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_leader_serves_no_stale_reads_and_catches_up_when_healed() {
+    let cluster = Cluster::start_partitionable().await;
+    let old = leader(&cluster).await;
+    let everyone = RegistryClient::connect(cluster.addrs());
+    everyone.put("lin/0", "1").await.unwrap();
+
+    cluster.isolate(old, true);
+    let majority: Vec<String> =
+        cluster.addrs().into_iter().enumerate().filter(|(i, _)| *i != old).map(|(_, a)| a).collect();
+    RegistryClient::connect(majority).put("lin/0", "2").await.expect("the majority elects a leader and writes");
+
+    let isolated = RegistryClient::connect([cluster.peers[old].1.clone()]).current();
+    let read = |serializable| RangeRequest { key: b"lin/0".to_vec(), serializable, ..RangeRequest::default() };
+    let linearizable = isolated.range(read(false)).timeout(Duration::from_secs(2)).await;
+    assert!(!matches!(&linearizable, Ok(Ok(_))), "the isolated member served a linearizable read: {linearizable:?}");
+    let stale = isolated.range(read(true)).await.unwrap().unwrap();
+    assert_eq!(stale.kvs[0].value, b"1", "a serializable read shows the member's own, stale state");
+
+    cluster.isolate(old, false);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(Ok(current)) = isolated.range(read(false)).timeout(Duration::from_secs(2)).await {
+            assert_eq!(current.kvs[0].value, b"2", "once healed, the member reads the majority's write");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the healed member never served a linearizable read");
     }
 }
