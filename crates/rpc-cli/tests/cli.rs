@@ -80,3 +80,41 @@ impl Adder for Plain {
         a + b
     }
 }
+
+#[test]
+fn registry_serve_answers_kv_and_lease_commands_and_stops_cleanly_on_sigterm() {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let dir = std::env::temp_dir().join(format!("rpc-cli-registry-{}-{nanos}", std::process::id()));
+    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let mut member = Command::new(env!("CARGO_BIN_EXE_rpc"))
+        .args(["registry", "serve", "--name", "solo", "--listen", &addr, "--data-dir"])
+        .arg(&dir)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let endpoint = ["--endpoints", &addr];
+    let (ok, out, err) = rpc(&[&["kv", "put", "svc/a", "10.0.0.1"][..], &endpoint].concat());
+    assert!(ok, "put failed: {err}");
+    assert!(out.contains("OK (revision 1)"), "{out}");
+    let (ok, out, err) = rpc(&[&["kv", "get", "--json", "--prefix", "svc/"][..], &endpoint].concat());
+    assert!(ok, "get failed: {err}");
+    let kv: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(kv["mod_revision"], 1, "{kv}");
+    let (ok, out, err) = rpc(&[&["lease", "grant", "60"][..], &endpoint].concat());
+    assert!(ok && out.starts_with("lease "), "grant failed: {out} {err}");
+    let (ok, out, _) = rpc(&[&["registry", "status", "--json"][..], &endpoint].concat());
+    let status: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(ok && status["leases"] == 1 && status["leader"] != 0, "{status}");
+
+    assert!(Command::new("kill").args(["-TERM", &member.id().to_string()]).status().unwrap().success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let exit = loop {
+        if let Some(exit) = member.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(std::time::Instant::now() < deadline, "the member ignored SIGTERM for 10 s");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(exit.success(), "the member exited with {exit}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
