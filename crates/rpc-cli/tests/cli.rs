@@ -34,6 +34,21 @@ fn bench_rpc_prints_one_json_object_per_scenario_and_subject() {
 }
 
 #[test]
+fn bench_registry_measures_three_members_against_three_etcd_members() {
+    let args = ["bench", "registry", "--json", "--seconds", "0.2", "--watch-puts", "20"];
+    let (ok, out, err) = rpc(&args);
+    assert!(ok, "bench failed: {err}");
+    let rows: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 7, "{out}");
+    for row in &rows {
+        // etcd-server is installed by .ci/run; without it the etcd column is empty and this fails.
+        for field in ["rpc", "etcd", "ratio"] {
+            assert!(row[field].as_f64().is_some_and(|v| v > 0.0), "{field} missing in {row}");
+        }
+    }
+}
+
+#[test]
 fn bench_raft_prints_throughput_and_failover_per_configuration() {
     let args = ["bench", "raft", "--json", "--seconds", "0.05", "--trials", "3", "--nodes", "1,3", "--proposers", "1"];
     let (ok, out, err) = rpc(&[&args[..], &["--fsync", "off"]].concat());

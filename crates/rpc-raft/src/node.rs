@@ -39,6 +39,12 @@ pub struct Ready {
     pub committed_entries: Vec<Entry>,
     /// Reads to serve once the state machine has applied their index.
     pub read_states: Vec<ReadState>,
+    /// Whether `messages` may be sent before persisting: the node is a leader whose term and
+    /// vote are already durable, so its messages promise nothing about its own disk, and its
+    /// write overlaps its followers' (Raft thesis §10.2.1). Safe only if the application steps
+    /// no input into the node until [`RawNode::persist_ready`] has returned, since the leader
+    /// counts its own new entries toward commitment.
+    pub send_before_persist: bool,
 }
 
 impl Ready {
@@ -170,6 +176,7 @@ impl<S: Storage> RawNode<S> {
         let ss = self.soft_state();
         let max = self.raft.cfg.max_committed_size_per_ready;
         let log = &self.raft.log;
+        let durable_term = hs.term == self.prev_hs.term && hs.vote == self.prev_hs.vote;
         let rd = Ready {
             soft_state: (ss != self.prev_ss).then_some(ss),
             hard_state: (hs != self.prev_hs).then(|| hs.clone()),
@@ -178,6 +185,7 @@ impl<S: Storage> RawNode<S> {
             messages: std::mem::take(&mut self.raft.msgs),
             committed_entries: log.next_committed_entries(max),
             read_states: std::mem::take(&mut self.raft.read_states),
+            send_before_persist: self.raft.role == Role::Leader && durable_term && log.unstable_snapshot().is_none(),
         };
         self.in_flight = Some(InFlight {
             last_entry: rd.entries.last().map(|e| (e.index, e.term)),

@@ -173,6 +173,45 @@ fn vote_is_persisted_in_the_same_ready_as_the_reply() {
 }
 
 #[test]
+fn only_a_leader_with_a_durable_term_sends_before_persisting() {
+    let mut c = Cluster::new(3, |_| {});
+    c.node(1).campaign();
+    let rd = c.node(1).ready();
+    assert!(!rd.send_before_persist, "a candidate's votes must wait for its vote to be durable");
+    c.node(1).persist_ready(&rd).unwrap();
+    let mut transport = c.net.transport(1);
+    for m in rd.messages.iter().cloned() {
+        transport.send(m).unwrap();
+    }
+    c.node(1).advance();
+    c.stabilize();
+    assert_eq!(c.node(1).role(), Role::Leader);
+
+    c.node(1).propose(b"x".to_vec()).unwrap();
+    let rd = c.node(1).ready();
+    assert!(!rd.entries.is_empty() && !rd.messages.is_empty());
+    assert!(rd.send_before_persist, "the leader's appends may overlap its own write");
+    let mut transport = c.net.transport(1);
+    for m in rd.messages.iter().cloned() {
+        transport.send(m).unwrap();
+    }
+    c.node(1).persist_ready(&rd).unwrap();
+    c.node(1).advance();
+    c.stabilize();
+
+    c.node(1).propose(b"z".to_vec()).unwrap();
+    c.process(1);
+    let delivered = c.net.drain(2);
+    assert!(!delivered.is_empty());
+    for m in delivered {
+        c.node(2).step(m);
+    }
+    let rd = c.node(2).ready();
+    assert!(!rd.entries.is_empty(), "the follower appends the leader's entry: {rd:?}");
+    assert!(!rd.send_before_persist, "a follower's acknowledgement must wait for its write");
+}
+
+#[test]
 fn pre_vote_does_not_change_terms() {
     let mut c = Cluster::new(3, |_| {});
     c.net.isolate(3);

@@ -2,9 +2,11 @@
 //! report ratios, since absolute figures on a shared machine mean little.
 
 mod codecs;
+mod etcd;
 mod lb;
 mod raft;
 mod raw;
+mod registry;
 mod report;
 pub(crate) mod rpc;
 mod stream;
@@ -22,6 +24,8 @@ pub(crate) enum BenchCommand {
     Codecs(codecs::CodecBenchArgs),
     /// Raft throughput and failover time, 1, 3 and 5 nodes in one process.
     Raft(raft::RaftBenchArgs),
+    /// A three-process registry against a three-process etcd (if installed), same load, same run.
+    Registry(registry::RegistryBenchArgs),
     /// The full client stack (balancer, breakers, limiter, timeout) against a bare channel.
     Lb(lb::LbBenchArgs),
 }
@@ -30,6 +34,7 @@ pub(crate) async fn run(what: BenchCommand) -> CliResult {
     match what {
         BenchCommand::Rpc(args) => rpc::run(args).await,
         BenchCommand::Lb(args) => lb::run(args).await,
+        BenchCommand::Registry(args) => registry::run(args).await,
         BenchCommand::Stream(args) => stream::run(args).await,
         BenchCommand::Codecs(args) => codecs::run(args).await,
         BenchCommand::Raft(args) => raft::run_bench(args).await,

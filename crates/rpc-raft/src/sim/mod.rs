@@ -64,7 +64,7 @@ use crate::config::{Config, ReadOnlyOption};
 use crate::error::ProposeError;
 use crate::kv::{KvCommand, KvOp, KvOutput, KvStore};
 use crate::linearizability::{check, CheckResult, KvModel, Operation};
-use crate::message::{ConfChange, ConfState, EntryKind, NodeId};
+use crate::message::{ConfChange, ConfState, EntryKind, Message, NodeId};
 use crate::node::RawNode;
 use crate::raft::Role;
 use crate::rng::Rng;
@@ -656,6 +656,16 @@ impl Sim {
         Ok(())
     }
 
+    fn send_all(&mut self, role: Role, messages: Vec<Message>) {
+        for m in messages {
+            let from_leader = role == Role::Leader && !self.healing && self.cfg.leader_drop > 0.0;
+            if from_leader && self.rng.chance(self.cfg.leader_drop) {
+                continue;
+            }
+            self.net.send(m, self.now, &mut self.rng);
+        }
+    }
+
     fn handle_ready(&mut self, id: NodeId) -> Res {
         let i = self.idx(id);
         loop {
@@ -665,8 +675,24 @@ impl Sim {
             if !raw.has_ready() {
                 return Ok(());
             }
-            let rd = raw.ready();
+            let mut rd = raw.ready();
             let (role, term) = (raw.role(), raw.term());
+            let messages = std::mem::take(&mut rd.messages);
+            let messages = match rd.send_before_persist {
+                true => {
+                    self.send_all(role, messages);
+                    if self.crash_now() {
+                        self.log(|| format!("crash leader {id} after sending, before persisting"));
+                        self.crash(i);
+                        return Ok(());
+                    }
+                    Vec::new()
+                }
+                false => messages,
+            };
+            let Some(raw) = self.nodes[i].raw.as_mut() else {
+                return Ok(());
+            };
             if let Err(e) = raw.persist_ready(&rd) {
                 let injected = raw.storage().fault_fs().is_some_and(|f| f.has_crashed());
                 if !injected {
@@ -706,13 +732,7 @@ impl Sim {
                 self.crash(i);
                 return Ok(());
             }
-            for m in rd.messages {
-                let from_leader = role == Role::Leader && !self.healing && self.cfg.leader_drop > 0.0;
-                if from_leader && self.rng.chance(self.cfg.leader_drop) {
-                    continue;
-                }
-                self.net.send(m, self.now, &mut self.rng);
-            }
+            self.send_all(role, messages);
             if self.crash_now() {
                 self.log(|| format!("crash node {id} after sending, before applying"));
                 self.crash(i);

@@ -297,8 +297,14 @@ impl Driver {
     fn process_ready(&mut self) -> Result<(), rpc_raft::StorageError> {
         while self.node.has_ready() {
             let ready = self.node.ready();
+            // A leader's disk write overlaps its followers'; nothing is stepped until it is done.
+            if ready.send_before_persist {
+                self.outbox.send(&ready.messages);
+            }
             self.node.persist_ready(&ready)?;
-            self.outbox.send(&ready.messages);
+            if !ready.send_before_persist {
+                self.outbox.send(&ready.messages);
+            }
             self.apply(&ready);
             self.node.advance();
         }
