@@ -122,6 +122,27 @@ async fn keys_of_an_expired_lease_are_deleted_and_keep_alive_holds_them() {
 }
 
 #[tokio::test]
+async fn renewals_sent_together_are_answered_in_order_and_an_unknown_lease_fails_alone() {
+    let dir = TempDir::new("renewals");
+    let member = one_member(&dir).await;
+    let client = RegistryClient::connect([member.local_addr().to_string()]);
+    let (a, b) = (client.lease_grant(30).await.unwrap(), client.lease_grant(60).await.unwrap());
+    let ids: Vec<u64> = [a, b, 0xdead, a, b].into_iter().cycle().take(500).collect();
+    let mut answers = client.current().lease_keep_alive(stream::iter(ids.clone())).await.unwrap();
+    for (i, &id) in ids.iter().enumerate() {
+        let answer = answers.next().await.unwrap().unwrap();
+        match id {
+            0xdead => assert_eq!(answer.unwrap_err().code, ErrorCode::LeaseNotFound, "renewal {i}"),
+            _ => {
+                let status = answer.unwrap();
+                assert_eq!(status.id, id, "renewal {i} answers its own lease");
+                assert_eq!(status.granted_ttl, if id == a { 30 } else { 60 }, "renewal {i}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
 async fn bad_requests_get_typed_errors_and_lose_nothing() {
     let dir = TempDir::new("bad");
     let member = one_member(&dir).await;

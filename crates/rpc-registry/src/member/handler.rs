@@ -25,6 +25,9 @@ use std::{
 };
 use tokio::sync::oneshot;
 
+/// The most keep-alives of one stream renewed in one trip to the Raft thread.
+const KEEP_ALIVE_BATCH: usize = 256;
+
 /// The client API of one member.
 #[derive(Clone)]
 pub(super) struct Api {
@@ -46,6 +49,34 @@ impl Api {
         let (tx, rx): (WriteReply, _) = oneshot::channel();
         self.shared.inputs.send(Input::Propose(command, tx))?;
         self.wait(rx).await?
+    }
+
+    /// Renews `ids` on the leader, answering each in order.
+    async fn keep_alive(&self, ids: Vec<u64>) -> Vec<Result<LeaseStatus, RegistryError>> {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.shared.inputs.send(Input::KeepAlive(ids.clone(), tx));
+        let answers = match sent {
+            Ok(()) => self.wait(rx).await,
+            Err(e) => Err(e),
+        };
+        let answers = match answers {
+            Ok(answers) => answers,
+            Err(e) => return ids.iter().map(|_| Err(e.clone())).collect(),
+        };
+        let state = self.shared.lock();
+        let header = self.shared.header(&state);
+        ids.iter()
+            .zip(answers)
+            .map(|(&id, remaining_ms)| {
+                Ok(LeaseStatus {
+                    header: header.clone(),
+                    id,
+                    remaining_ms: remaining_ms?,
+                    granted_ttl: state.store.lease(id).map_or(0, |l| l.ttl),
+                    keys: Vec::new(),
+                })
+            })
+            .collect()
     }
 
     async fn wait<T>(&self, rx: oneshot::Receiver<T>) -> Result<T, RegistryError> {
@@ -180,17 +211,17 @@ impl RegistryApi for Api {
 
     async fn lease_keep_alive(&self, ids: Streaming<u64>) -> RpcStream<Result<LeaseStatus, RegistryError>> {
         let api = self.clone();
-        RpcStream::new(ids.take_while(|id| std::future::ready(id.is_ok())).then(move |id| {
+        // Renewals that arrive together cross to the Raft thread as one input and back as one
+        // batch, so a busy stream costs one hop per batch rather than per renewal.
+        let batches = ids
+            .take_while(|id| std::future::ready(id.is_ok()))
+            .filter_map(|id| std::future::ready(id.ok()))
+            .ready_chunks(KEEP_ALIVE_BATCH);
+        let answers = batches.then(move |ids| {
             let api = api.clone();
-            async move {
-                let id = id.unwrap_or_default();
-                let (tx, rx) = oneshot::channel();
-                api.shared.inputs.send(Input::KeepAlive(id, tx))?;
-                let remaining_ms = api.wait(rx).await??;
-                let granted_ttl = api.shared.lock().store.lease(id).map_or(0, |l| l.ttl);
-                Ok(LeaseStatus { header: api.header(), id, remaining_ms, granted_ttl, keys: Vec::new() })
-            }
-        }))
+            async move { api.keep_alive(ids).await }
+        });
+        RpcStream::new(answers.flat_map(futures_util::stream::iter))
     }
 
     async fn lease_time_to_live(&self, id: u64, keys: bool) -> Result<LeaseStatus, RegistryError> {

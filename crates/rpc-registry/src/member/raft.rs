@@ -42,8 +42,8 @@ pub(super) enum Input {
     /// Answer once this member has applied everything committed before now (a linearizable
     /// read barrier).
     Read(oneshot::Sender<Result<(), RegistryError>>),
-    /// Renew a lease (leader only); answers its remaining milliseconds.
-    KeepAlive(u64, oneshot::Sender<Result<u64, RegistryError>>),
+    /// Renew leases (leader only); answers each one's remaining milliseconds, in order.
+    KeepAlive(Vec<u64>, oneshot::Sender<Vec<Result<u64, RegistryError>>>),
     /// A lease's remaining milliseconds (leader only).
     TimeToLive(u64, oneshot::Sender<Result<u64, RegistryError>>),
     /// Hand leadership to a member (leader only).
@@ -216,12 +216,19 @@ impl Driver {
                     }
                 }
             }
-            Input::KeepAlive(id, reply) => {
-                let answer = match self.role {
-                    Role::Leader => self.leases.renew(id, &self.shared.lock().store, Instant::now()),
-                    _ => Err(self.not_leader()),
+            Input::KeepAlive(ids, reply) => {
+                let answers = match self.role {
+                    Role::Leader => {
+                        let state = self.shared.lock();
+                        let now = Instant::now();
+                        ids.iter().map(|&id| self.leases.renew(id, &state.store, now)).collect()
+                    }
+                    _ => {
+                        let e = self.not_leader();
+                        ids.iter().map(|_| Err(e.clone())).collect()
+                    }
                 };
-                let _ = reply.send(answer);
+                let _ = reply.send(answers);
             }
             Input::MoveLeader(to, reply) => {
                 let answer = match self.role {
