@@ -212,7 +212,7 @@ fn reopen_returns_what_was_persisted() {
     st.compact(Snapshot { meta: SnapshotMeta { index: 30, term: 1, conf: conf() }, data: b"state".to_vec() }).unwrap();
     assert!(st.segment_count() < 5, "covered segments are deleted");
     drop(st);
-    let st = DurableStorage::open(fs, DIR, opts(), conf()).unwrap();
+    let mut st = DurableStorage::open(fs, DIR, opts(), conf()).unwrap();
     assert_eq!(st.hard_state(), hs);
     assert_eq!(st.snapshot().unwrap().data, b"state");
     assert_eq!(st.first_index(), 31);

@@ -85,7 +85,7 @@ impl Storage for Disk {
             Disk::Durable(s) => s.snapshot_meta(),
         }
     }
-    fn snapshot(&self) -> Result<Snapshot, StorageError> {
+    fn snapshot(&mut self) -> Result<Snapshot, StorageError> {
         match self {
             Disk::Mem(s) => s.snapshot(),
             Disk::Durable(s) => s.snapshot(),

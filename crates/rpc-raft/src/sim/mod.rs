@@ -638,7 +638,7 @@ impl Sim {
             n.rate = draw_rate(&mut self.rng, self.cfg.clock_drift_pct);
             n.clock_acc = 0;
             let seed = self.cfg.seed ^ n.incarnation.wrapping_mul(0x5851_F42D) ^ n.id;
-            let disk = disk.after_crash(seed).map_err(|e| format!("node {} recovery: {e}", n.id))?;
+            let mut disk = disk.after_crash(seed).map_err(|e| format!("node {} recovery: {e}", n.id))?;
             let snap = disk.snapshot().map_err(|e| e.to_string())?;
             n.kv = KvStore::restore(&snap.data).map_err(|e| e.to_string())?;
             n.applied = snap.meta.index;

@@ -16,7 +16,8 @@
 //! (group commit) before returning, so nothing is acknowledged before it is durable.
 //! Recovery truncates a torn tail (an incomplete last record, or zero fill) of the
 //! last segment and refuses any other damage with [`StorageError::Corrupt`].
-//! All entries since the snapshot are also kept in memory.
+//! All entries since the snapshot are also kept in memory; the snapshot's data is not (the
+//! application holds the state it was taken from), and is read from its file when asked for.
 
 use crate::codec::{Reader, Writer};
 use crate::crc32::crc32;
@@ -165,6 +166,13 @@ impl<F: FileSystem> DurableStorage<F> {
     }
 
     fn load_snapshot(&mut self) -> Result<(), StorageError> {
+        let snapshot = self.read_snapshot()?;
+        self.mem.snapshot.meta = snapshot.meta;
+        Ok(())
+    }
+
+    /// The latest snapshot, read from its file.
+    fn read_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let path = self.path("snapshot");
         let r = self.fs.read(&path);
         let data = self.io("read", "snapshot", r)?;
@@ -176,8 +184,7 @@ impl<F: FileSystem> DurableStorage<F> {
         let mut r = Reader::new(&body[4..]);
         let meta = r.snap_meta().map_err(bad)?;
         let data = r.bytes().map_err(bad)?;
-        self.mem.snapshot = Snapshot { meta, data };
-        Ok(())
+        Ok(Snapshot { meta, data })
     }
 
     fn load_hard_state(&mut self) -> Result<(), StorageError> {
@@ -446,8 +453,8 @@ impl<F: FileSystem> Storage for DurableStorage<F> {
         self.mem.snapshot_meta()
     }
 
-    fn snapshot(&self) -> Result<Snapshot, StorageError> {
-        self.mem.snapshot()
+    fn snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        self.read_snapshot()
     }
 
     fn persist(
@@ -506,6 +513,7 @@ impl<F: FileSystem> Storage for DurableStorage<F> {
             }
         }
         self.mem.persist(hard_state, snapshot, entries)?;
+        self.mem.snapshot.data = Vec::new();
         let size = self.segments.last().map_or(0, |s| s.size);
         if size >= self.opts.segment_bytes {
             if self.opts.sync {
@@ -525,6 +533,7 @@ impl<F: FileSystem> Storage for DurableStorage<F> {
         let idx = snapshot.meta.index;
         self.write_atomic("snapshot", &encode_snapshot(&snapshot))?;
         self.mem.compact(snapshot)?;
+        self.mem.snapshot.data = Vec::new();
         // The oldest sealed segments wholly covered by the snapshot are no longer needed. Only a
         // prefix: a later segment can hold an overwrite of entries in an earlier one that must
         // stay, and replay needs that overwrite to discard them.

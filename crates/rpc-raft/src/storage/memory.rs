@@ -116,7 +116,7 @@ impl Storage for MemStorage {
         self.snapshot.meta.clone()
     }
 
-    fn snapshot(&self) -> Result<Snapshot, StorageError> {
+    fn snapshot(&mut self) -> Result<Snapshot, StorageError> {
         Ok(self.snapshot.clone())
     }
 

@@ -101,8 +101,8 @@ pub trait Storage {
     fn last_index(&self) -> u64;
     /// Metadata of the latest snapshot.
     fn snapshot_meta(&self) -> SnapshotMeta;
-    /// The latest snapshot, data included.
-    fn snapshot(&self) -> Result<Snapshot, StorageError>;
+    /// The latest snapshot, data included (a durable storage may read it from disk).
+    fn snapshot(&mut self) -> Result<Snapshot, StorageError>;
     /// Makes a `Ready` durable: the snapshot (replacing the log), then the entries
     /// (truncating any conflicting suffix), then the hard state. Must not return
     /// before everything is durable; implementations batch it into one sync.

@@ -92,7 +92,7 @@ pub(super) fn open(config: &super::MemberConfig, id: u64, members: &[Member]) ->
     std::fs::create_dir_all(&dir)?;
     let conf = ConfState::with_voters(members.iter().map(|m| m.id));
     let opts = DurableOptions { sync: config.fsync, ..DurableOptions::default() };
-    let storage = DurableStorage::open(StdFs::new(), &dir.to_string_lossy(), opts, conf)
+    let mut storage = DurableStorage::open(StdFs::new(), &dir.to_string_lossy(), opts, conf)
         .map_err(|e| io::Error::other(format!("{}: {e}", dir.display())))?;
     let snapshot = storage.snapshot().map_err(|e| io::Error::other(e.to_string()))?;
     let store = match snapshot.data.is_empty() {
