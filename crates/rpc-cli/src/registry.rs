@@ -4,7 +4,10 @@ use crate::CliResult;
 use clap::{Args, Subcommand};
 use futures_util::StreamExt;
 use rpc_registry::{
-    api::{prefix_end, KeyValue, RangeRequest, WatchCreate, WatchRequest},
+    api::{
+        prefix_end, Compare, CompareResult, CompareTarget, DeleteRangeRequest, KeyValue, PutRequest, RangeRequest,
+        RequestOp, ResponseOp, TxnRequest, WatchCreate, WatchRequest,
+    },
     MemberConfig, RegistryClient, RunningMember,
 };
 use std::{path::PathBuf, time::Duration};
@@ -21,6 +24,7 @@ pub(crate) enum RegistryCommand {
     ///       --peers n1=127.0.0.1:2401,n2=127.0.0.1:2402,n3=127.0.0.1:2403
     ///
     /// Restarting a member with the same --data-dir recovers it.
+    #[command(verbatim_doc_comment)]
     Serve(ServeArgs),
     /// Print a member's view of the cluster: members, leader, term, revision, indexes, size.
     Status(EndpointArgs),
@@ -96,6 +100,29 @@ pub(crate) enum KvCommand {
     Del {
         /// The key.
         key: String,
+        #[command(flatten)]
+        endpoint: EndpointArgs,
+    },
+    /// Run a transaction: if every --if holds, the --then operations, else the --else ones, all
+    /// at one revision.
+    ///
+    /// Conditions: 'KEY = VALUE' (also !=, >, <; a missing key is only != a value), or
+    /// 'KEY version|create|mod|lease OP NUMBER' (0 for a missing key).
+    /// Operations: 'put KEY VALUE', 'del KEY', 'get KEY'. A value runs to the end of its
+    /// argument, spaces included.
+    ///
+    ///   rpc kv txn --if 'jobs/owner version = 0' --then 'put jobs/owner w1' --else 'get jobs/owner'
+    #[command(verbatim_doc_comment)]
+    Txn {
+        /// A condition; all must hold.
+        #[arg(long = "if", value_name = "CONDITION")]
+        conditions: Vec<String>,
+        /// An operation run when the conditions hold.
+        #[arg(long = "then", value_name = "OPERATION")]
+        success: Vec<String>,
+        /// An operation run when one does not.
+        #[arg(long = "else", value_name = "OPERATION")]
+        failure: Vec<String>,
         #[command(flatten)]
         endpoint: EndpointArgs,
     },
@@ -242,6 +269,31 @@ pub(crate) async fn run_kv(command: KvCommand) -> CliResult {
             Ok(())
         }
         KvCommand::Watch { key, prefix, rev, endpoint } => watch(key, prefix, rev, endpoint).await,
+        KvCommand::Txn { conditions, success, failure, endpoint } => {
+            let request = TxnRequest {
+                compare: conditions.iter().map(|c| condition(c)).collect::<Result<_, _>>()?,
+                success: success.iter().map(|o| operation(o)).collect::<Result<_, _>>()?,
+                failure: failure.iter().map(|o| operation(o)).collect::<Result<_, _>>()?,
+            };
+            let response = client(&endpoint).txn(request).await?;
+            if endpoint.json {
+                println!("{}", serde_json::to_string(&response)?);
+                return Ok(());
+            }
+            println!("{}", if response.succeeded { "SUCCEEDED" } else { "FAILED" });
+            for op in &response.responses {
+                match op {
+                    ResponseOp::Range(range) => {
+                        for kv in &range.kvs {
+                            print_kv(kv, false)?;
+                        }
+                    }
+                    ResponseOp::Put(put) => println!("OK (revision {})", put.header.revision),
+                    ResponseOp::DeleteRange(deleted) => println!("{}", deleted.deleted),
+                }
+            }
+            Ok(())
+        }
         KvCommand::Del { key, endpoint } => {
             let deleted = client(&endpoint).delete(key).await?;
             match endpoint.json {
@@ -324,6 +376,66 @@ pub(crate) async fn run_lease(command: LeaseCommand) -> CliResult {
 
 fn lease_id(hex: &str) -> Result<u64, String> {
     u64::from_str_radix(hex, 16).map_err(|e| format!("lease id {hex:?} is not hex: {e}"))
+}
+
+/// Parses a `rpc kv txn --if` condition.
+fn condition(text: &str) -> Result<Compare, String> {
+    let bad = || {
+        format!("cannot read the condition {text:?}: write 'KEY = VALUE' or 'KEY version|create|mod|lease = NUMBER' (or !=, >, <)")
+    };
+    let result = |op: &str| match op {
+        "=" | "==" => Some(CompareResult::Equal),
+        "!=" => Some(CompareResult::NotEqual),
+        ">" => Some(CompareResult::Greater),
+        "<" => Some(CompareResult::Less),
+        _ => None,
+    };
+    let (key, rest) = text.trim().split_once(' ').ok_or_else(bad)?;
+    let rest = rest.trim_start();
+    let (first, after) = rest.split_once(' ').ok_or_else(bad)?;
+    let field: Option<fn(u64) -> CompareTarget> = match first {
+        "version" => Some(CompareTarget::Version),
+        "create" => Some(CompareTarget::CreateRevision),
+        "mod" => Some(CompareTarget::ModRevision),
+        "lease" => Some(CompareTarget::Lease),
+        _ => None,
+    };
+    let (result, target) = match field {
+        Some(field) => {
+            let (op, number) = after.trim().split_once(' ').ok_or_else(bad)?;
+            let number = number.trim();
+            let number = match first {
+                "lease" => lease_id(number).map_err(|_| bad())?,
+                _ => number.parse().map_err(|_| bad())?,
+            };
+            (result(op).ok_or_else(bad)?, field(number))
+        }
+        None => (result(first).ok_or_else(bad)?, CompareTarget::Value(after.as_bytes().to_vec())),
+    };
+    Ok(Compare { key: key.as_bytes().to_vec(), result, target })
+}
+
+/// Parses a `rpc kv txn --then`/`--else` operation.
+fn operation(text: &str) -> Result<RequestOp, String> {
+    let bad = || format!("cannot read the operation {text:?}: write 'put KEY VALUE', 'del KEY' or 'get KEY'");
+    let (verb, rest) = text.trim().split_once(' ').ok_or_else(bad)?;
+    let rest = rest.trim_start();
+    match verb {
+        "put" => {
+            let (key, value) = rest.split_once(' ').ok_or_else(bad)?;
+            let put =
+                PutRequest { key: key.as_bytes().to_vec(), value: value.as_bytes().to_vec(), ..PutRequest::default() };
+            Ok(RequestOp::Put(put))
+        }
+        "del" if !rest.contains(' ') => Ok(RequestOp::DeleteRange(DeleteRangeRequest {
+            key: rest.as_bytes().to_vec(),
+            ..DeleteRangeRequest::default()
+        })),
+        "get" if !rest.contains(' ') => {
+            Ok(RequestOp::Range(RangeRequest { key: rest.as_bytes().to_vec(), ..RangeRequest::default() }))
+        }
+        _ => Err(bad()),
+    }
 }
 
 fn print_kv(kv: &KeyValue, json: bool) -> CliResult {

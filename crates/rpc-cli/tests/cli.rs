@@ -115,6 +115,20 @@ fn registry_serve_answers_kv_and_lease_commands_and_stops_cleanly_on_sigterm() {
     assert!(ok, "get failed: {err}");
     let kv: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(kv["mod_revision"], 1, "{kv}");
+    let claim = |owner: &str| {
+        let then = format!("put jobs/owner {owner}");
+        rpc(&[
+            &["kv", "txn", "--if", "jobs/owner version = 0", "--then", &then, "--else", "get jobs/owner"][..],
+            &endpoint,
+        ]
+        .concat())
+    };
+    let (ok, out, err) = claim("worker one");
+    assert!(ok && out.starts_with("SUCCEEDED\nOK (revision 2)"), "the first claim wins: {out} {err}");
+    let (ok, out, err) = claim("worker two");
+    assert!(ok && out == "FAILED\njobs/owner\nworker one\n", "the second sees the owner: {out} {err}");
+    let (ok, _, err) = rpc(&[&["kv", "txn", "--if", "jobs/owner ~ 1"][..], &endpoint].concat());
+    assert!(!ok && err.contains("cannot read the condition"), "{err}");
     let (ok, out, err) = rpc(&[&["lease", "grant", "60"][..], &endpoint].concat());
     assert!(ok && out.starts_with("lease "), "grant failed: {out} {err}");
     let (ok, out, _) = rpc(&[&["registry", "status", "--json"][..], &endpoint].concat());

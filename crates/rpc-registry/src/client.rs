@@ -3,8 +3,8 @@
 
 use crate::{
     api::{
-        DeleteRangeRequest, KeyValue, PutRequest, PutResponse, RangeRequest, RangeResponse, StatusResponse,
-        WatchCreate, WatchRequest, WatchResponse,
+        DeleteRangeRequest, KeyValue, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, StatusResponse,
+        TxnRequest, TxnResponse, WatchCreate, WatchRequest, WatchResponse,
     },
     service::{ErrorCode, RegistryApiClient, RegistryError},
 };
@@ -152,6 +152,17 @@ impl RegistryClient {
         self.call(false, |c| {
             let request = request.clone();
             async move { c.put(request).await }
+        })
+        .await
+    }
+
+    /// Runs a transaction. One that only reads is retried like a read; one that writes is not
+    /// retried once it may have reached a member, like a put.
+    pub async fn txn(&self, request: TxnRequest) -> Result<TxnResponse, ClientError> {
+        let reads_only = request.success.iter().chain(&request.failure).all(|op| matches!(op, RequestOp::Range(_)));
+        self.call(reads_only, |c| {
+            let request = request.clone();
+            async move { c.txn(request).await }
         })
         .await
     }
