@@ -143,6 +143,39 @@ async fn renewals_sent_together_are_answered_in_order_and_an_unknown_lease_fails
 }
 
 #[tokio::test]
+async fn history_older_than_the_retention_period_is_compacted_and_the_present_kept() {
+    let dir = TempDir::new("retain-for");
+    let mut config = MemberConfig::new("solo", dir.0.join("solo"), "127.0.0.1:0");
+    config.fsync = false;
+    config.retain_for = Duration::from_millis(500);
+    let member = RunningMember::start(config).await.unwrap();
+    let client = RegistryClient::connect([member.local_addr().to_string()]);
+    let first = client.put("config/limit", "1").await.unwrap().header.revision;
+    let before_last = std::time::Instant::now();
+    let last = client.put("config/limit", "2").await.unwrap().header.revision;
+    let at_first = RangeRequest { key: b"config/limit".to_vec(), revision: first, ..RangeRequest::default() };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let compacted = loop {
+        let status = client.status().await.unwrap();
+        if status.compact_revision > 0 {
+            break status.compact_revision;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "nothing was compacted within 10 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(compacted >= first && compacted <= last, "compacted to a revision of the past: {compacted}");
+    // A lower bound, so a slow machine cannot fail it: a revision is kept at least the period.
+    if compacted == last {
+        assert!(before_last.elapsed() >= Duration::from_millis(500), "compacted before its time");
+    }
+    if compacted > first {
+        let error = client.range(at_first).await.unwrap_err();
+        assert!(matches!(&error, ClientError::Registry(e) if e.code == ErrorCode::Compacted), "{error}");
+    }
+    assert_eq!(client.get("config/limit").await.unwrap().unwrap().value, b"2", "the present survives");
+}
+
+#[tokio::test]
 async fn bad_requests_get_typed_errors_and_lose_nothing() {
     let dir = TempDir::new("bad");
     let member = one_member(&dir).await;

@@ -58,6 +58,9 @@ pub(crate) struct ServeArgs {
     /// Compact the history automatically, keeping this many revisions (0 keeps all).
     #[arg(long, default_value_t = 0)]
     retain_revisions: u64,
+    /// Compact the history automatically, keeping about this many seconds of it (0 keeps all).
+    #[arg(long, default_value_t = 0)]
+    retain_seconds: u64,
 }
 
 /// Which registry to talk to.
@@ -213,6 +216,7 @@ async fn serve(args: ServeArgs) -> CliResult {
     let mut config = MemberConfig::new(args.name, args.data_dir, args.listen).peers(peers);
     config.fsync = !args.no_fsync;
     config.retain_revisions = args.retain_revisions;
+    config.retain_for = Duration::from_secs(args.retain_seconds);
     let member = RunningMember::start(config).await?;
     println!("registry member {:x} serving on {}", member.id(), member.local_addr());
     shutdown_signal().await?;

@@ -53,6 +53,10 @@ pub struct MemberConfig {
     pub snapshot_entries: u64,
     /// Compact the store's history automatically, keeping this many revisions; 0 keeps all.
     pub retain_revisions: u64,
+    /// Compact the store's history automatically, keeping the revisions of about this long
+    /// (the leader compacts, every tenth of it, to the revision that was current this long ago);
+    /// zero keeps all. Combines with `retain_revisions`: whichever compacts more wins.
+    pub retain_for: Duration,
     /// How long a handler waits for its write to be applied before answering `Timeout`.
     pub request_timeout: Duration,
     /// Watchers with `progress_notify` get a progress notification this often when idle.
@@ -72,6 +76,7 @@ impl MemberConfig {
             max_request_bytes: 3 << 19,
             snapshot_entries: 10_000,
             retain_revisions: 0,
+            retain_for: Duration::ZERO,
             request_timeout: Duration::from_secs(5),
             progress_interval: Duration::from_secs(10),
         }

@@ -13,7 +13,7 @@ use rpc_raft::{
     ConfState, Config, EntryKind, Message, ProposeError, RawNode, Ready, Role, Storage,
 };
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, VecDeque},
     io,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -129,6 +129,9 @@ struct Driver {
     leases: LeaseClock,
     role: Role,
     last_snapshot: u64,
+    /// For compaction by age: the store's revision sampled every tenth of `retain_for` while
+    /// leader, oldest first (about ten samples).
+    revision_samples: VecDeque<(Instant, u64)>,
 }
 
 impl Driver {
@@ -146,6 +149,7 @@ impl Driver {
             leases: LeaseClock::new(checkpoint),
             role: Role::Follower,
             last_snapshot,
+            revision_samples: VecDeque::new(),
         }
     }
 
@@ -288,17 +292,42 @@ impl Driver {
             // Refused only if leadership was just lost; the next leader takes over.
             let _ = self.propose(command, None);
         }
+        let (revision, compacted) = {
+            let state = self.shared.lock();
+            (state.store.revision(), state.store.compact_revision())
+        };
         let retain = self.shared.config.retain_revisions;
-        if retain > 0 {
-            let (revision, compacted) = {
-                let state = self.shared.lock();
-                (state.store.revision(), state.store.compact_revision())
-            };
-            // Compacting in steps of `retain` keeps the work per compaction bounded.
-            if revision > compacted + 2 * retain {
-                let _ = self.propose(Command::Compact(revision - retain), None);
+        // Compacting in steps of `retain` keeps the work per compaction bounded.
+        if retain > 0 && revision > compacted + 2 * retain {
+            let _ = self.propose(Command::Compact(revision - retain), None);
+        }
+        if let Some(to) = self.aged_revision(revision, now) {
+            if to > compacted {
+                let _ = self.propose(Command::Compact(to), None);
             }
         }
+    }
+
+    /// Samples `revision` for compaction by age; answers the newest revision sampled at least
+    /// `retain_for` ago, once per sample that ages out.
+    fn aged_revision(&mut self, revision: u64, now: Instant) -> Option<u64> {
+        let retain_for = self.shared.config.retain_for;
+        if retain_for.is_zero() {
+            return None;
+        }
+        let due = self.revision_samples.back().is_none_or(|(at, _)| now.duration_since(*at) >= retain_for / 10);
+        if due {
+            self.revision_samples.push_back((now, revision));
+        }
+        let mut aged = None;
+        while let Some(&(at, sampled)) = self.revision_samples.front() {
+            if now.duration_since(at) < retain_for {
+                break;
+            }
+            aged = Some(sampled);
+            self.revision_samples.pop_front();
+        }
+        aged
     }
 
     fn process_ready(&mut self) -> Result<(), rpc_raft::StorageError> {
