@@ -6,7 +6,7 @@ use futures_util::StreamExt;
 use rpc_registry::{
     api::{
         prefix_end, Compare, CompareResult, CompareTarget, DeleteRangeRequest, KeyValue, PutRequest, RangeRequest,
-        RequestOp, ResponseOp, TxnRequest, WatchCreate, WatchRequest,
+        RequestOp, ResponseOp, TxnRequest, WatchCreate,
     },
     MemberConfig, RegistryClient, RunningMember,
 };
@@ -313,14 +313,10 @@ async fn watch(key: String, prefix: bool, rev: u64, endpoint: EndpointArgs) -> C
     let range_end = if prefix { prefix_end(key.as_bytes()) } else { Vec::new() };
     let create =
         WatchCreate { key: key.into_bytes(), range_end, start_revision: rev, watch_id: 1, ..WatchCreate::default() };
-    let (requests, rx) = tokio::sync::mpsc::channel(1);
-    requests.send(WatchRequest::Create(create)).await?;
-    let mut responses = client(&endpoint).current().watch(rpc_core::stream::from_receiver(rx)).await?;
+    // The client's watch moves to another member when one fails, resuming where it was.
+    let mut responses = client(&endpoint).watch(create);
     while let Some(response) = responses.next().await {
-        let response = response?;
-        if response.canceled {
-            return Err(format!("the watch ended: {}", response.cancel_reason).into());
-        }
+        let response = response.map_err(|e| format!("the watch ended: {e}"))?;
         for event in &response.events {
             match endpoint.json {
                 true => println!("{}", serde_json::to_string(event)?),
@@ -334,7 +330,6 @@ async fn watch(key: String, prefix: bool, rev: u64, endpoint: EndpointArgs) -> C
             }
         }
     }
-    drop(requests);
     Ok(())
 }
 

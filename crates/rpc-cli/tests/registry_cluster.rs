@@ -350,7 +350,19 @@ async fn a_partitioned_leader_serves_no_stale_reads_and_catches_up_when_healed()
     let cluster = Cluster::start_partitionable().await;
     let old = leader(&cluster).await;
     let everyone = RegistryClient::connect(cluster.addrs());
-    everyone.put("lin/0", "1").await.unwrap();
+    let first = everyone.put("lin/0", "1").await.unwrap().header.revision;
+    // A watch that starts on the member about to be cut off must not stay there, silent.
+    let mut order: Vec<String> = vec![cluster.peers[old].1.clone()];
+    order.extend(cluster.addrs().into_iter().filter(|a| *a != cluster.peers[old].1));
+    let spec = WatchCreate {
+        key: b"lin/".to_vec(),
+        range_end: prefix_end(b"lin/"),
+        start_revision: first,
+        ..WatchCreate::default()
+    };
+    let mut watch = RegistryClient::connect(order).watch(spec);
+    let seen = watch.next().await.unwrap().unwrap();
+    assert_eq!(seen.events[0].kv.value, b"1");
 
     cluster.isolate(old, true);
     let majority: Vec<String> =
@@ -363,6 +375,10 @@ async fn a_partitioned_leader_serves_no_stale_reads_and_catches_up_when_healed()
     assert!(!matches!(&linearizable, Ok(Ok(_))), "the isolated member served a linearizable read: {linearizable:?}");
     let stale = isolated.range(read(true)).await.unwrap().unwrap();
     assert_eq!(stale.kvs[0].value, b"1", "a serializable read shows the member's own, stale state");
+    let moved = tokio::time::timeout(Duration::from_secs(15), watch.next())
+        .await
+        .expect("the watch stayed on the cut-off member");
+    assert_eq!(moved.unwrap().unwrap().events[0].kv.value, b"2", "the watch moved on and saw the majority's write");
 
     cluster.isolate(old, false);
     let deadline = Instant::now() + Duration::from_secs(20);

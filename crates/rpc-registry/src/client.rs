@@ -27,6 +27,9 @@ use tokio::sync::mpsc;
 const ATTEMPTS: usize = 12;
 /// Pause between rounds over all members, doubling up to 1 s.
 const BACKOFF: Duration = Duration::from_millis(50);
+/// How long one attempt of a unary call may take: a little over a member's own request timeout,
+/// so the member's `Timeout` answer normally arrives first.
+const CALL_TIMEOUT: Duration = Duration::from_secs(6);
 
 /// Why a registry call failed: the registry refused it, or no member could be reached.
 #[derive(Clone, Debug, PartialEq)]
@@ -75,10 +78,9 @@ impl RegistryClient {
             .into_iter()
             .map(|addr| {
                 let addr = addr.into();
-                let channel = Channel::builder(addr.clone())
-                    .timeout(Duration::from_secs(6))
-                    .connect_timeout(Duration::from_millis(500))
-                    .connect_lazy();
+                // No channel-wide deadline: it would also end watch and keep-alive streams.
+                // Unary calls get theirs in `call`.
+                let channel = Channel::builder(addr.clone()).connect_timeout(Duration::from_millis(500)).connect_lazy();
                 (addr, RegistryApiClient::new(channel))
             })
             .collect();
@@ -98,7 +100,14 @@ impl RegistryClient {
         for attempt in 0..ATTEMPTS * self.members.len().max(1) {
             let index = self.current.load(Ordering::Relaxed) % self.members.len();
             let client = self.members[index].1.clone();
-            let next = match call(client).await {
+            let answer = match tokio::time::timeout(CALL_TIMEOUT, call(client)).await {
+                Ok(answer) => answer,
+                Err(_) => Err(Status::deadline_exceeded(format!(
+                    "no answer from {} in {CALL_TIMEOUT:?}",
+                    self.members[index].0
+                ))),
+            };
+            let next = match answer {
                 Ok(Ok(answer)) => return Ok(answer),
                 Ok(Err(e)) if e.code == ErrorCode::NotLeader && !e.leader.is_empty() => {
                     let leader = self.members.iter().position(|(addr, _)| *addr == e.leader);

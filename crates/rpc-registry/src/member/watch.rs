@@ -13,6 +13,7 @@ use rpc_core::Streaming;
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 use tokio::sync::{mpsc, Notify};
 
@@ -22,6 +23,10 @@ const LIVE_QUEUE: usize = 1024;
 const OUT_QUEUE: usize = 256;
 /// Watches per stream.
 const MAX_WATCHES: usize = 1024;
+/// How long a member may know no leader before it ends its watch streams: a member cut off
+/// from the majority would otherwise hold its watchers silently, and ending the stream sends
+/// the client's watch to a member that hears the leader (etcd's clients must ask for this).
+const LEADERLESS_LIMIT: Duration = Duration::from_secs(1);
 
 /// The watchers of a member, by stream and watch id.
 #[derive(Default)]
@@ -137,6 +142,8 @@ impl Stream {
         let mut progress = tokio::time::interval(self.shared.config.progress_interval);
         progress.tick().await;
         let lagged = self.lagged.clone();
+        let mut leader_check = tokio::time::interval(LEADERLESS_LIMIT / 4);
+        let mut leaderless_since = None;
         loop {
             let sent = tokio::select! {
                 biased;
@@ -148,6 +155,16 @@ impl Stream {
                 },
                 () = lagged.notify.notified() => self.catch_up().await,
                 _ = progress.tick() => self.progress(false),
+                _ = leader_check.tick() => {
+                    let now = Instant::now();
+                    match self.shared.lock().raft.leader {
+                        0 => now.duration_since(*leaderless_since.get_or_insert(now)) < LEADERLESS_LIMIT,
+                        _ => {
+                            leaderless_since = None;
+                            true
+                        }
+                    }
+                }
             };
             if !sent {
                 break;
