@@ -110,7 +110,7 @@ pub(crate) enum KvCommand {
     /// at one revision.
     ///
     /// Conditions: 'KEY = VALUE' (also !=, >, <; a missing key is only != a value), or
-    /// 'KEY version|create|mod|lease OP NUMBER' (0 for a missing key).
+    /// 'KEY version|create|mod|lease OP NUMBER' (0 for a missing key; a lease in hex).
     /// Operations: 'put KEY VALUE', 'del KEY', 'get KEY'. A value runs to the end of its
     /// argument, spaces included.
     ///

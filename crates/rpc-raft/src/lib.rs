@@ -8,8 +8,9 @@
 //! [`RawNode::transfer_leader`]); then, while [`RawNode::has_ready`], it takes a
 //! [`Ready`] and, in this order: persists it ([`RawNode::persist_ready`], one fsync),
 //! sends its messages (only now: a vote or an acknowledgement must be durable before
-//! anyone hears of it; a leader may send first, see [`Ready::send_before_persist`]), applies its committed entries (restoring its snapshot first,
-//! if any), serves its read states once applied, and calls [`RawNode::advance`].
+//! anyone hears of it; a leader may send first, see [`Ready::send_before_persist`]),
+//! applies its committed entries (restoring its snapshot first, if any), serves its
+//! read states once applied, and calls [`RawNode::advance`].
 //!
 //! What is implemented: pre-vote, check-quorum and leader leases; randomized
 //! elections; log replication with fast conflict back-off, batching, pipelining and

@@ -512,8 +512,8 @@ impl<F: FileSystem> Storage for DurableStorage<F> {
                 self.file_hs = hs.clone();
             }
         }
-        self.mem.persist(hard_state, snapshot, entries)?;
-        self.mem.snapshot.data = Vec::new();
+        let meta_only = snapshot.map(|s| Snapshot { meta: s.meta.clone(), data: Vec::new() });
+        self.mem.persist(hard_state, meta_only.as_ref(), entries)?;
         let size = self.segments.last().map_or(0, |s| s.size);
         if size >= self.opts.segment_bytes {
             if self.opts.sync {
@@ -532,8 +532,7 @@ impl<F: FileSystem> Storage for DurableStorage<F> {
         self.mem.check_compact(&snapshot)?;
         let idx = snapshot.meta.index;
         self.write_atomic("snapshot", &encode_snapshot(&snapshot))?;
-        self.mem.compact(snapshot)?;
-        self.mem.snapshot.data = Vec::new();
+        self.mem.compact(Snapshot { meta: snapshot.meta, data: Vec::new() })?;
         // The oldest sealed segments wholly covered by the snapshot are no longer needed. Only a
         // prefix: a later segment can hold an overwrite of entries in an earlier one that must
         // stay, and replay needs that overwrite to discard them.

@@ -284,18 +284,14 @@ impl Driver {
         if self.role != Role::Leader {
             return;
         }
-        let due = {
+        let (due, revision, compacted) = {
             let state = self.shared.lock();
-            self.leases.due(&state.store, now)
+            (self.leases.due(&state.store, now), state.store.revision(), state.store.compact_revision())
         };
         for command in due {
             // Refused only if leadership was just lost; the next leader takes over.
             let _ = self.propose(command, None);
         }
-        let (revision, compacted) = {
-            let state = self.shared.lock();
-            (state.store.revision(), state.store.compact_revision())
-        };
         let retain = self.shared.config.retain_revisions;
         // Compacting in steps of `retain` keeps the work per compaction bounded.
         if retain > 0 && revision > compacted + 2 * retain {
