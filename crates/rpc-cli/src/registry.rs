@@ -28,9 +28,41 @@ pub(crate) enum RegistryCommand {
     Serve(ServeArgs),
     /// Print a member's view of the cluster: members, leader, term, revision, indexes, size.
     Status(EndpointArgs),
+    /// List, add and remove members.
+    #[command(subcommand)]
+    Member(MemberCommand),
     /// Hand leadership to the member named NAME (for maintenance of the current leader).
     MoveLeader {
         /// The member to lead.
+        name: String,
+        #[command(flatten)]
+        endpoint: EndpointArgs,
+    },
+}
+
+/// `rpc registry member ...`
+#[derive(Subcommand)]
+pub(crate) enum MemberCommand {
+    /// Print the members: name, id, address, and whether each is a voter or a learner.
+    List(EndpointArgs),
+    /// Add a member. It joins as a learner and the leader promotes it to voter once it has
+    /// caught up. Then start it with --join and the --peers this command prints:
+    ///
+    ///   rpc registry member add n4 127.0.0.1:2404 --endpoints 127.0.0.1:2401
+    ///   rpc registry serve --name n4 --data-dir d4 --listen 127.0.0.1:2404 --join \
+    ///       --peers n1=127.0.0.1:2401,n2=127.0.0.1:2402,n3=127.0.0.1:2403,n4=127.0.0.1:2404
+    #[command(verbatim_doc_comment)]
+    Add {
+        /// The new member's name (its --name).
+        name: String,
+        /// The address it will serve on (its --listen).
+        addr: String,
+        #[command(flatten)]
+        endpoint: EndpointArgs,
+    },
+    /// Remove the member named NAME; its process stops once it learns of the removal.
+    Remove {
+        /// The member to remove.
         name: String,
         #[command(flatten)]
         endpoint: EndpointArgs,
@@ -52,6 +84,10 @@ pub(crate) struct ServeArgs {
     /// Every member as NAME=ADDR, comma-separated, this one included.
     #[arg(long, value_delimiter = ',')]
     peers: Vec<String>,
+    /// Join the running cluster --peers lists (after `rpc registry member add`) instead of
+    /// founding a new one.
+    #[arg(long)]
+    join: bool,
     /// Do not sync the log to disk (faster; acknowledged writes may be lost on power failure).
     #[arg(long)]
     no_fsync: bool,
@@ -178,6 +214,7 @@ pub(crate) enum LeaseCommand {
 pub(crate) async fn run_registry(command: RegistryCommand) -> CliResult {
     match command {
         RegistryCommand::Serve(args) => serve(args).await,
+        RegistryCommand::Member(command) => run_member(command).await,
         RegistryCommand::MoveLeader { name, endpoint } => {
             client(&endpoint).move_leader(rpc_registry::member_id(&name)).await?;
             println!("leadership is moving to {name}");
@@ -190,7 +227,11 @@ pub(crate) async fn run_registry(command: RegistryCommand) -> CliResult {
                 false => {
                     let leader =
                         status.members.iter().find(|m| m.id == status.leader).map_or("none", |m| m.name.as_str());
-                    let names: Vec<String> = status.members.iter().map(|m| format!("{}={}", m.name, m.addr)).collect();
+                    let names: Vec<String> = status
+                        .members
+                        .iter()
+                        .map(|m| format!("{}={}{}", m.name, m.addr, if m.learner { " (learner)" } else { "" }))
+                        .collect();
                     println!("members   {}", names.join(","));
                     println!("leader    {leader}");
                     println!("term      {}", status.header.raft_term);
@@ -207,6 +248,41 @@ pub(crate) async fn run_registry(command: RegistryCommand) -> CliResult {
     }
 }
 
+async fn run_member(command: MemberCommand) -> CliResult {
+    let (members, endpoint) = match command {
+        MemberCommand::List(endpoint) => (client(&endpoint).status().await?.members, endpoint),
+        MemberCommand::Add { name, addr, endpoint } => {
+            let members = client(&endpoint).member_add(&name, &addr).await?;
+            if !endpoint.json {
+                let peers: Vec<String> = members.iter().map(|m| format!("{}={}", m.name, m.addr)).collect();
+                println!("added {name} as a learner; start it with:");
+                println!(
+                    "  rpc registry serve --name {name} --listen {addr} --join --peers {} --data-dir DIR",
+                    peers.join(",")
+                );
+            }
+            (members, endpoint)
+        }
+        MemberCommand::Remove { name, endpoint } => {
+            let members = client(&endpoint).member_remove(rpc_registry::member_id(&name)).await?;
+            if !endpoint.json {
+                println!("removed {name}");
+            }
+            (members, endpoint)
+        }
+    };
+    match endpoint.json {
+        true => println!("{}", serde_json::to_string(&members)?),
+        false => {
+            for m in &members {
+                let role = if m.learner { "learner" } else { "voter" };
+                println!("{:<12} {:016x}  {:<22} {role}", m.name, m.id, m.addr);
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn serve(args: ServeArgs) -> CliResult {
     let mut peers = Vec::new();
     for peer in &args.peers {
@@ -214,12 +290,16 @@ async fn serve(args: ServeArgs) -> CliResult {
         peers.push((name.to_owned(), addr.to_owned()));
     }
     let mut config = MemberConfig::new(args.name, args.data_dir, args.listen).peers(peers);
+    config.join = args.join;
     config.fsync = !args.no_fsync;
     config.retain_revisions = args.retain_revisions;
     config.retain_for = Duration::from_secs(args.retain_seconds);
     let member = RunningMember::start(config).await?;
     println!("registry member {:x} serving on {}", member.id(), member.local_addr());
-    shutdown_signal().await?;
+    tokio::select! {
+        signal = shutdown_signal() => signal?,
+        () = member.removed() => eprintln!("this member was removed from the cluster"),
+    }
     eprintln!("stopping: finishing running calls");
     member.shutdown(Duration::from_secs(5)).await?;
     Ok(())

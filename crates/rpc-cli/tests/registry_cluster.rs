@@ -1,7 +1,7 @@
 //! A registry of three `rpc registry serve` processes, faulted like a database: the leader is
-//! killed with SIGKILL and restarted, a member is paused with SIGSTOP and resumed, while clients
-//! read, write and compare-and-swap. The history they observe must be linearizable, and every
-//! acknowledged write must be there at the end.
+//! killed with SIGKILL and restarted, a member is paused with SIGSTOP and resumed, members are
+//! added and removed, while clients read, write and compare-and-swap. The history they observe
+//! must be linearizable, and every acknowledged write must be there at the end.
 
 use futures_util::StreamExt;
 use rpc_raft::{
@@ -34,7 +34,7 @@ struct Cluster {
 
 impl Cluster {
     fn start() -> Cluster {
-        let mut cluster = Cluster::new();
+        let mut cluster = Cluster::new(3);
         cluster.views = vec![cluster.peers.clone(); 3];
         for i in 0..3 {
             cluster.spawn(i);
@@ -44,7 +44,7 @@ impl Cluster {
 
     /// A cluster whose members reach each other through proxies that can be cut.
     async fn start_partitionable() -> Cluster {
-        let mut cluster = Cluster::new();
+        let mut cluster = Cluster::new(3);
         for from in 0..3 {
             let mut view = Vec::new();
             for to in 0..3 {
@@ -65,14 +65,15 @@ impl Cluster {
         cluster
     }
 
-    fn new() -> Cluster {
+    /// Names and addresses for `n` members; none is started.
+    fn new(n: usize) -> Cluster {
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
         let dir = std::env::temp_dir().join(format!("rpc-registry-cluster-{}-{nanos}", std::process::id()));
-        let listeners: Vec<_> = (0..3).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+        let listeners: Vec<_> = (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
         let peers =
             listeners.iter().enumerate().map(|(i, l)| (format!("n{i}"), l.local_addr().unwrap().to_string())).collect();
         drop(listeners);
-        Cluster { dir, peers, views: Vec::new(), proxies: Vec::new(), children: vec![None, None, None] }
+        Cluster { dir, peers, views: Vec::new(), proxies: Vec::new(), children: (0..n).map(|_| None).collect() }
     }
 
     /// Cuts (or restores) every link between member `i` and the others, both ways.
@@ -85,10 +86,15 @@ impl Cluster {
     }
 
     fn spawn(&mut self, i: usize) {
+        self.spawn_with(i, &[]);
+    }
+
+    fn spawn_with(&mut self, i: usize, flags: &[&str]) {
         let peers: Vec<String> = self.views[i].iter().map(|(n, a)| format!("{n}={a}")).collect();
         let child = Command::new(env!("CARGO_BIN_EXE_rpc"))
             .args(["registry", "serve", "--name", &self.peers[i].0, "--listen", &self.peers[i].1, "--peers"])
             .arg(peers.join(","))
+            .args(flags)
             .arg("--data-dir")
             .arg(self.dir.join(&self.peers[i].0))
             .stdout(Stdio::null())
@@ -389,4 +395,122 @@ async fn a_partitioned_leader_serves_no_stale_reads_and_catches_up_when_healed()
         }
         assert!(Instant::now() < deadline, "the healed member never served a linearizable read");
     }
+}
+
+/// Runs `rpc registry member ARGS --endpoints ENDPOINTS` and returns what it printed.
+fn member_command(args: &[&str], endpoints: &[String]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_rpc"))
+        .args(["registry", "member"])
+        .args(args)
+        .args(["--endpoints", &endpoints.join(",")])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "rpc registry member {args:?} failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Waits until the members `client` reports satisfy `done`.
+async fn wait_for_members(client: &RegistryClient, what: &str, done: impl Fn(&[rpc_registry::api::Member]) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(status) = client.status().await {
+            if done(&status.members) {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "within 30 s, {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits for member `i`'s process to end by itself, as a removed member does.
+async fn wait_for_exit(cluster: &mut Cluster, i: usize) {
+    let mut child = cluster.children[i].take().expect("the member is running");
+    let waited = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    let status = waited.await.unwrap().expect("a removed member stops its process within 20 s");
+    assert!(status.success(), "a removed member exits cleanly, got {status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_added_and_removed_under_load_keep_the_history_linearizable() {
+    let mut cluster = Cluster::new(4);
+    let founders = cluster.peers[..3].to_vec();
+    cluster.views = vec![founders.clone(), founders.clone(), founders, cluster.peers.clone()];
+    for i in 0..3 {
+        cluster.spawn(i);
+    }
+    let history: History = Arc::default();
+    let stop = Arc::new(Mutex::new(false));
+    let epoch = Instant::now();
+    let clients: Vec<_> = (1..=3)
+        .map(|id| tokio::spawn(client_loop(id, cluster.addrs(), history.clone(), epoch, stop.clone())))
+        .collect();
+    let acknowledged = |history: &History| history.lock().unwrap().iter().filter(|op| op.ret.is_some()).count();
+    let wait_for_progress = |history: History, more: usize| async move {
+        let target = acknowledged(&history) + more;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while acknowledged(&history) < target {
+            assert!(Instant::now() < deadline, "the cluster made no progress for 30 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    wait_for_progress(history.clone(), 100).await;
+
+    // n3 joins: added as a learner, it catches up from the log and is promoted to voter.
+    let founders: Vec<String> = cluster.addrs()[..3].to_vec();
+    let printed = member_command(&["add", "n3", &cluster.peers[3].1], &founders);
+    assert!(printed.contains("--join"), "member add tells how to start the new member: {printed}");
+    cluster.spawn_with(3, &["--join"]);
+    let everyone = RegistryClient::connect(cluster.addrs());
+    wait_for_members(&everyone, "n3 is promoted to voter", |members| {
+        members.len() == 4 && members.iter().all(|m| !m.learner)
+    })
+    .await;
+    let newcomer = RegistryClient::connect([cluster.peers[3].1.clone()]);
+    let written = everyone.put("joined", "yes").await.unwrap().header.revision;
+    let read = newcomer.get("joined").await.unwrap().expect("the new member serves the key");
+    assert_eq!(read.mod_revision, written, "a linearizable read through the new member is current");
+    let listed = member_command(&["list"], &founders);
+    assert_eq!(listed.lines().filter(|l| l.ends_with("voter")).count(), 4, "{listed}");
+    wait_for_progress(history.clone(), 100).await;
+
+    // The leader is removed: it hands over and its process stops by itself.
+    let old = leader(&cluster).await;
+    member_command(&["remove", &cluster.peers[old].0], &cluster.addrs());
+    wait_for_exit(&mut cluster, old).await;
+    wait_for_progress(history.clone(), 100).await;
+
+    // A follower is removed: the leader tells it, and its process stops too.
+    let now = leader(&cluster).await;
+    let follower = (0..3).find(|&i| i != old && i != now).expect("a founder follows");
+    member_command(&["remove", &cluster.peers[follower].0], &cluster.addrs());
+    wait_for_exit(&mut cluster, follower).await;
+    wait_for_members(&everyone, "two voters remain", |members| members.len() == 2).await;
+    wait_for_progress(history.clone(), 100).await;
+
+    *stop.lock().unwrap() = true;
+    for client in clients {
+        client.await.unwrap();
+    }
+    let ops = history.lock().unwrap().clone();
+    assert_eq!(check(&KvModel, &ops), CheckResult::Linearizable, "{} operations", ops.len());
+    let remaining = RegistryClient::connect([cluster.peers[3].1.clone()]);
+    assert_eq!(remaining.get("joined").await.unwrap().unwrap().value, b"yes", "nothing acknowledged was lost");
 }

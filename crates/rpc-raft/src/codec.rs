@@ -9,6 +9,7 @@
 //! entries   := count:u32 entry*count
 //! conf      := nvoters:u32 u64*nvoters nlearners:u32 u64*nlearners
 //! snap_meta := index:u64 term:u64 conf
+//! conf_entry := conf [bytes]   (the optional bytes are the change's context)
 //! ```
 //!
 //! Body per type: 1 PreVote(last_index, last_term), 2 PreVoteResponse(reject:u8),
@@ -310,7 +311,7 @@ pub fn decode_message(buf: &[u8]) -> Result<Message, DecodeError> {
     Ok(Message { from, to, term, body })
 }
 
-/// Encodes a membership configuration (the payload of a conf-change entry).
+/// Encodes a membership configuration.
 pub fn encode_conf_state(c: &ConfState) -> Vec<u8> {
     let mut buf = Vec::new();
     Writer(&mut buf).conf(c);
@@ -325,6 +326,29 @@ pub fn decode_conf_state(buf: &[u8]) -> Result<ConfState, DecodeError> {
         return Err(DecodeError::TrailingBytes(r.remaining()));
     }
     Ok(c)
+}
+
+/// Encodes the payload of a conf-change entry: the new configuration and the caller's
+/// context for it (empty writes none, so the entry reads as a bare configuration).
+pub fn encode_conf_entry(c: &ConfState, context: &[u8]) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let mut w = Writer(&mut buf);
+    w.conf(c);
+    if !context.is_empty() {
+        w.bytes(context);
+    }
+    buf
+}
+
+/// Decodes a conf-change entry's payload into its configuration and context.
+pub fn decode_conf_entry(buf: &[u8]) -> Result<(ConfState, Vec<u8>), DecodeError> {
+    let mut r = Reader::new(buf);
+    let c = r.conf()?;
+    let context = if r.remaining() == 0 { Vec::new() } else { r.bytes()? };
+    if r.remaining() != 0 {
+        return Err(DecodeError::TrailingBytes(r.remaining()));
+    }
+    Ok((c, context))
 }
 
 #[cfg(test)]
@@ -411,7 +435,12 @@ mod tests {
     #[test]
     fn conf_state_roundtrip() {
         let c = ConfState { voters: vec![1, 2], learners: vec![3] };
-        assert_eq!(decode_conf_state(&encode_conf_state(&c)), Ok(c));
+        assert_eq!(decode_conf_state(&encode_conf_state(&c)), Ok(c.clone()));
         assert!(decode_conf_state(&[1, 0, 0]).is_err());
+        assert_eq!(decode_conf_entry(&encode_conf_state(&c)), Ok((c.clone(), Vec::new())));
+        assert_eq!(decode_conf_entry(&encode_conf_entry(&c, b"ctx")), Ok((c.clone(), b"ctx".to_vec())));
+        let mut trailing = encode_conf_entry(&c, b"ctx");
+        trailing.push(0);
+        assert_eq!(decode_conf_entry(&trailing), Err(DecodeError::TrailingBytes(1)));
     }
 }

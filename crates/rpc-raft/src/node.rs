@@ -129,7 +129,23 @@ impl<S: Storage> RawNode<S> {
 
     /// Proposes a single-server membership change; returns the entry's index.
     pub fn propose_conf_change(&mut self, cc: ConfChange) -> Result<u64, ProposeError> {
-        self.raft.propose_conf_change(cc)
+        self.raft.propose_conf_change(cc, &[])
+    }
+
+    /// Proposes a membership change carrying `context` (say, the new member's address),
+    /// which every node reads back from the committed entry with
+    /// [`codec::decode_conf_entry`](crate::codec::decode_conf_entry).
+    pub fn propose_conf_change_with(&mut self, cc: ConfChange, context: Vec<u8>) -> Result<u64, ProposeError> {
+        self.raft.propose_conf_change(cc, &context)
+    }
+
+    /// On the leader, the highest log index known to be replicated on `id`; `None` elsewhere
+    /// or for a node outside the configuration. Tells when a learner has caught up.
+    pub fn match_index(&self, id: NodeId) -> Option<u64> {
+        match self.raft.role {
+            Role::Leader => self.raft.tracker.progress.get(&id).map(|p| p.matched),
+            _ => None,
+        }
     }
 
     /// Requests a linearizable read with the configured [`ReadOnlyOption`]; the

@@ -12,7 +12,7 @@
 
 use std::mem;
 
-use crate::codec::{decode_conf_state, encode_conf_state};
+use crate::codec::{decode_conf_entry, encode_conf_entry};
 use crate::config::Config;
 use crate::error::{Error, ProposeError};
 use crate::log::RaftLog;
@@ -85,7 +85,7 @@ impl<S: Storage> Raft<S> {
         let mut conf_history = vec![(snap.index, snap.conf.clone())];
         let ents = log.slice(log.first_index(), log.last_index() + 1, u64::MAX)?;
         for e in ents.iter().filter(|e| e.kind == EntryKind::ConfChange) {
-            let conf = decode_conf_state(&e.data)
+            let (conf, _) = decode_conf_entry(&e.data)
                 .map_err(|d| StorageError::corrupt("log", e.index, format!("bad conf change entry: {d}")))?;
             conf_history.push((e.index, conf));
         }
@@ -516,7 +516,7 @@ impl<S: Storage> Raft<S> {
         for e in ents.iter().filter(|e| e.kind == EntryKind::ConfChange) {
             // A malformed configuration cannot come from a correct leader; ignoring it
             // keeps the previous membership.
-            if let Ok(conf) = decode_conf_state(&e.data) {
+            if let Ok((conf, _)) = decode_conf_entry(&e.data) {
                 self.conf_history.push((e.index, conf));
                 changed = true;
             }
@@ -880,7 +880,7 @@ impl<S: Storage> Raft<S> {
         Ok(self.append_entry(EntryKind::Normal, data, None))
     }
 
-    pub(crate) fn propose_conf_change(&mut self, cc: ConfChange) -> Result<u64, ProposeError> {
+    pub(crate) fn propose_conf_change(&mut self, cc: ConfChange, context: &[u8]) -> Result<u64, ProposeError> {
         self.check_leader()?;
         if !self.committed_in_term() {
             return Err(ProposeError::LeaderNotReady);
@@ -924,7 +924,7 @@ impl<S: Storage> Raft<S> {
                 }
             }
         }
-        let data = encode_conf_state(&conf);
+        let data = encode_conf_entry(&conf, context);
         Ok(self.append_entry(EntryKind::ConfChange, data, Some(conf)))
     }
 

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use rpc_raft::codec::decode_conf_entry;
 use rpc_raft::transport::{InMemoryNetwork, Transport};
 use rpc_raft::{
     ConfChange, ConfState, Config, Entry, EntryKind, HardState, MemStorage, Message, MessageBody, NodeId, ProposeError,
@@ -495,11 +496,15 @@ fn membership_rules_and_learners() {
     assert_eq!(c.node(1).propose_conf_change(ConfChange::AddLearner(4)), Err(ProposeError::LeaderNotReady));
     c.stabilize();
     c.add_node(4);
-    c.node(1).propose_conf_change(ConfChange::AddLearner(4)).unwrap();
+    let index = c.node(1).propose_conf_change_with(ConfChange::AddLearner(4), b"n4@addr".to_vec()).unwrap();
     assert_eq!(c.node(1).propose_conf_change(ConfChange::AddVoter(5)), Err(ProposeError::ConfChangePending));
     c.stabilize();
     let conf = c.node(1).status().conf;
     assert_eq!(conf.learners, vec![4]);
+    let entry = c.node(4).storage().entries(index, index + 1, u64::MAX).unwrap().remove(0);
+    assert_eq!(decode_conf_entry(&entry.data), Ok((conf.clone(), b"n4@addr".to_vec())), "the context travels");
+    assert_eq!(c.node(1).match_index(4), Some(c.node(1).status().last_index), "the leader sees the learner caught up");
+    assert_eq!(c.node(2).match_index(4), None, "only the leader tracks progress");
     assert_eq!(conf.voters, vec![1, 2, 3]);
     assert_eq!(
         c.node(1).propose_conf_change(ConfChange::AddLearner(4)),

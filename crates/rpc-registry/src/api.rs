@@ -331,6 +331,8 @@ pub struct Member {
     pub name: String,
     /// The address it serves on, for clients and peers.
     pub addr: String,
+    /// A learner replicates but does not vote; the leader promotes it once it has caught up.
+    pub learner: bool,
 }
 
 /// A member's view of the cluster.

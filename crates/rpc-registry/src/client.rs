@@ -3,8 +3,8 @@
 
 use crate::{
     api::{
-        DeleteRangeRequest, KeyValue, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, StatusResponse,
-        TxnRequest, TxnResponse, WatchCreate, WatchRequest, WatchResponse,
+        DeleteRangeRequest, KeyValue, Member, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp,
+        StatusResponse, TxnRequest, TxnResponse, WatchCreate, WatchRequest, WatchResponse,
     },
     service::{ErrorCode, RegistryApiClient, RegistryError},
 };
@@ -202,6 +202,22 @@ impl RegistryClient {
     /// has started.
     pub async fn move_leader(&self, to: u64) -> Result<(), ClientError> {
         self.call(true, |c| async move { c.move_leader(to).await }).await
+    }
+
+    /// Adds the member `name` serving on `addr` as a learner (promoted to voter once it has
+    /// caught up) and returns the members. Start it with [`MemberConfig::join`](crate::MemberConfig::join).
+    pub async fn member_add(&self, name: &str, addr: &str) -> Result<Vec<Member>, ClientError> {
+        let (name, addr) = (name.to_owned(), addr.to_owned());
+        self.call(false, |c| {
+            let (name, addr) = (name.clone(), addr.clone());
+            async move { c.member_add(name, addr).await }
+        })
+        .await
+    }
+
+    /// Removes member `id` (see [`crate::member_id`]) and returns the members left.
+    pub async fn member_remove(&self, id: u64) -> Result<Vec<Member>, ClientError> {
+        self.call(false, |c| async move { c.member_remove(id).await }).await
     }
 
     /// The status of the member calls go to first.

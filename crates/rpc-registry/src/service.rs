@@ -3,7 +3,7 @@
 
 use crate::{
     api::{
-        DeleteRangeRequest, DeleteRangeResponse, LeaseGrantResponse, LeaseStatus, PutRequest, PutResponse,
+        DeleteRangeRequest, DeleteRangeResponse, LeaseGrantResponse, LeaseStatus, Member, PutRequest, PutResponse,
         RangeRequest, RangeResponse, StatusResponse, TxnRequest, TxnResponse, WatchRequest, WatchResponse,
     },
     store::StoreError,
@@ -120,6 +120,11 @@ pub trait RegistryApi {
     /// Hands leadership to member `to` (the leader answers once the transfer has started; the
     /// new leader takes over within an election timeout).
     async fn move_leader(&self, to: u64) -> Result<(), RegistryError>;
+    /// Adds a member as a learner (the leader promotes it to voter once it has caught up) and
+    /// answers the members. Start the new member with `join` after this, or before: it waits.
+    async fn member_add(&self, name: String, addr: String) -> Result<Vec<Member>, RegistryError>;
+    /// Removes member `id` and answers the members left. A removed member stops itself.
+    async fn member_remove(&self, id: u64) -> Result<Vec<Member>, RegistryError>;
     /// The answering member's view of the cluster.
     #[idempotent]
     async fn status(&self) -> StatusResponse;
@@ -132,4 +137,8 @@ pub trait RaftPeer {
     /// for an answer.
     #[oneway]
     async fn deliver(&self, messages: Vec<Vec<u8>>);
+    /// Tells member `id` of cluster `cluster_id` that it was removed. The leader sends it: a
+    /// removed follower is cut off before the entry removing it reaches it.
+    #[oneway]
+    async fn removed(&self, cluster_id: u64, id: u64);
 }

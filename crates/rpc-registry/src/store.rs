@@ -16,7 +16,7 @@ use rpc_core::Codec;
 
 use crate::api::{
     in_range, Compare, CompareResult, CompareTarget, DeleteRangeRequest, DeleteRangeResponse, Event, EventKind,
-    KeyValue, LeaseGrantResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseOp,
+    KeyValue, LeaseGrantResponse, Member, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseOp,
     TxnRequest, TxnResponse,
 };
 use crate::command::{Checkpoints, Command, LeaseGrant};
@@ -226,6 +226,8 @@ struct Image {
     compact_revision: u64,
     keys: Vec<KeyImage>,
     leases: Vec<LeaseImage>,
+    cluster_id: u64,
+    members: Vec<Member>,
 }
 
 #[rpc_core::message]
@@ -265,12 +267,40 @@ pub struct Store {
     db_size: u64,
     keys: BTreeMap<Vec<u8>, Vec<Version>>,
     leases: BTreeMap<u64, LeaseInfo>,
+    cluster_id: u64,
+    members: Vec<Member>,
 }
 
 impl Store {
     /// An empty store at revision 0.
     pub fn new(limits: Limits) -> Store {
-        Store { limits, revision: 0, compact_revision: 0, db_size: 0, keys: BTreeMap::new(), leases: BTreeMap::new() }
+        Store {
+            limits,
+            revision: 0,
+            compact_revision: 0,
+            db_size: 0,
+            keys: BTreeMap::new(),
+            leases: BTreeMap::new(),
+            cluster_id: 0,
+            members: Vec::new(),
+        }
+    }
+
+    /// The cluster this store belongs to; 0 for a member that has not yet been told.
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster_id
+    }
+
+    /// The cluster's members, sorted by name, as of the last membership change applied.
+    pub fn members(&self) -> &[Member] {
+        &self.members
+    }
+
+    /// Records the cluster's identity and members (they travel in snapshots with the data).
+    pub fn set_cluster(&mut self, cluster_id: u64, mut members: Vec<Member>) {
+        members.sort_by(|a, b| a.name.cmp(&b.name));
+        self.cluster_id = cluster_id;
+        self.members = members;
     }
 
     /// The revision of the last write that changed something; 0 for an empty store.
@@ -371,6 +401,8 @@ impl Store {
                 .values()
                 .map(|l| LeaseImage { id: l.id, ttl: l.ttl, remaining_ms: l.remaining_ms })
                 .collect(),
+            cluster_id: self.cluster_id,
+            members: self.members.clone(),
         };
         let mut bytes = BytesMut::new();
         // Protobuf encoding of a schema type only appends to the buffer; it has no error path.
@@ -391,6 +423,7 @@ impl Store {
         let mut store = Store::new(limits);
         store.revision = image.revision;
         store.compact_revision = image.compact_revision;
+        store.set_cluster(image.cluster_id, image.members);
         for LeaseImage { id, ttl, remaining_ms } in image.leases {
             let lease = LeaseInfo { id, ttl, remaining_ms, keys: BTreeSet::new() };
             if id == 0 || store.leases.insert(id, lease).is_some() {

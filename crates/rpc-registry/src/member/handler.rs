@@ -7,7 +7,7 @@ use super::{
 };
 use crate::{
     api::{
-        DeleteRangeRequest, DeleteRangeResponse, LeaseGrantResponse, LeaseStatus, PutRequest, PutResponse,
+        DeleteRangeRequest, DeleteRangeResponse, LeaseGrantResponse, LeaseStatus, Member, PutRequest, PutResponse,
         RangeRequest, RangeResponse, RequestOp, StatusResponse, TxnRequest, TxnResponse, WatchRequest, WatchResponse,
     },
     command::{Command, LeaseGrant},
@@ -253,11 +253,33 @@ impl RegistryApi for Api {
         self.wait(rx).await?
     }
 
+    async fn member_add(&self, name: String, addr: String) -> Result<Vec<Member>, RegistryError> {
+        if name.is_empty() || addr.is_empty() {
+            return Err(RegistryError::new(ErrorCode::InvalidRequest, "a new member needs a name and an address"));
+        }
+        let id = super::member_id(&name);
+        if let Some(known) = self.shared.lock().store.members().iter().find(|m| m.id == id || m.addr == addr) {
+            return Err(RegistryError::new(
+                ErrorCode::InvalidRequest,
+                format!("{}={} is already a member; remove it first to replace it", known.name, known.addr),
+            ));
+        }
+        let (tx, rx) = oneshot::channel();
+        self.shared.inputs.send(Input::AddMember(Member { id, name, addr, learner: true }, tx))?;
+        self.wait(rx).await?
+    }
+
+    async fn member_remove(&self, id: u64) -> Result<Vec<Member>, RegistryError> {
+        let (tx, rx) = oneshot::channel();
+        self.shared.inputs.send(Input::RemoveMember(id, tx))?;
+        self.wait(rx).await?
+    }
+
     async fn status(&self) -> StatusResponse {
         let state = self.shared.lock();
         StatusResponse {
             header: self.shared.header(&state),
-            members: self.shared.members.clone(),
+            members: state.store.members().to_vec(),
             leader: state.raft.leader,
             raft_index: state.raft.last_index,
             commit_index: state.raft.commit,
@@ -307,6 +329,13 @@ impl RaftPeer for Peer {
                 Ok(message) => tracing::warn!(to = message.to, "a Raft message for another member; check --peers"),
                 Err(e) => tracing::warn!(error = %e, "an unreadable Raft message from a peer"),
             }
+        }
+    }
+
+    async fn removed(&self, cluster_id: u64, id: u64) {
+        let ours = self.shared.lock().store.cluster_id();
+        if id == self.shared.id && cluster_id == ours && ours != 0 {
+            let _ = self.shared.inputs.send(Input::Removed);
         }
     }
 }

@@ -43,6 +43,9 @@ pub struct MemberConfig {
     /// Every member of the cluster as `(name, address)`, this one included; empty for a
     /// one-member registry.
     pub peers: Vec<(String, String)>,
+    /// Join a running cluster (whose members `peers` lists) instead of founding one: the
+    /// member starts outside the configuration and waits for a `member_add` naming it.
+    pub join: bool,
     /// Sync the log to disk before acknowledging (turn off only for throwaway data).
     pub fsync: bool,
     /// Limits of the store.
@@ -71,6 +74,7 @@ impl MemberConfig {
             data_dir: data_dir.into(),
             listen: listen.into(),
             peers: Vec::new(),
+            join: false,
             fsync: true,
             limits: Limits::default(),
             max_request_bytes: 3 << 19,
@@ -90,13 +94,15 @@ impl MemberConfig {
 
     /// The members, this one included, sorted by name.
     fn members(&self) -> Vec<Member> {
+        let member = |name: &str, addr: &str| Member {
+            id: member_id(name),
+            name: name.into(),
+            addr: addr.into(),
+            learner: false,
+        };
         let mut members: Vec<Member> = match self.peers.is_empty() {
-            true => vec![Member { id: member_id(&self.name), name: self.name.clone(), addr: self.listen.clone() }],
-            false => self
-                .peers
-                .iter()
-                .map(|(name, addr)| Member { id: member_id(name), name: name.clone(), addr: addr.clone() })
-                .collect(),
+            true => vec![member(&self.name, &self.listen)],
+            false => self.peers.iter().map(|(name, addr)| member(name, addr)).collect(),
         };
         members.sort_by(|a, b| a.name.cmp(&b.name));
         members
@@ -113,11 +119,11 @@ pub fn member_id(name: &str) -> u64 {
 /// What the Raft thread and the handlers share.
 struct Shared {
     id: u64,
-    cluster_id: u64,
-    members: Vec<Member>,
     config: MemberConfig,
     state: Mutex<State>,
     inputs: raft::Inputs,
+    /// Set once this member has been removed from the cluster.
+    removed: tokio::sync::watch::Sender<bool>,
 }
 
 /// What the lock guards: the store and everything that must change with it atomically.
@@ -146,7 +152,7 @@ impl Shared {
 
     fn header(&self, state: &State) -> crate::api::Header {
         crate::api::Header {
-            cluster_id: self.cluster_id,
+            cluster_id: state.store.cluster_id(),
             member_id: self.id,
             revision: state.store.revision(),
             raft_term: state.raft.term,
@@ -154,7 +160,7 @@ impl Shared {
     }
 
     fn addr_of(&self, id: u64) -> String {
-        self.members.iter().find(|m| m.id == id).map(|m| m.addr.clone()).unwrap_or_default()
+        self.lock().store.members().iter().find(|m| m.id == id).map(|m| m.addr.clone()).unwrap_or_default()
     }
 }
 
@@ -187,20 +193,17 @@ impl RunningMember {
                 format!("--peers must include this member ({}); it lists {:?}", config.name, peer_names(&members)),
             ));
         }
-        let cluster_id =
-            members.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, m| member_id(&format!("{h}/{}={}", m.name, m.addr)));
         let (node, store) = raft::open(&config, id, &members)?;
         let (inputs, queue) = raft::inputs();
+        let outbox = peers::Outbox::start(id, store.members());
         let shared = Arc::new(Shared {
             id,
-            cluster_id,
-            members: members.clone(),
             config: config.clone(),
             state: Mutex::new(State { store, watchers: Watchers::default(), raft: RaftView::default() }),
             inputs,
+            removed: tokio::sync::watch::Sender::new(false),
         });
         let listener = tokio::net::TcpListener::bind(&config.listen).await?;
-        let outbox = peers::Outbox::start(id, &members);
         let raft = raft::spawn(shared.clone(), node, queue, outbox)?;
         let server = Server::builder()
             // Room above the request limit, so a request somewhat over it gets a typed refusal
@@ -231,6 +234,14 @@ impl RunningMember {
     /// This member's Raft id.
     pub fn id(&self) -> u64 {
         self.shared.id
+    }
+
+    /// Resolves once this member has been removed from the cluster (its Raft node has stopped;
+    /// the server answers that it is no longer a member). A process then shuts it down.
+    pub async fn removed(&self) {
+        let mut removed = self.shared.removed.subscribe();
+        // The sender lives in `shared`, which `self` keeps alive.
+        let _ = removed.wait_for(|removed| *removed).await;
     }
 
     /// Stops serving (running calls get `grace` to finish), then stops the Raft node.

@@ -16,28 +16,47 @@ const QUEUE: usize = 4096;
 const BATCH_BYTES: usize = 4 << 20;
 
 pub(super) struct Outbox {
-    peers: HashMap<u64, mpsc::Sender<Vec<u8>>>,
+    me: u64,
+    runtime: tokio::runtime::Handle,
+    /// Per peer: the address its task delivers to, and the task's queue.
+    peers: HashMap<u64, (String, mpsc::Sender<Vec<u8>>)>,
 }
 
 impl Outbox {
     /// Starts a sender task per member other than `me`. Must run inside a Tokio runtime.
     pub(super) fn start(me: u64, members: &[Member]) -> Outbox {
-        let peers = members
-            .iter()
-            .filter(|m| m.id != me)
-            .map(|m| {
+        let mut outbox = Outbox { me, runtime: tokio::runtime::Handle::current(), peers: HashMap::new() };
+        outbox.update(members);
+        outbox
+    }
+
+    /// Follows a membership change: starts tasks for new members (or new addresses) and ends
+    /// those of members that left (dropping a queue ends its task).
+    pub(super) fn update(&mut self, members: &[Member]) {
+        self.peers.retain(|id, (addr, _)| members.iter().any(|m| m.id == *id && m.addr == *addr));
+        for m in members.iter().filter(|m| m.id != self.me && !m.addr.is_empty()) {
+            self.peers.entry(m.id).or_insert_with(|| {
                 let (tx, rx) = mpsc::channel(QUEUE);
-                tokio::spawn(deliver(m.addr.clone(), rx));
-                (m.id, tx)
-            })
-            .collect();
-        Outbox { peers }
+                self.runtime.spawn(deliver(m.addr.clone(), rx));
+                (m.addr.clone(), tx)
+            });
+        }
+    }
+
+    /// Tells `member` it was removed from cluster `cluster_id` (one try: a member that misses
+    /// it keeps running without a leader until it is stopped).
+    pub(super) fn notify_removed(&self, cluster_id: u64, member: &Member) {
+        let (addr, id) = (member.addr.clone(), member.id);
+        self.runtime.spawn(async move {
+            let channel = Channel::builder(addr).timeout(Duration::from_secs(5)).connect_lazy();
+            let _ = RaftPeerClient::new(channel).removed(cluster_id, id).await;
+        });
     }
 
     /// Queues `messages` for their recipients, dropping those whose queue is full.
     pub(super) fn send(&self, messages: &[Message]) {
         for message in messages {
-            if let Some(peer) = self.peers.get(&message.to) {
+            if let Some((_, peer)) = self.peers.get(&message.to) {
                 let _ = peer.try_send(encode_message(message));
             }
         }

@@ -9,8 +9,9 @@ use crate::{
 };
 use rpc_core::Codec;
 use rpc_raft::{
+    codec::decode_conf_entry,
     storage::{DurableOptions, DurableStorage, StdFs},
-    ConfState, Config, EntryKind, Message, ProposeError, RawNode, Ready, Role, Storage,
+    ConfChange, ConfState, Config, Entry, EntryKind, Message, ProposeError, RawNode, Ready, Role, Storage,
 };
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
@@ -29,9 +30,28 @@ pub(super) type Node = RawNode<DurableStorage<StdFs>>;
 const TICK: Duration = Duration::from_millis(10);
 /// Inputs waiting for the Raft thread; past this, handlers are refused rather than queued.
 const INPUT_QUEUE: usize = 64 * 1024;
+/// A learner this close to the leader's commit index has caught up and is promoted to voter.
+const PROMOTE_LAG: u64 = 128;
+/// How long a removed member keeps its Raft node running, so a removed leader can hand over.
+const REMOVED_LINGER: Duration = Duration::from_secs(1);
 
 /// The answer to a write.
 pub(super) type WriteReply = oneshot::Sender<Result<Output, RegistryError>>;
+/// The answer to a membership change: the members once it is applied.
+pub(super) type MembersReply = oneshot::Sender<Result<Vec<Member>, RegistryError>>;
+
+/// The context of a conf-change entry: who asked (to answer them) and who joins or leaves.
+#[rpc_core::message]
+#[derive(Clone, Debug, Default)]
+struct MemberChange {
+    /// The member that proposed it and its sequence number there.
+    proposer: u64,
+    seq: u64,
+    /// The cluster's id, for a joining member that does not know it yet.
+    cluster_id: u64,
+    /// The member added, promoted or removed.
+    subject: Member,
+}
 
 /// What the Raft thread is asked to do.
 pub(super) enum Input {
@@ -48,6 +68,12 @@ pub(super) enum Input {
     TimeToLive(u64, oneshot::Sender<Result<u64, RegistryError>>),
     /// Hand leadership to a member (leader only).
     MoveLeader(u64, oneshot::Sender<Result<(), RegistryError>>),
+    /// Add a member as a learner (leader only).
+    AddMember(Member, MembersReply),
+    /// Remove a member (leader only).
+    RemoveMember(u64, MembersReply),
+    /// The leader says this member was removed.
+    Removed,
 }
 
 /// The handlers' end of the Raft thread's queue.
@@ -90,13 +116,27 @@ pub(super) fn inputs() -> (Inputs, Queue) {
 pub(super) fn open(config: &super::MemberConfig, id: u64, members: &[Member]) -> io::Result<(Node, Store)> {
     let dir = config.data_dir.join("raft");
     std::fs::create_dir_all(&dir)?;
-    let conf = ConfState::with_voters(members.iter().map(|m| m.id));
+    let conf = match config.join {
+        true => ConfState::default(),
+        false => ConfState::with_voters(members.iter().map(|m| m.id)),
+    };
     let opts = DurableOptions { sync: config.fsync, ..DurableOptions::default() };
     let mut storage = DurableStorage::open(StdFs::new(), &dir.to_string_lossy(), opts, conf)
         .map_err(|e| io::Error::other(format!("{}: {e}", dir.display())))?;
     let snapshot = storage.snapshot().map_err(|e| io::Error::other(e.to_string()))?;
     let store = match snapshot.data.is_empty() {
-        true => Store::new(config.limits.clone()),
+        true => {
+            let mut store = Store::new(config.limits.clone());
+            // Founders derive the cluster's id from --peers alike; a joiner learns it when added.
+            let cluster_id = match config.join {
+                true => 0,
+                false => members
+                    .iter()
+                    .fold(0xcbf2_9ce4_8422_2325_u64, |h, m| super::member_id(&format!("{h}/{}={}", m.name, m.addr))),
+            };
+            store.set_cluster(cluster_id, members.to_vec());
+            store
+        }
         false => Store::restore(&snapshot.data, config.limits.clone())
             .map_err(|e| io::Error::other(format!("{}: the snapshot is unreadable: {e}", dir.display())))?,
     };
@@ -126,6 +166,12 @@ struct Driver {
     reads: HashMap<u64, oneshot::Sender<Result<(), RegistryError>>>,
     /// Confirmed reads waiting for this member to apply up to their index.
     confirmed: BTreeMap<u64, Vec<oneshot::Sender<Result<(), RegistryError>>>>,
+    /// Membership changes proposed here, by sequence number, awaiting their application.
+    changes: HashMap<u64, MembersReply>,
+    /// Whether the configuration applied last includes this member.
+    in_conf: bool,
+    /// When this member learned it was removed from the cluster.
+    removed_at: Option<Instant>,
     leases: LeaseClock,
     role: Role,
     last_snapshot: u64,
@@ -136,7 +182,8 @@ struct Driver {
 
 impl Driver {
     fn new(shared: Arc<Shared>, node: Node, outbox: Outbox) -> Driver {
-        let last_snapshot = node.storage().snapshot_meta().index;
+        let snapshot = node.storage().snapshot_meta();
+        let (last_snapshot, in_conf) = (snapshot.index, snapshot.conf.members().any(|id| id == shared.id));
         let checkpoint = TICK * node_election_ticks();
         Driver {
             shared,
@@ -146,6 +193,9 @@ impl Driver {
             next_seq: 1,
             reads: HashMap::new(),
             confirmed: BTreeMap::new(),
+            changes: HashMap::new(),
+            in_conf,
+            removed_at: None,
             leases: LeaseClock::new(checkpoint),
             role: Role::Follower,
             last_snapshot,
@@ -154,12 +204,16 @@ impl Driver {
     }
 
     fn run(mut self, queue: Queue) {
-        if self.shared.members.len() == 1 {
+        if self.node.status().conf.voters == [self.shared.id] {
             self.node.campaign();
         }
         let mut next_tick = Instant::now() + TICK;
         loop {
             if queue.stopped.load(Ordering::Acquire) {
+                return;
+            }
+            if self.removed_at.is_some_and(|at| at.elapsed() >= REMOVED_LINGER) {
+                tracing::info!(member = %self.shared.config.name, "removed from the cluster; stopping the member");
                 return;
             }
             let now = Instant::now();
@@ -243,6 +297,16 @@ impl Driver {
                 };
                 let _ = reply.send(answer);
             }
+            Input::AddMember(member, reply) => {
+                let change = ConfChange::AddLearner(member.id);
+                self.change_members(change, member, reply);
+            }
+            Input::RemoveMember(id, reply) => {
+                let known = self.shared.lock().store.members().iter().find(|m| m.id == id).cloned();
+                let member = known.unwrap_or(Member { id, ..Member::default() });
+                self.change_members(ConfChange::RemoveNode(id), member, reply);
+            }
+            Input::Removed => self.removed(Instant::now()),
             Input::TimeToLive(id, reply) => {
                 let answer = match self.role {
                     Role::Leader => self.leases.remaining(id, Instant::now()),
@@ -280,10 +344,69 @@ impl Driver {
         }
     }
 
+    /// Proposes a membership change about `subject`; `reply` hears the members once applied.
+    fn change_members(&mut self, change: ConfChange, subject: Member, reply: MembersReply) {
+        if self.role != Role::Leader {
+            let _ = reply.send(Err(self.not_leader()));
+            return;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        match self.propose_change(change, subject, seq) {
+            Ok(()) => {
+                self.changes.insert(seq, reply);
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    fn propose_change(&mut self, change: ConfChange, subject: Member, seq: u64) -> Result<(), RegistryError> {
+        let cluster_id = self.shared.lock().store.cluster_id();
+        let context = MemberChange { proposer: self.shared.id, seq, cluster_id, subject };
+        let mut data = bytes::BytesMut::new();
+        Codec::Protobuf
+            .encode(&context, &mut data)
+            .map_err(|e| RegistryError::new(ErrorCode::InvalidRequest, format!("the change cannot be encoded: {e}")))?;
+        let name = context.subject.name;
+        self.node.propose_conf_change_with(change, data.to_vec()).map(drop).map_err(|e| match e {
+            ProposeError::NotLeader { .. } => self.not_leader(),
+            ProposeError::LeaderNotReady | ProposeError::TransferInProgress => {
+                RegistryError::new(ErrorCode::NoLeader, format!("{e}; retry"))
+            }
+            ProposeError::ConfChangePending => RegistryError::new(
+                ErrorCode::InvalidRequest,
+                "another membership change is still being applied (a new learner waits to catch up before its \
+                 promotion); retry once `rpc registry member list` shows it done",
+            ),
+            other => RegistryError::new(ErrorCode::InvalidRequest, format!("cannot change {name:?}: {other}")),
+        })
+    }
+
+    /// On the leader: promotes the first learner that has caught up to voter.
+    fn promote_caught_up_learner(&mut self) {
+        let status = self.node.status();
+        let caught_up = status
+            .conf
+            .learners
+            .iter()
+            .copied()
+            .find(|&id| self.node.match_index(id).is_some_and(|matched| matched + PROMOTE_LAG >= status.commit));
+        let Some(id) = caught_up else { return };
+        let known = self.shared.lock().store.members().iter().find(|m| m.id == id).cloned();
+        let subject = known.unwrap_or(Member { id, ..Member::default() });
+        // Refused while another change is pending; the next tick tries again.
+        if self.propose_change(ConfChange::AddVoter(id), subject, 0).is_ok() {
+            tracing::info!(member = %self.shared.config.name, learner = id, "promoting a caught-up learner to voter");
+        }
+    }
+
     fn on_tick(&mut self, now: Instant) {
         if self.role != Role::Leader {
             return;
         }
+        self.promote_caught_up_learner();
         let (due, revision, compacted) = {
             let state = self.shared.lock();
             (self.leases.due(&state.store, now), state.store.revision(), state.store.compact_revision())
@@ -347,7 +470,8 @@ impl Driver {
     fn apply(&mut self, ready: &Ready) {
         let now = Instant::now();
         let status = self.node.status();
-        let mut state = self.shared.lock();
+        let shared = self.shared.clone();
+        let mut state = shared.lock();
         if let Some(snapshot) = &ready.snapshot {
             match Store::restore(&snapshot.data, self.shared.config.limits.clone()) {
                 Ok(store) => {
@@ -361,8 +485,17 @@ impl Driver {
                 }
             }
         }
+        let mut members_changed = ready.snapshot.is_some();
+        if let Some(snapshot) = &ready.snapshot {
+            self.in_conf = snapshot.meta.conf.members().any(|id| id == self.shared.id);
+        }
         for entry in &ready.committed_entries {
-            if entry.kind != EntryKind::Normal || entry.data.is_empty() {
+            if entry.kind == EntryKind::ConfChange {
+                self.apply_conf_change(entry, &mut state.store, now);
+                members_changed = true;
+                continue;
+            }
+            if entry.data.is_empty() {
                 continue;
             }
             let proposal: Proposal = match Codec::Protobuf.decode(&entry.data) {
@@ -393,6 +526,9 @@ impl Driver {
             applied: status.applied.max(ready.committed_entries.last().map_or(0, |e| e.index)),
         };
         let applied = state.raft.applied;
+        if members_changed {
+            self.outbox.update(state.store.members());
+        }
         drop(state);
         for read in &ready.read_states {
             let ctx = read.ctx.as_slice().try_into().map(u64::from_be_bytes).unwrap_or(0);
@@ -414,6 +550,57 @@ impl Driver {
         }
     }
 
+    /// Applies a committed membership change to the member directory; answers its proposer.
+    fn apply_conf_change(&mut self, entry: &Entry, store: &mut Store, now: Instant) {
+        let (conf, context) = match decode_conf_entry(&entry.data) {
+            Ok(decoded) => decoded,
+            Err(e) => {
+                tracing::error!(index = entry.index, error = %e, "a membership change is unreadable; skipped");
+                return;
+            }
+        };
+        let change: MemberChange = Codec::Protobuf.decode(&context).unwrap_or_default();
+        let members = conf
+            .members()
+            .map(|id| {
+                let known = match change.subject.id == id {
+                    true => Some(change.subject.clone()),
+                    false => store.members().iter().find(|m| m.id == id).cloned(),
+                };
+                let member = known.unwrap_or_else(|| Member { id, name: format!("{id:x}"), ..Member::default() });
+                Member { learner: conf.is_learner(id), ..member }
+            })
+            .collect();
+        let cluster_id = match store.cluster_id() {
+            0 => change.cluster_id,
+            known => known,
+        };
+        store.set_cluster(cluster_id, members);
+        tracing::info!(member = %self.shared.config.name, voters = ?conf.voters, learners = ?conf.learners, "membership changed");
+        if change.proposer == self.shared.id {
+            if let Some(reply) = self.changes.remove(&change.seq) {
+                let _ = reply.send(Ok(store.members().to_vec()));
+            }
+        }
+        let gone = !conf.members().any(|id| id == change.subject.id);
+        if self.role == Role::Leader && gone && change.subject.id != self.shared.id && !change.subject.addr.is_empty() {
+            self.outbox.notify_removed(cluster_id, &change.subject);
+        }
+        let in_conf = conf.members().any(|id| id == self.shared.id);
+        if self.in_conf && !in_conf {
+            self.removed(now);
+        }
+        self.in_conf = in_conf;
+    }
+
+    fn removed(&mut self, now: Instant) {
+        if self.removed_at.is_none() {
+            tracing::warn!(member = %self.shared.config.name, "this member was removed from the cluster");
+            self.removed_at = Some(now);
+            self.shared.removed.send_replace(true);
+        }
+    }
+
     fn role_changed(&mut self, role: Role, now: Instant) {
         let was_leader = self.role == Role::Leader;
         self.role = role;
@@ -429,6 +616,12 @@ impl Driver {
                 let _ = reply.send(Err(RegistryError::new(
                     ErrorCode::Timeout,
                     "leadership changed before the write was applied; it may or may not have been; read to find out",
+                )));
+            }
+            for (_, reply) in self.changes.drain() {
+                let _ = reply.send(Err(RegistryError::new(
+                    ErrorCode::Timeout,
+                    "leadership changed before the membership change was applied; check `member list`",
                 )));
             }
             for (_, reply) in self.reads.drain() {
