@@ -220,7 +220,7 @@ fn live(history: &[Version]) -> Option<&Version> {
 
 /// A snapshot as it is encoded. Lease bindings are not in it: the keys' versions carry them.
 #[rpc_core::message]
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Image {
     revision: u64,
     compact_revision: u64,
@@ -388,14 +388,10 @@ impl Store {
 
     /// The whole state, encoded deterministically: equal stores give equal bytes.
     pub fn snapshot(&self) -> Vec<u8> {
-        let image = Image {
+        let head = Image {
             revision: self.revision,
             compact_revision: self.compact_revision,
-            keys: self
-                .keys
-                .iter()
-                .map(|(key, versions)| KeyImage { key: key.clone(), versions: versions.clone() })
-                .collect(),
+            keys: Vec::new(),
             leases: self
                 .leases
                 .values()
@@ -404,10 +400,18 @@ impl Store {
             cluster_id: self.cluster_id,
             members: self.members.clone(),
         };
-        let mut bytes = BytesMut::new();
+        // Room for the data and its framing, so the buffer is not regrown (and copied) as it fills.
+        let mut bytes = BytesMut::with_capacity(self.db_size as usize + self.db_size as usize / 4 + 1024);
         // Protobuf encoding of a schema type only appends to the buffer; it has no error path.
-        Codec::Protobuf.encode(&image, &mut bytes).expect("protobuf encoding cannot fail");
-        bytes.to_vec()
+        Codec::Protobuf.encode(&head, &mut bytes).expect("protobuf encoding cannot fail");
+        // Protobuf concatenates repeated fields, so each key goes in as an image of that key
+        // alone: the store is never copied whole, only one key's history at a time.
+        for (key, versions) in &self.keys {
+            let one =
+                Image { keys: vec![KeyImage { key: key.clone(), versions: versions.clone() }], ..Image::default() };
+            Codec::Protobuf.encode(&one, &mut bytes).expect("protobuf encoding cannot fail");
+        }
+        Vec::from(bytes)
     }
 
     /// Rebuilds a store from [`Store::snapshot`]'s bytes, checking what the store relies on
