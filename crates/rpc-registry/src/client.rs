@@ -236,6 +236,14 @@ impl RegistryClient {
         Watch { rx }
     }
 
+    /// Sends later calls to the member at `leader` if it is one of ours, else to the next
+    /// member: what a stream does when its member refuses it or goes away.
+    pub(crate) fn move_on(&self, leader: &str) {
+        let index = self.current.load(Ordering::Relaxed);
+        let next = self.members.iter().position(|(addr, _)| addr == leader).unwrap_or(index + 1);
+        self.current.store(next % self.members.len(), Ordering::Relaxed);
+    }
+
     /// The RPC client of the member calls go to first, for calls this type does not wrap
     /// (watch and keep-alive streams).
     pub fn current(&self) -> RegistryApiClient<Channel> {
@@ -302,8 +310,7 @@ async fn follow(client: RegistryClient, mut spec: WatchCreate, out: mpsc::Sender
             return;
         }
         // The member failed or went away: try the next one.
-        let next = (client.current.load(Ordering::Relaxed) + 1) % client.members.len();
-        client.current.store(next, Ordering::Relaxed);
+        client.move_on("");
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(1));
     }

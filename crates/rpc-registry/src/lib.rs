@@ -7,14 +7,23 @@
 //! - [`service`]: the RPC services, for clients and between members.
 //! - [`member`]: a running member: server, Raft thread, watches, lease clock.
 //! - [`client`]: a client that follows the leader across members.
+//! - [`session`]: a lease kept alive in the background.
+//! - [`discovery`]: registering instances and discovering them for rpc-lb.
+//! - [`lock`]: locks with fencing tokens, and leader elections.
 
 pub mod api;
 pub mod client;
 pub mod command;
+pub mod discovery;
+pub mod lock;
 pub mod member;
 pub mod service;
+pub mod session;
 pub mod store;
 
 pub use client::{ClientError, RegistryClient, Watch};
+pub use discovery::{Instance, Registration, RegistryDiscover};
+pub use lock::{Election, Leadership, LockGuard};
 pub use member::{member_id, min_ttl_secs, MemberConfig, RunningMember};
 pub use service::{ErrorCode, RegistryApiClient, RegistryError};
+pub use session::Session;

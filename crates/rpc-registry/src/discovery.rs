@@ -1,0 +1,386 @@
+//! Service discovery on the registry: instances register under a session's lease, and
+//! [`RegistryDiscover`] follows them for rpc-lb's balanced channels and lookaside balancer.
+//!
+//! An instance is the key `services/{service}/{addr}` with its [`Instance`] as JSON (readable
+//! with `rpc kv get --prefix services/` and by tools in any language).
+
+use crate::{
+    api::{prefix_end, EventKind, KeyValue, PutRequest, RangeRequest, WatchCreate},
+    session::{Session, DEFAULT_TTL},
+    ClientError, RegistryClient, Watch,
+};
+use futures_util::StreamExt;
+use rpc_core::{Codec, Status};
+use rpc_lb::discover::{Change, Discover, Endpoint};
+use std::{collections::BTreeMap, time::Duration};
+use tokio::{sync::oneshot, task::JoinHandle};
+
+/// Where instances live in the key space.
+pub const SERVICES_PREFIX: &str = "services/";
+/// Longest pause between tries to re-register after the registry lost an instance.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// One instance of a service, as registered.
+#[rpc_core::message]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Instance {
+    /// The service's name.
+    pub service: String,
+    /// `host:port` clients connect to.
+    pub addr: String,
+    /// Relative share of traffic for weighted balancers.
+    pub weight: u32,
+    /// Failure domain (zone, rack); empty if unknown.
+    pub zone: String,
+    /// The build it runs.
+    pub version: String,
+    /// Labels such as `canary`.
+    pub tags: Vec<String>,
+    /// Anything else.
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl Instance {
+    /// An instance of `service` at `addr`, weight 1.
+    pub fn new(service: impl Into<String>, addr: impl ToString) -> Instance {
+        Instance { service: service.into(), addr: addr.to_string(), weight: 1, ..Instance::default() }
+    }
+
+    /// Sets the weight.
+    pub fn weight(mut self, weight: u32) -> Instance {
+        self.weight = weight;
+        self
+    }
+
+    /// Sets the zone.
+    pub fn zone(mut self, zone: impl Into<String>) -> Instance {
+        self.zone = zone.into();
+        self
+    }
+
+    /// Sets the version.
+    pub fn version(mut self, version: impl Into<String>) -> Instance {
+        self.version = version.into();
+        self
+    }
+
+    /// Adds a tag.
+    pub fn tag(mut self, tag: impl Into<String>) -> Instance {
+        self.tags.push(tag.into());
+        self
+    }
+
+    /// Adds a metadata entry.
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Instance {
+        self.metadata.insert(key.into(), value.into());
+        self
+    }
+
+    /// The instance's key.
+    pub fn key(&self) -> String {
+        format!("{SERVICES_PREFIX}{}/{}", self.service, self.addr)
+    }
+
+    /// What a balancer knows of it: weight and zone, with version and tags in the metadata.
+    pub fn endpoint(&self) -> Endpoint {
+        let mut endpoint = Endpoint::new(&self.addr).weight(self.weight);
+        endpoint.zone = (!self.zone.is_empty()).then(|| self.zone.clone());
+        endpoint.metadata = self.metadata.clone();
+        if !self.version.is_empty() {
+            endpoint.metadata.insert("version".into(), self.version.clone());
+        }
+        if !self.tags.is_empty() {
+            endpoint.metadata.insert("tags".into(), self.tags.join(","));
+        }
+        endpoint
+    }
+
+    /// Reads an instance from its stored value.
+    pub fn decode(kv: &KeyValue) -> Result<Instance, String> {
+        Codec::Json
+            .decode(&kv.value)
+            .map_err(|e| format!("{} does not hold an instance: {e}", String::from_utf8_lossy(&kv.key)))
+    }
+
+    fn check(&self) -> Result<(), ClientError> {
+        let bad = |why: &str| {
+            Err(ClientError::Registry(crate::RegistryError::new(
+                crate::ErrorCode::InvalidRequest,
+                format!("cannot register {:?} at {:?}: {why}", self.service, self.addr),
+            )))
+        };
+        if self.service.is_empty() || self.service.contains('/') {
+            return bad("the service name must be non-empty and have no '/'");
+        }
+        if self.addr.is_empty() {
+            return bad("the address is empty");
+        }
+        Ok(())
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut bytes = bytes::BytesMut::new();
+        // JSON encoding of a plain struct of strings and numbers cannot fail.
+        Codec::Json.encode(self, &mut bytes).expect("an instance encodes as JSON");
+        bytes.to_vec()
+    }
+}
+
+impl RegistryClient {
+    /// Registers `instance` under a lease of [`DEFAULT_TTL`] seconds kept alive in the
+    /// background, and keeps it registered: if the registry loses it (the lease expired while
+    /// the process was cut off), it is registered again. Returns once the first registration
+    /// is written. Call [`Registration::deregister`] before shutting the server down, so clients
+    /// stop choosing it before it stops taking calls.
+    pub async fn register(&self, instance: Instance) -> Result<Registration, ClientError> {
+        self.register_with_ttl(instance, DEFAULT_TTL).await
+    }
+
+    /// [`RegistryClient::register`] with a lease of `ttl` seconds: how long a dead instance stays
+    /// listed.
+    pub async fn register_with_ttl(&self, instance: Instance, ttl: u64) -> Result<Registration, ClientError> {
+        instance.check()?;
+        let session = put_instance(self, &instance, ttl).await?;
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(stay_registered(self.clone(), instance.clone(), ttl, session, stopped));
+        Ok(Registration { instance, stop: Some(stop), task })
+    }
+
+    /// Follows the instances of `service` (see [`RegistryDiscover`]).
+    pub fn discover(&self, service: &str) -> RegistryDiscover {
+        RegistryDiscover::new(self.clone(), service)
+    }
+
+    /// Every registered instance, of one service or of all, ordered by service and address.
+    pub async fn instances(&self, service: Option<&str>) -> Result<Vec<Instance>, ClientError> {
+        let prefix = match service {
+            Some(service) => format!("{SERVICES_PREFIX}{service}/"),
+            None => SERVICES_PREFIX.to_owned(),
+        };
+        let prefix = prefix.into_bytes();
+        let range = RangeRequest { range_end: prefix_end(&prefix), key: prefix, ..RangeRequest::default() };
+        let found = self.range(range).await?;
+        Ok(found.kvs.iter().filter_map(|kv| Instance::decode(kv).ok()).collect())
+    }
+}
+
+async fn put_instance(client: &RegistryClient, instance: &Instance, ttl: u64) -> Result<Session, ClientError> {
+    let session = Session::new(client, ttl).await?;
+    let put = PutRequest {
+        key: instance.key().into_bytes(),
+        value: instance.encode(),
+        lease: session.lease(),
+        ..PutRequest::default()
+    };
+    client.put_with(put).await?;
+    Ok(session)
+}
+
+/// Re-registers whenever the session is lost, until told to stop; then deregisters.
+async fn stay_registered(
+    client: RegistryClient,
+    instance: Instance,
+    ttl: u64,
+    mut session: Session,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            () = session.lost() => {}
+        }
+        tracing::warn!(service = %instance.service, addr = %instance.addr, "the registry lost this instance; registering it again");
+        loop {
+            let again = tokio::select! {
+                _ = &mut stop => return,
+                again = put_instance(&client, &instance, ttl) => again,
+            };
+            match again {
+                Ok(renewed) => {
+                    session = renewed;
+                    backoff = Duration::from_millis(100);
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "registering again failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+    // Revoking the lease deletes the key in the same revision.
+    if let Err(e) = session.close().await {
+        tracing::warn!(error = %e, service = %instance.service, "deregistering failed; the instance expires with its lease");
+    }
+}
+
+/// An instance kept registered in the background; see [`RegistryClient::register`]. Dropping it
+/// deregisters too, without waiting.
+#[must_use = "dropping a Registration deregisters the instance"]
+#[derive(Debug)]
+pub struct Registration {
+    instance: Instance,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl Registration {
+    /// What is registered.
+    pub fn instance(&self) -> &Instance {
+        &self.instance
+    }
+
+    /// Removes the instance from the registry and waits until it is gone (or the registry
+    /// could not be told: then the instance expires with its lease).
+    pub async fn deregister(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+
+    /// Deregisters, then shuts `server` down with `grace`: clients stop choosing this instance
+    /// before it stops taking calls.
+    pub async fn shutdown(self, server: rpc_core::server::RunningServer, grace: Duration) -> std::io::Result<()> {
+        self.deregister().await;
+        server.shutdown(grace).await
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        // The task sees the stop and deregisters on its own.
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// The instances of one service, followed through a watch: an rpc-lb [`Discover`].
+///
+/// The first call lists them; later calls wait for changes. If the registry cannot be reached,
+/// it answers an error and the balanced channel keeps using the instances it knows; the next
+/// call resumes the watch from the last revision seen, or lists again if that history was
+/// compacted. Instances whose value is not an [`Instance`] are skipped with a warning.
+pub struct RegistryDiscover {
+    client: RegistryClient,
+    prefix: Vec<u8>,
+    /// What the balancer was last told, by key.
+    known: BTreeMap<Vec<u8>, Endpoint>,
+    watch: Option<Watch>,
+    /// The revision the known set is current at.
+    revision: u64,
+}
+
+impl std::fmt::Debug for RegistryDiscover {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryDiscover")
+            .field("prefix", &String::from_utf8_lossy(&self.prefix))
+            .field("known", &self.known.len())
+            .field("revision", &self.revision)
+            .finish()
+    }
+}
+
+impl RegistryDiscover {
+    fn new(client: RegistryClient, service: &str) -> RegistryDiscover {
+        let prefix = format!("{SERVICES_PREFIX}{service}/").into_bytes();
+        RegistryDiscover { client, prefix, known: BTreeMap::new(), watch: None, revision: 0 }
+    }
+
+    /// Lists the instances and answers how the known set changes to match.
+    async fn list(&mut self) -> Result<Vec<Change>, ClientError> {
+        let range =
+            RangeRequest { key: self.prefix.clone(), range_end: prefix_end(&self.prefix), ..RangeRequest::default() };
+        let found = self.client.range(range).await?;
+        let mut now = BTreeMap::new();
+        for kv in &found.kvs {
+            match Instance::decode(kv) {
+                Ok(instance) => {
+                    now.insert(kv.key.clone(), instance.endpoint());
+                }
+                Err(e) => tracing::warn!(error = %e, "skipping a malformed instance"),
+            }
+        }
+        let mut changes = Vec::new();
+        for (key, endpoint) in &now {
+            match self.known.get(key) {
+                None => changes.push(Change::Added(endpoint.clone())),
+                Some(before) if before != endpoint => changes.push(Change::Updated(endpoint.clone())),
+                Some(_) => {}
+            }
+        }
+        changes.extend(
+            self.known.iter().filter(|(k, _)| !now.contains_key(*k)).map(|(_, e)| Change::Removed(e.addr.clone())),
+        );
+        self.known = now;
+        self.revision = found.header.revision;
+        Ok(changes)
+    }
+
+    fn start_watch(&mut self) {
+        let spec = WatchCreate {
+            key: self.prefix.clone(),
+            range_end: prefix_end(&self.prefix),
+            start_revision: self.revision + 1,
+            ..WatchCreate::default()
+        };
+        self.watch = Some(self.client.watch(spec));
+    }
+}
+
+impl Discover for RegistryDiscover {
+    async fn next_changes(&mut self) -> Result<Vec<Change>, Status> {
+        let first = self.revision == 0;
+        if self.watch.is_none() {
+            let changes = self.list().await.map_err(|e| Status::unavailable(format!("listing instances: {e}")))?;
+            self.start_watch();
+            if first || !changes.is_empty() {
+                return Ok(changes);
+            }
+        }
+        loop {
+            let watch = self.watch.as_mut().expect("a watch was started above");
+            let response = match watch.next().await {
+                Some(Ok(response)) => response,
+                Some(Err(e)) => {
+                    // The history it needed was compacted: list again on the next call.
+                    self.watch = None;
+                    return Err(Status::unavailable(format!("watching instances: {e}")));
+                }
+                None => {
+                    self.watch = None;
+                    return Err(Status::unavailable("the instance watch ended"));
+                }
+            };
+            self.revision = self.revision.max(response.header.revision);
+            let mut changes = Vec::new();
+            for event in response.events {
+                self.revision = self.revision.max(event.kv.mod_revision);
+                match event.kind {
+                    EventKind::Put => match Instance::decode(&event.kv) {
+                        Ok(instance) => {
+                            let endpoint = instance.endpoint();
+                            match self.known.insert(event.kv.key, endpoint.clone()) {
+                                None => changes.push(Change::Added(endpoint)),
+                                Some(before) if before != endpoint => changes.push(Change::Updated(endpoint)),
+                                Some(_) => {}
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "skipping a malformed instance"),
+                    },
+                    EventKind::Delete => {
+                        if let Some(gone) = self.known.remove(&event.kv.key) {
+                            changes.push(Change::Removed(gone.addr));
+                        }
+                    }
+                }
+            }
+            if !changes.is_empty() {
+                return Ok(changes);
+            }
+        }
+    }
+}

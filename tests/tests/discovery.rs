@@ -1,0 +1,242 @@
+//! Discovery, locks and elections on a registry over real sockets: instances registered by
+//! servers and followed by balanced channels, a registry that goes away and comes back, and
+//! contenders for a lock and a leadership.
+
+mod lb_support;
+
+use futures_util::StreamExt;
+use lb_support::*;
+use rpc_core::Status;
+use rpc_lb::LbChannel;
+use rpc_registry::{Instance, MemberConfig, RegistryClient, RunningMember};
+use std::{
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let dir = std::env::temp_dir().join(format!("rpc-discovery-{tag}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn registry_on(dir: &TempDir, listen: &str) -> RunningMember {
+    let mut config = MemberConfig::new("solo", dir.0.join("solo"), listen);
+    config.fsync = false;
+    RunningMember::start(config).await.unwrap()
+}
+
+/// Waits until `cond` holds, failing the test after 10 s.
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..1000 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{what} did not happen within 10 s");
+}
+
+fn addrs(channel: &LbChannel) -> Vec<String> {
+    let mut addrs: Vec<String> = channel.endpoints().into_iter().map(|s| s.endpoint.addr.clone()).collect();
+    addrs.sort();
+    addrs
+}
+
+/// Calls `work` until `stop`; returns the failures.
+fn load(client: NodeClient<LbChannel>, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<(u64, Vec<Status>)> {
+    tokio::spawn(async move {
+        let (mut ok, mut failed) = (0, Vec::new());
+        while !stop.load(Ordering::SeqCst) {
+            match client.work(0).await {
+                Ok(_) => ok += 1,
+                Err(status) => failed.push(status),
+            }
+        }
+        (ok, failed)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registered_instances_are_discovered_and_a_graceful_leave_fails_no_call() {
+    let dir = TempDir::new("leave");
+    let registry = registry_on(&dir, "127.0.0.1:0").await;
+    let client = registry.client();
+    let (servers, ctls, server_addrs) = start_nodes(2).await;
+    let mut registrations = Vec::new();
+    for (i, addr) in server_addrs.iter().enumerate() {
+        let instance = Instance::new("node", addr).weight(10).zone("a").version("1.4.2").tag("canary");
+        registrations.push(client.register(instance.metadata("index", i.to_string())).await.unwrap());
+    }
+    let listed = client.instances(Some("node")).await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(
+        (listed[0].weight, listed[0].zone.as_str(), listed[0].tags.clone()),
+        (10, "a", vec!["canary".to_owned()])
+    );
+
+    let channel = LbChannel::builder(client.discover("node")).connect().await.unwrap();
+    let mut expected = server_addrs.clone();
+    expected.sort();
+    assert_eq!(addrs(&channel), expected, "the channel starts with both registered instances");
+    let endpoint = &channel.endpoints()[0].endpoint;
+    assert_eq!((endpoint.weight, endpoint.zone.as_deref()), (10, Some("a")));
+    assert_eq!(endpoint.metadata.get("version").map(String::as_str), Some("1.4.2"));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let calls = load(NodeClient::new(channel.clone()), stop.clone());
+    eventually("both instances serve", || ctls.iter().all(|c| c.served() > 20)).await;
+
+    // The first instance leaves gracefully: deregistered before its server drains.
+    let mut servers = servers.into_iter();
+    let leaving = servers.next().unwrap();
+    registrations.remove(0).shutdown(leaving, Duration::from_secs(5)).await.unwrap();
+    eventually("the channel drops the instance that left", || addrs(&channel) == [server_addrs[1].clone()]).await;
+    let before = ctls[1].served();
+    eventually("the other instance takes the calls", || ctls[1].served() > before + 100).await;
+    stop.store(true, Ordering::SeqCst);
+    let (ok, failed) = calls.await.unwrap();
+    assert!(ok > 100);
+    assert!(failed.is_empty(), "a graceful leave failed calls: {failed:?}");
+
+    // A third instance joins and is picked up live.
+    let (joining, joining_ctl) = start_node(2).await;
+    let joined = client.register(Instance::new("node", joining.local_addr())).await.unwrap();
+    eventually("the channel adds the new instance", || addrs(&channel).len() == 2).await;
+    let node = NodeClient::new(channel.clone());
+    for _ in 0..50 {
+        node.work(0).await.unwrap();
+    }
+    assert!(joining_ctl.served() > 0, "the new instance takes calls");
+    joined.deregister().await;
+    assert_eq!(client.instances(Some("node")).await.unwrap().len(), 1, "deregistering deletes the key");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_the_registry_loses_is_registered_again() {
+    let dir = TempDir::new("lost");
+    let registry = registry_on(&dir, "127.0.0.1:0").await;
+    let client = registry.client();
+    let registration = client.register(Instance::new("orders", "10.0.0.1:7001")).await.unwrap();
+    let key = registration.instance().key();
+    let first = client.get(&key).await.unwrap().expect("registered");
+    // The registry loses it: its lease is revoked from elsewhere, deleting the key.
+    let mut watch = client.watch(rpc_registry::api::WatchCreate {
+        key: key.clone().into_bytes(),
+        start_revision: first.mod_revision + 1,
+        ..Default::default()
+    });
+    client.lease_revoke(first.lease).await.unwrap();
+    let mut kinds = Vec::new();
+    while kinds.len() < 2 {
+        let response =
+            tokio::time::timeout(Duration::from_secs(10), watch.next()).await.expect("re-registered in time");
+        kinds.extend(response.unwrap().unwrap().events.into_iter().map(|e| (e.kind, e.kv.lease)));
+    }
+    assert_eq!(kinds[0].0, rpc_registry::api::EventKind::Delete);
+    assert_eq!(kinds[1].0, rpc_registry::api::EventKind::Put, "the instance came back");
+    assert_ne!(kinds[1].1, first.lease, "under a new lease");
+    drop(registration);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_keeps_its_instances_while_the_registry_is_down_and_follows_it_back() {
+    let dir = TempDir::new("down");
+    let listen = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let registry = registry_on(&dir, &listen).await;
+    let client = RegistryClient::connect([listen.clone()]);
+    let (_servers, _ctls, server_addrs) = start_nodes(2).await;
+    let first = client.register_with_ttl(Instance::new("node", &server_addrs[0]), 30).await.unwrap();
+    let channel = LbChannel::builder(client.discover("node")).connect().await.unwrap();
+    assert_eq!(addrs(&channel), [server_addrs[0].clone()]);
+
+    registry.shutdown(Duration::from_secs(1)).await.unwrap();
+    let node = NodeClient::new(channel.clone());
+    for _ in 0..20 {
+        node.work(0).await.expect("calls go on with the last known instances while the registry is down");
+    }
+    assert_eq!(addrs(&channel), [server_addrs[0].clone()]);
+
+    let _registry = registry_on(&dir, &listen).await;
+    let second = client.register(Instance::new("node", &server_addrs[1])).await.unwrap();
+    let mut both = server_addrs.clone();
+    both.sort();
+    eventually("the channel follows the registry once it is back", || addrs(&channel) == both).await;
+    drop((first, second));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_goes_to_one_holder_at_a_time_first_come_first_served_with_rising_tokens() {
+    let dir = TempDir::new("lock");
+    let registry = registry_on(&dir, "127.0.0.1:0").await;
+    let client = registry.client();
+    let first = client.lock("jobs/compaction").await.unwrap();
+    // A waiter that gives up does not hold up those behind it.
+    assert!(tokio::time::timeout(Duration::from_millis(300), client.lock("jobs/compaction")).await.is_err());
+    let (tx, mut order) = tokio::sync::mpsc::unbounded_channel();
+    let mut waiters = Vec::new();
+    for name in ["second", "third"] {
+        let (client, tx) = (client.clone(), tx.clone());
+        waiters.push(tokio::spawn(async move {
+            let guard = client.lock("jobs/compaction").await.unwrap();
+            tx.send((name, guard.token())).unwrap();
+            // Hold it until told: the third must not get it meanwhile.
+            guard
+        }));
+        // Join the queue in this order.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(order.try_recv().is_err(), "nobody else holds the lock while the first does");
+    let first_token = first.token();
+    first.unlock().await.unwrap();
+    let (name, second_token) = order.recv().await.unwrap();
+    assert_eq!(name, "second", "waiters are served in the order they came");
+    assert!(second_token > first_token, "fencing tokens rise");
+    assert!(order.try_recv().is_err(), "the third waits while the second holds it");
+    let second = waiters.remove(0).await.unwrap();
+    drop(second);
+    let (name, third_token) = order.recv().await.unwrap();
+    assert_eq!(name, "third", "dropping a guard releases the lock");
+    assert!(third_token > second_token);
+    drop(waiters);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_election_has_one_leader_observed_by_all_and_the_next_takes_over_on_resign() {
+    let dir = TempDir::new("election");
+    let registry = registry_on(&dir, "127.0.0.1:0").await;
+    let client = registry.client();
+    let election = client.election("scheduler");
+    let mut observed = Box::pin(election.observe());
+    assert_eq!(observed.next().await.unwrap().unwrap(), None, "nobody leads at first");
+    let a = election.campaign("a:7001").await.unwrap();
+    assert_eq!(observed.next().await.unwrap().unwrap().as_deref(), Some(&b"a:7001"[..]));
+    let b = tokio::spawn({
+        let election = election.clone();
+        async move { election.campaign("b:7001").await.unwrap() }
+    });
+    a.proclaim("a:7002").await.unwrap();
+    assert_eq!(observed.next().await.unwrap().unwrap().as_deref(), Some(&b"a:7002"[..]), "a proclaimed value is seen");
+    assert_eq!(election.leader().await.unwrap().unwrap().value, b"a:7002", "b waits while a leads");
+    let a_token = a.token();
+    a.resign().await.unwrap();
+    let b = tokio::time::timeout(Duration::from_secs(10), b).await.expect("b takes over").unwrap();
+    assert!(b.token() > a_token);
+    assert_eq!(observed.next().await.unwrap().unwrap().as_deref(), Some(&b"b:7001"[..]));
+    assert!(!b.is_lost());
+}
