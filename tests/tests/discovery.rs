@@ -240,3 +240,41 @@ async fn an_election_has_one_leader_observed_by_all_and_the_next_takes_over_on_r
     assert_eq!(observed.next().await.unwrap().unwrap().as_deref(), Some(&b"b:7001"[..]));
     assert!(!b.is_lost());
 }
+
+#[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+struct Limits {
+    max_in_flight: u32,
+    burst: u32,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_follows_changes_keeps_the_last_good_value_and_rolls_back() {
+    let dir = TempDir::new("config");
+    let registry = registry_on(&dir, "127.0.0.1:0").await;
+    let client = registry.client();
+    let missing = client.config::<Limits>("orders/limits").await.unwrap_err();
+    assert!(missing.to_string().contains("rpc config set"), "{missing}");
+
+    let first = client.set_config("orders/limits", &Limits { max_in_flight: 100, burst: 10 }).await.unwrap();
+    let mut limits = client.config::<Limits>("orders/limits").await.unwrap();
+    assert_eq!(*limits.get(), Limits { max_in_flight: 100, burst: 10 });
+    assert_eq!(limits.revision(), first);
+
+    let second = client.set_config("orders/limits", &Limits { max_in_flight: 200, burst: 20 }).await.unwrap();
+    assert_eq!(*limits.changed().await, Limits { max_in_flight: 200, burst: 20 }, "a change reaches the process");
+    assert_eq!(limits.revision(), second);
+
+    let bad = client.put("config/orders/limits", r#"{"max_in_flight": "lots"}"#).await.unwrap().header.revision;
+    assert_eq!(*limits.changed().await, Limits { max_in_flight: 200, burst: 20 }, "a bad value is not taken");
+    let error = limits.error().expect("the refusal is reported");
+    assert!(error.contains(&format!("revision {bad}")) && error.contains("not valid"), "{error}");
+
+    let history = client.config_history("orders/limits").await.unwrap();
+    let revisions: Vec<u64> = history.iter().map(|r| r.revision).collect();
+    assert_eq!(revisions, [first, second, bad]);
+    assert_eq!(history[0].json, r#"{"max_in_flight":100,"burst":10}"#);
+
+    let rolled = client.rollback_config("orders/limits", first).await.unwrap();
+    assert_eq!(*limits.changed().await, Limits { max_in_flight: 100, burst: 10 }, "rolled back to the first value");
+    assert_eq!((limits.revision(), limits.error()), (rolled, None));
+}

@@ -3,6 +3,7 @@
 mod bench;
 mod call;
 mod demo;
+mod discovery;
 mod idl;
 mod registry;
 
@@ -44,6 +45,15 @@ enum Command {
         #[command(subcommand)]
         command: registry::LeaseCommand,
     },
+    /// List registered services and their instances.
+    Ls(discovery::LsArgs),
+    /// Read, set, and roll back configuration values.
+    Config {
+        #[command(subcommand)]
+        command: discovery::ConfigCommand,
+    },
+    /// Take a lock, run a command while holding it, and release it.
+    Lock(discovery::LockArgs),
     /// Serve the benchmark service in this process (started by `rpc bench`).
     #[command(hide = true, name = "__bench-server")]
     BenchServer {
@@ -75,6 +85,9 @@ fn main() -> ExitCode {
             Command::Registry { command } => registry::run_registry(command).await,
             Command::Kv { command } => registry::run_kv(command).await,
             Command::Lease { command } => registry::run_lease(command).await,
+            Command::Ls(args) => discovery::ls(args).await,
+            Command::Config { command } => discovery::config(command).await,
+            Command::Lock(args) => discovery::lock(args).await,
             Command::BenchServer { kind } => bench::rpc::serve_child(&kind).await,
         }
     });

@@ -104,10 +104,10 @@ pub(crate) struct ServeArgs {
 pub(crate) struct EndpointArgs {
     /// Registry members, comma-separated; calls follow the leader.
     #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:2379")]
-    endpoints: Vec<String>,
+    pub(crate) endpoints: Vec<String>,
     /// Print JSON instead of text.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 /// `rpc kv ...`
@@ -319,7 +319,7 @@ async fn shutdown_signal() -> std::io::Result<()> {
     tokio::signal::ctrl_c().await
 }
 
-fn client(endpoint: &EndpointArgs) -> RegistryClient {
+pub(crate) fn client(endpoint: &EndpointArgs) -> RegistryClient {
     RegistryClient::connect(endpoint.endpoints.clone())
 }
 

@@ -514,3 +514,102 @@ async fn members_added_and_removed_under_load_keep_the_history_linearizable() {
     let remaining = RegistryClient::connect([cluster.peers[3].1.clone()]);
     assert_eq!(remaining.get("joined").await.unwrap().unwrap().value, b"yes", "nothing acknowledged was lost");
 }
+
+/// One critical section as the holders logged it: `start TOKEN PID` ... `end TOKEN`.
+fn check_mutual_exclusion(log: &str, killed: &[u64]) -> usize {
+    let (mut open, mut last, mut completed) = (None::<u64>, 0, 0);
+    for line in log.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let token: u64 = words[1].parse().unwrap();
+        match words[0] {
+            "start" => {
+                if let Some(holder) = open {
+                    assert!(killed.contains(&holder), "token {token} entered while {holder} held the lock:\n{log}");
+                }
+                assert!(token > last, "token {token} came after {last}: fencing tokens must rise\n{log}");
+                (open, last) = (Some(token), token);
+            }
+            _ => {
+                assert_eq!(open, Some(token), "an end without its start:\n{log}");
+                (open, completed) = (None, completed + 1);
+            }
+        }
+    }
+    completed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_excludes_under_kill_9_of_its_holder_and_of_the_registry_leader() {
+    use std::os::unix::process::CommandExt;
+    let mut cluster = Cluster::start();
+    let first = leader(&cluster).await;
+    let log = cluster.dir.join("critical.log");
+    let endpoints = cluster.addrs().join(",");
+    // Each holder logs its critical section; the PID lets the test kill a holder's whole
+    // process group (`rpc lock` and its command) mid-section.
+    let script = format!(
+        "echo start $RPC_LOCK_TOKEN $PPID >> {log}; sleep 0.05; echo end $RPC_LOCK_TOKEN >> {log}",
+        log = log.display()
+    );
+    let stop = Arc::new(Mutex::new(false));
+    let holders: Vec<_> = (0..3)
+        .map(|_| {
+            let (script, endpoints, stop) = (script.clone(), endpoints.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !*stop.lock().unwrap() {
+                    let status = Command::new(env!("CARGO_BIN_EXE_rpc"))
+                        .args(["lock", "jobs", "--ttl", "1", "--endpoints", &endpoints, "--", "sh", "-c", &script])
+                        .stderr(Stdio::null())
+                        .process_group(0)
+                        .status()
+                        .unwrap();
+                    let _ = status;
+                }
+            })
+        })
+        .collect();
+    let read = |log: &PathBuf| std::fs::read_to_string(log).unwrap_or_default();
+    let sections = |text: &str| text.lines().filter(|l| l.starts_with("end")).count();
+    let wait_for_sections = |more: usize| {
+        let log = log.clone();
+        let target = sections(&read(&log)) + more;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while sections(&read(&log)) < target {
+                assert!(Instant::now() < deadline, "the lock made no progress for 60 s");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    wait_for_sections(10).await;
+
+    // Kill a holder inside its critical section: the next one may enter only after its lease
+    // expires, never while it runs.
+    let mut killed = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = read(&log);
+        let last = text.lines().last().unwrap_or_default().to_owned();
+        if let ["start", token, pid] = last.split_whitespace().collect::<Vec<_>>()[..] {
+            let _ = Command::new("kill").args(["-9", &format!("-{pid}")]).status();
+            killed.push(token.parse::<u64>().unwrap());
+            break;
+        }
+        assert!(Instant::now() < deadline, "never caught a holder inside its section");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    wait_for_sections(5).await;
+
+    // Kill the registry's leader: holders keep their leases through the election.
+    cluster.kill(first);
+    wait_for_sections(10).await;
+    cluster.spawn(first);
+    wait_for_sections(5).await;
+
+    *stop.lock().unwrap() = true;
+    for holder in holders {
+        holder.join().unwrap();
+    }
+    let completed = check_mutual_exclusion(&read(&log), &killed);
+    assert!(completed >= 30, "{completed} critical sections");
+}

@@ -9,11 +9,13 @@
 //! - [`client`]: a client that follows the leader across members.
 //! - [`session`]: a lease kept alive in the background.
 //! - [`discovery`]: registering instances and discovering them for rpc-lb.
+//! - [`config`]: typed configuration that follows changes.
 //! - [`lock`]: locks with fencing tokens, and leader elections.
 
 pub mod api;
 pub mod client;
 pub mod command;
+pub mod config;
 pub mod discovery;
 pub mod lock;
 pub mod member;
@@ -22,6 +24,7 @@ pub mod session;
 pub mod store;
 
 pub use client::{ClientError, RegistryClient, Watch};
+pub use config::Config;
 pub use discovery::{Instance, Registration, RegistryDiscover};
 pub use lock::{Election, Leadership, LockGuard};
 pub use member::{member_id, min_ttl_secs, MemberConfig, RunningMember};

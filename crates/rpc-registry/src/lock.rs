@@ -24,8 +24,8 @@ struct Contender {
 
 impl Contender {
     /// Joins the queue under `prefix` with `value`.
-    async fn join(client: &RegistryClient, prefix: &str, value: Vec<u8>) -> Result<Contender, ClientError> {
-        let session = Session::new(client, DEFAULT_TTL).await?;
+    async fn join(client: &RegistryClient, prefix: &str, value: Vec<u8>, ttl: u64) -> Result<Contender, ClientError> {
+        let session = Session::new(client, ttl).await?;
         let key = format!("{prefix}{:016x}", session.lease()).into_bytes();
         let put = PutRequest { key: key.clone(), value, lease: session.lease(), ..PutRequest::default() };
         let revision = client.put_with(put).await?.header.revision;
@@ -73,8 +73,14 @@ impl RegistryClient {
     /// that dies loses it within the lease's TTL). Cancel by dropping the future; put a
     /// deadline on it with `tokio::time::timeout`.
     pub async fn lock(&self, name: &str) -> Result<LockGuard, ClientError> {
+        self.lock_with_ttl(name, DEFAULT_TTL).await
+    }
+
+    /// [`RegistryClient::lock`] under a lease of `ttl` seconds: how long the lock outlives a
+    /// holder that dies.
+    pub async fn lock_with_ttl(&self, name: &str, ttl: u64) -> Result<LockGuard, ClientError> {
         let prefix = format!("{LOCKS_PREFIX}{name}/");
-        let contender = Contender::join(self, &prefix, Vec::new()).await?;
+        let contender = Contender::join(self, &prefix, Vec::new(), ttl).await?;
         contender.wait_turn(self, prefix.as_bytes()).await?;
         Ok(LockGuard { client: self.clone(), contender })
     }
@@ -135,7 +141,7 @@ pub struct Election {
 impl Election {
     /// Campaigns with `value`: waits until this candidate leads. Cancel by dropping the future.
     pub async fn campaign(&self, value: impl Into<Vec<u8>>) -> Result<Leadership, ClientError> {
-        let contender = Contender::join(&self.client, &self.prefix, value.into()).await?;
+        let contender = Contender::join(&self.client, &self.prefix, value.into(), DEFAULT_TTL).await?;
         contender.wait_turn(&self.client, self.prefix.as_bytes()).await?;
         Ok(Leadership { client: self.client.clone(), contender })
     }

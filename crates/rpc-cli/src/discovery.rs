@@ -1,0 +1,151 @@
+//! `rpc ls`, `rpc config ...` and `rpc lock`: services, configuration and locks on the registry.
+
+use crate::{
+    registry::{client, EndpointArgs},
+    CliResult,
+};
+use clap::{Args, Subcommand};
+
+/// Flags of `rpc ls`.
+#[derive(Args)]
+pub(crate) struct LsArgs {
+    /// Only this service's instances.
+    service: Option<String>,
+    #[command(flatten)]
+    endpoint: EndpointArgs,
+}
+
+/// `rpc config ...`
+#[derive(Subcommand)]
+pub(crate) enum ConfigCommand {
+    /// Print a configuration value (JSON).
+    Get {
+        /// The config's name, e.g. orders/limits.
+        name: String,
+        #[command(flatten)]
+        endpoint: EndpointArgs,
+    },
+    /// Set a configuration value; it must be JSON. Processes following it pick it up live.
+    Set {
+        /// The config's name.
+        name: String,
+        /// The value, as JSON.
+        json: String,
+        #[command(flatten)]
+        endpoint: EndpointArgs,
+    },
+    /// Print every revision of a configuration value still in the registry's history.
+    History {
+        /// The config's name.
+        name: String,
+        #[command(flatten)]
+        endpoint: EndpointArgs,
+    },
+    /// Set a configuration value back to what it was at REVISION (see `history`).
+    Rollback {
+        /// The config's name.
+        name: String,
+        /// The revision to go back to.
+        revision: u64,
+        #[command(flatten)]
+        endpoint: EndpointArgs,
+    },
+}
+
+/// Flags of `rpc lock`.
+#[derive(Args)]
+pub(crate) struct LockArgs {
+    /// The lock's name.
+    name: String,
+    /// The command to run while holding the lock; its environment has RPC_LOCK_TOKEN, the
+    /// fencing token. Without one, the lock is held until Ctrl-C.
+    #[arg(last = true)]
+    command: Vec<String>,
+    /// Seconds the lock outlives this process if it dies (raised to the registry's minimum).
+    #[arg(long, default_value_t = rpc_registry::session::DEFAULT_TTL)]
+    ttl: u64,
+    #[command(flatten)]
+    endpoint: EndpointArgs,
+}
+
+pub(crate) async fn ls(args: LsArgs) -> CliResult {
+    let instances = client(&args.endpoint).instances(args.service.as_deref()).await?;
+    if args.endpoint.json {
+        println!("{}", serde_json::to_string(&instances)?);
+        return Ok(());
+    }
+    for i in instances {
+        let mut extra = Vec::new();
+        if !i.zone.is_empty() {
+            extra.push(format!("zone={}", i.zone));
+        }
+        if !i.version.is_empty() {
+            extra.push(format!("version={}", i.version));
+        }
+        if !i.tags.is_empty() {
+            extra.push(format!("tags={}", i.tags.join(",")));
+        }
+        extra.extend(i.metadata.iter().map(|(k, v)| format!("{k}={v}")));
+        println!("{:<20} {:<22} weight={} {}", i.service, i.addr, i.weight, extra.join(" "));
+    }
+    Ok(())
+}
+
+pub(crate) async fn config(command: ConfigCommand) -> CliResult {
+    match command {
+        ConfigCommand::Get { name, endpoint } => {
+            let value = client(&endpoint).config::<serde_json::Value>(&name).await?;
+            println!("{}", value.get());
+        }
+        ConfigCommand::Set { name, json, endpoint } => {
+            let value: serde_json::Value =
+                serde_json::from_str(&json).map_err(|e| format!("the value of {name:?} is not JSON: {e}"))?;
+            let revision = client(&endpoint).set_config(&name, &value).await?;
+            println!("set {name} at revision {revision}");
+        }
+        ConfigCommand::History { name, endpoint } => {
+            for revision in client(&endpoint).config_history(&name).await? {
+                let json = if revision.json.is_empty() { "(deleted)" } else { revision.json.as_str() };
+                println!("{:<10} {json}", revision.revision);
+            }
+        }
+        ConfigCommand::Rollback { name, revision, endpoint } => {
+            let written = client(&endpoint).rollback_config(&name, revision).await?;
+            println!("{name} is back to revision {revision}'s value, at revision {written}");
+        }
+    }
+    Ok(())
+}
+
+pub(crate) async fn lock(args: LockArgs) -> CliResult {
+    let registry = client(&args.endpoint);
+    let guard = registry.lock_with_ttl(&args.name, args.ttl).await?;
+    eprintln!("holding lock {} with token {}", args.name, guard.token());
+    let Some((program, rest)) = args.command.split_first() else {
+        tokio::select! {
+            signal = tokio::signal::ctrl_c() => signal?,
+            () = guard.lost() => return Err("the lock's lease was lost".into()),
+        }
+        guard.unlock().await?;
+        return Ok(());
+    };
+    let mut child = tokio::process::Command::new(program)
+        .args(rest)
+        .env("RPC_LOCK_TOKEN", guard.token().to_string())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot run {program:?}: {e}"))?;
+    let status = tokio::select! {
+        status = child.wait() => status?,
+        () = guard.lost() => {
+            // Someone else may hold the lock now: stop the command rather than let it overlap.
+            child.kill().await?;
+            return Err("the lock's lease was lost; the command was stopped".into());
+        }
+    };
+    guard.unlock().await?;
+    match status.success() {
+        true => Ok(()),
+        false => Err(format!("{program} exited with {status}").into()),
+    }
+}
