@@ -30,7 +30,7 @@ pub(crate) enum ConfigCommand {
         /// The config's name.
         name: String,
         /// The value, as JSON.
-        json: String,
+        value: String,
         #[command(flatten)]
         endpoint: EndpointArgs,
     },
@@ -97,9 +97,9 @@ pub(crate) async fn config(command: ConfigCommand) -> CliResult {
             let value = client(&endpoint).config::<serde_json::Value>(&name).await?;
             println!("{}", value.get());
         }
-        ConfigCommand::Set { name, json, endpoint } => {
+        ConfigCommand::Set { name, value, endpoint } => {
             let value: serde_json::Value =
-                serde_json::from_str(&json).map_err(|e| format!("the value of {name:?} is not JSON: {e}"))?;
+                serde_json::from_str(&value).map_err(|e| format!("the value of {name:?} is not JSON: {e}"))?;
             let revision = client(&endpoint).set_config(&name, &value).await?;
             println!("set {name} at revision {revision}");
         }

@@ -102,3 +102,13 @@ fn main() -> ExitCode {
 
 /// The error type of every subcommand: a message for the user.
 type CliResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_command_line_definition_is_consistent() {
+        // Clap checks clashing names and bad defaults only when a command is parsed; this
+        // checks every subcommand at once.
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
+}

@@ -135,6 +135,27 @@ fn registry_serve_answers_kv_and_lease_commands_and_stops_cleanly_on_sigterm() {
     let status: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert!(ok && status["leases"] == 1 && status["leader"] != 0, "{status}");
 
+    // Configuration: set, read, refuse what is not JSON, list its history and roll back.
+    let (ok, out, err) = rpc(&[&["config", "set", "orders/limits", r#"{"burst": 10}"#][..], &endpoint].concat());
+    assert!(ok && out.starts_with("set orders/limits at revision "), "{out} {err}");
+    let first: u64 = out.trim().rsplit(' ').next().unwrap().parse().unwrap();
+    let (ok, _, err) = rpc(&[&["config", "set", "orders/limits", "{burst"][..], &endpoint].concat());
+    assert!(!ok && err.contains("is not JSON"), "a bad value is refused: {err}");
+    assert!(rpc(&[&["config", "set", "orders/limits", r#"{"burst": 20}"#][..], &endpoint].concat()).0);
+    let (ok, out, _) = rpc(&[&["config", "history", "orders/limits"][..], &endpoint].concat());
+    assert!(ok && out.lines().count() == 2 && out.contains(r#"{"burst":20}"#), "{out}");
+    let (ok, _, err) = rpc(&[&["config", "rollback", "orders/limits", &first.to_string()][..], &endpoint].concat());
+    assert!(ok, "{err}");
+    let (ok, out, _) = rpc(&[&["config", "get", "orders/limits"][..], &endpoint].concat());
+    assert!(ok && out.trim() == r#"{"burst":10}"#, "rolled back: {out}");
+
+    // A lock held by a command; `rpc ls` with nothing registered prints nothing.
+    let (ok, _, err) =
+        rpc(&[&["lock", "jobs"][..], &endpoint, &["--", "sh", "-c", "test -n \"$RPC_LOCK_TOKEN\""]].concat());
+    assert!(ok, "the command ran holding the lock, with its token: {err}");
+    let (ok, out, _) = rpc(&[&["ls"][..], &endpoint].concat());
+    assert!(ok && out.is_empty(), "{out}");
+
     assert!(Command::new("kill").args(["-TERM", &member.id().to_string()]).status().unwrap().success());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let exit = loop {
