@@ -161,6 +161,7 @@ pub(crate) async fn run() -> CliResult {
     orders_server.shutdown(Duration::from_secs(1)).await?;
     inventory_server.shutdown(Duration::from_secs(1)).await?;
     balanced().await?;
+    registry().await?;
     say("demo", "done");
     Ok(())
 }
@@ -269,5 +270,130 @@ async fn balanced() -> CliResult {
     for server in [checkout_server].into_iter().chain(servers) {
         server.shutdown(Duration::from_millis(100)).await?;
     }
+    Ok(())
+}
+
+// Part three: the registry. Instances register and are discovered by name, a config value
+// reaches a running service, the registry survives losing its leader, and a lock passes on
+// when its holder dies.
+
+/// What checkout takes off every price, read live from the registry's config.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Discount {
+    percent: u64,
+}
+
+async fn registry() -> CliResult {
+    use rpc_lb::LbChannel;
+    use rpc_registry::{Instance, MemberConfig, RegistryClient, RunningMember};
+
+    say("demo", "part three: a three-member registry; services find each other through it");
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos();
+    let dir = std::env::temp_dir().join(format!("rpc-demo-registry-{}-{nanos}", std::process::id()));
+    let listeners: Vec<_> = (0..3).map(|_| std::net::TcpListener::bind("127.0.0.1:0")).collect::<Result<_, _>>()?;
+    let peers: Vec<(String, String)> = listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| Ok((format!("r{i}"), l.local_addr()?.to_string())))
+        .collect::<Result<_, std::io::Error>>()?;
+    drop(listeners);
+    let mut members = Vec::new();
+    for (name, addr) in &peers {
+        let mut config = MemberConfig::new(name.clone(), dir.join(name), addr.clone()).peers(peers.clone());
+        config.fsync = false;
+        members.push(Some(RunningMember::start(config).await?));
+    }
+    let registry = RegistryClient::connect(peers.iter().map(|(_, addr)| addr.clone()));
+    registry.set_config("checkout/discount", &Discount { percent: 0 }).await?;
+    let leader = registry.status().await?.leader;
+    let leader_name = |id: u64| peers.iter().find(|(n, _)| rpc_registry::member_id(n) == id).map_or("?", |(n, _)| n);
+    say("registry", format!("members r0 r1 r2 up; {} leads", leader_name(leader)));
+
+    let mut servers = Vec::new();
+    let mut registrations = Vec::new();
+    for name in ["product-a", "product-b"] {
+        let instance = ProductInstance { name: name.into(), broken: false };
+        let server = Server::builder().add_service(ProductsServer::new(instance)).start("127.0.0.1:0").await?;
+        let registration = registry.register(Instance::new("products", server.local_addr()).zone("a")).await?;
+        say(name, format!("listening on {}; registered as an instance of \"products\"", server.local_addr()));
+        servers.push(server);
+        registrations.push(registration);
+    }
+    let products = ProductsClient::new(LbChannel::builder(registry.discover("products")).connect().await?);
+    let discount = registry.config::<Discount>("checkout/discount").await?;
+    let quote = |quote: Quote, discount: &Discount| {
+        format!(
+            "{} cents from {} ({}% off)",
+            quote.cents * (100 - discount.percent) / 100,
+            quote.instance,
+            discount.percent
+        )
+    };
+    for i in 1..=2 {
+        let answer = products.price("keyboard".into()).await?;
+        say("checkout", format!("quote #{i} ← {} (found by name)", quote(answer, &discount.get())));
+    }
+
+    say("operator", "rpc config set checkout/discount '{\"percent\": 20}'");
+    let mut discount = discount;
+    registry.set_config("checkout/discount", &Discount { percent: 20 }).await?;
+    let now = discount.changed().await;
+    let answer = products.price("keyboard".into()).await?;
+    say("checkout", format!("quote #3 ← {} (the new value arrived without a restart)", quote(answer, &now)));
+
+    let index = peers.iter().position(|(n, _)| rpc_registry::member_id(n) == leader).unwrap_or(0);
+    say("demo", format!("stopping the registry's leader {}", leader_name(leader)));
+    if let Some(member) = members[index].take() {
+        member.shutdown(Duration::from_millis(100)).await?;
+    }
+    let answer = products.price("keyboard".into()).await?;
+    say("checkout", format!("quote #4 ← {} (calls go on meanwhile)", quote(answer, &discount.get())));
+    let survivors =
+        RegistryClient::connect(peers.iter().enumerate().filter(|(i, _)| *i != index).map(|(_, (_, a))| a.clone()));
+    let started = Instant::now();
+    let elected = loop {
+        if let Ok(status) = survivors.status().await {
+            if status.leader != 0 && status.leader != leader {
+                break status.leader;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    say("registry", format!("{} is the new leader after {:?}", leader_name(elected), started.elapsed()));
+
+    say("worker-1", "takes the lock jobs/report, then crashes (kill -9) while holding it");
+    let endpoints: Vec<String> =
+        peers.iter().enumerate().filter(|(i, _)| *i != index).map(|(_, (_, a))| a.clone()).collect();
+    let mut holder = tokio::process::Command::new(std::env::current_exe()?)
+        .args(["lock", "jobs/report", "--ttl", "1", "--endpoints", &endpoints.join(","), "--", "sleep", "30"])
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    // It prints its token once it holds the lock.
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(holder.stderr.take().ok_or("no stderr")?));
+    let held = lines.next_line().await?.unwrap_or_default();
+    say("worker-1", held.trim());
+    holder.start_kill()?;
+    holder.wait().await?;
+    let started = Instant::now();
+    let guard = survivors.lock("jobs/report").await?;
+    say(
+        "worker-2",
+        format!(
+            "holds jobs/report after {:?} (worker-1's lease expired) with fencing token {}",
+            started.elapsed(),
+            guard.token()
+        ),
+    );
+    guard.unlock().await?;
+
+    for (registration, server) in registrations.into_iter().zip(servers) {
+        registration.shutdown(server, Duration::from_millis(100)).await?;
+    }
+    for member in members.into_iter().flatten() {
+        member.shutdown(Duration::from_millis(100)).await?;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

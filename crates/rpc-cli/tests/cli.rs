@@ -14,6 +14,10 @@ fn demo_narrates_calls_errors_and_a_cascading_deadline() {
     assert!(out.contains("order #1 confirmed"), "{out}");
     assert!(out.contains("only 1 × keyboard available"), "{out}");
     assert!(out.contains("audit cancelled"), "the deadline reached the inventory service: {out}");
+    assert!(out.contains("(found by name)"), "instances were discovered through the registry: {out}");
+    assert!(out.contains("(20% off) (the new value arrived"), "the config change reached the service: {out}");
+    assert!(out.contains("is the new leader after"), "the registry elected a new leader: {out}");
+    assert!(out.contains("(worker-1's lease expired) with fencing token"), "the lock passed on: {out}");
     assert!(out.contains("done"), "{out}");
 }
 
