@@ -278,3 +278,65 @@ async fn a_config_follows_changes_keeps_the_last_good_value_and_rolls_back() {
     assert_eq!(*limits.changed().await, Limits { max_in_flight: 100, burst: 10 }, "rolled back to the first value");
     assert_eq!((limits.revision(), limits.error()), (rolled, None));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_started_while_the_registry_is_down_calls_once_it_comes_up() {
+    let dir = TempDir::new("late");
+    let listen = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let client = RegistryClient::connect([listen.clone()]);
+    let registry = registry_on(&dir, &listen).await;
+    let (server, ctl) = start_node(0).await;
+    let _registration = client.register_with_ttl(Instance::new("node", server.local_addr()), 30).await.unwrap();
+    registry.shutdown(Duration::from_secs(1)).await.unwrap();
+
+    let channel = LbChannel::builder(client.discover("node")).discovery_wait(Duration::from_secs(30)).connect_lazy();
+    let first_call = tokio::spawn({
+        let node = NodeClient::new(channel.clone());
+        async move { node.work(0).await }
+    });
+    // The call waits on discovery, which cannot reach the registry yet.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!first_call.is_finished(), "the call waits for discovery instead of failing");
+
+    let _registry = registry_on(&dir, &listen).await;
+    first_call.await.unwrap().expect("the waiting call goes through once the registry is back");
+    assert_eq!(ctl.served(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookaside_balancer_places_calls_on_the_instances_the_registry_lists() {
+    use rpc_lb::lookaside::{LookasideBalancer, LookasideChannel, LookasideClient, LookasideServer};
+    let dir = TempDir::new("lookaside");
+    let registry = registry_on(&dir, "127.0.0.1:0").await;
+    let client = registry.client();
+    let (_servers, ctls, server_addrs) = start_nodes(2).await;
+    let mut registrations = Vec::new();
+    for addr in &server_addrs {
+        registrations.push(client.register(Instance::new("Node", addr)).await.unwrap());
+    }
+    let balancer = LookasideBalancer::new();
+    let _following = balancer.follow("Node", client.discover("Node"));
+    let lookaside =
+        rpc_core::Server::builder().add_service(LookasideServer::new(balancer)).start("127.0.0.1:0").await.unwrap();
+    let to_balancer = rpc_core::Channel::connect(lookaside.local_addr().to_string()).await.unwrap();
+    let node = NodeClient::new(LookasideChannel::new(LookasideClient::new(to_balancer)));
+    let mut placed = 0;
+    while ctls.iter().any(|c| c.served() == 0) {
+        if node.work(0).await.is_ok() {
+            placed += 1;
+        }
+        assert!(placed < 500, "calls never reached both registered instances");
+    }
+    registrations.remove(0).deregister().await;
+    // Once the balancer has followed the deregistration, every call goes to the other instance.
+    let mut streak = 0;
+    for _ in 0..2000 {
+        let before = ctls[0].served();
+        node.work(0).await.unwrap();
+        streak = if ctls[0].served() == before { streak + 1 } else { 0 };
+        if streak == 50 {
+            return;
+        }
+    }
+    panic!("the balancer kept placing calls on the deregistered instance");
+}
