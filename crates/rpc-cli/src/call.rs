@@ -1,12 +1,13 @@
 //! `rpc call`: any method of any service, JSON in and out, any codec on the wire.
 
 use crate::CliResult;
-use rpc_core::{Call, Channel, Codec, Request};
+use rpc_core::{Call, Channel, Codec, Request, Response, Status};
 use std::time::Duration;
+use tower::Service;
 
 #[derive(clap::Args)]
 pub(crate) struct CallArgs {
-    /// Server address, `host:port`.
+    /// Server address, `host:port`; with --registry, a registered service's name.
     addr: String,
     /// `Service.method`, for example `Catalog.get`.
     method: String,
@@ -22,6 +23,10 @@ pub(crate) struct CallArgs {
     /// Metadata to send, `key=value`; repeat for more.
     #[arg(long = "metadata", value_name = "KEY=VALUE")]
     metadata: Vec<String>,
+    /// Registry members, comma-separated: find the service's instances there by name and
+    /// balance over them.
+    #[arg(long, value_delimiter = ',')]
+    registry: Vec<String>,
 }
 
 pub(crate) async fn run(args: CallArgs) -> CliResult {
@@ -29,10 +34,30 @@ pub(crate) async fn run(args: CallArgs) -> CliResult {
         args.method.rsplit_once('.').ok_or_else(|| format!("expected Service.method, got {:?}", args.method))?;
     let body: serde_json::Value =
         serde_json::from_str(&args.args).map_err(|e| format!("arguments are not valid JSON: {e}"))?;
-    let channel = Channel::builder(args.addr).codec(args.codec).caller("rpc-cli").connect().await?;
+    let request = Request::new(service.to_owned(), method.to_owned(), body);
+    if args.registry.is_empty() {
+        let channel = Channel::builder(&args.addr).codec(args.codec).caller("rpc-cli").connect().await?;
+        return send(channel, request, &args).await;
+    }
+    let registry = rpc_registry::RegistryClient::connect(args.registry.clone());
+    let codec = args.codec;
+    let channel = rpc_lb::LbChannel::builder(registry.discover(&args.addr))
+        .channel(move |e| Channel::builder(e.addr.clone()).codec(codec).caller("rpc-cli"))
+        .connect()
+        .await
+        .map_err(|e| format!("cannot list the instances of {:?}: {e}", args.addr))?;
+    if channel.endpoints().is_empty() {
+        return Err(format!("no instance of {:?} is registered (see `rpc ls`)", args.addr).into());
+    }
+    send(channel, request, &args).await
+}
+
+async fn send<S>(channel: S, request: Request, args: &CallArgs) -> CliResult
+where
+    S: Service<Request, Response = Response, Error = Status>,
+{
     let mut call: Call<_, serde_json::Value> =
-        Call::new(channel, Request::new(service.to_owned(), method.to_owned(), body))
-            .timeout(Duration::from_millis(args.timeout_ms));
+        Call::new(channel, request).timeout(Duration::from_millis(args.timeout_ms));
     for pair in &args.metadata {
         let (k, v) = pair.split_once('=').ok_or_else(|| format!("metadata must be key=value, got {pair:?}"))?;
         call = call.metadata(k, v);

@@ -82,7 +82,26 @@ fn call_sends_json_arguments_and_prints_the_reply() {
     let (ok, _, err) = rpc(&["call", &addr, "Adder.add", "{not json"]);
     assert!(!ok);
     assert!(err.contains("not valid JSON"), "{err}");
+
+    // By name, through the registry.
+    let dir = std::env::temp_dir().join(format!("rpc-cli-call-{}", std::process::id()));
+    let (member, _registration) = runtime.block_on(async {
+        let member = rpc_registry::RunningMember::embedded(&dir).await.unwrap();
+        let instance = rpc_registry::Instance::new("adder", &addr).zone("a").version("2.0.1");
+        let registration = member.client().register(instance).await.unwrap();
+        (member, registration)
+    });
+    let registry = member.local_addr().to_string();
+    let (ok, out, err) = rpc(&["call", "adder", "Adder.add", r#"{"a": 1, "b": 2}"#, "--registry", &registry]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "3");
+    let (ok, _, err) = rpc(&["call", "nobody", "Adder.add", "{}", "--registry", &registry]);
+    assert!(!ok && err.contains("no instance of \"nobody\""), "{err}");
+    let (ok, out, err) = rpc(&["ls", "--endpoints", &registry]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("adder") && out.contains(&addr) && out.contains("zone=a version=2.0.1"), "{out}");
     drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Adds numbers.

@@ -95,11 +95,18 @@ impl Instance {
         endpoint
     }
 
-    /// Reads an instance from its stored value.
+    /// Reads an instance from its stored value; fields it leaves out take their defaults, so
+    /// tools in other languages may write only `service` and `addr`.
     pub fn decode(kv: &KeyValue) -> Result<Instance, String> {
-        Codec::Json
-            .decode(&kv.value)
-            .map_err(|e| format!("{} does not hold an instance: {e}", String::from_utf8_lossy(&kv.key)))
+        let error =
+            |e: serde_json::Error| format!("{} does not hold an instance: {e}", String::from_utf8_lossy(&kv.key));
+        let given: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&kv.value).map_err(error)?;
+        let mut fields = match serde_json::to_value(Instance { weight: 1, ..Instance::default() }) {
+            Ok(serde_json::Value::Object(defaults)) => defaults,
+            _ => serde_json::Map::new(),
+        };
+        fields.extend(given);
+        serde_json::from_value(serde_json::Value::Object(fields)).map_err(error)
     }
 
     fn check(&self) -> Result<(), ClientError> {
@@ -382,5 +389,22 @@ impl Discover for RegistryDiscover {
                 return Ok(changes);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_instance_reads_back_from_its_json_and_missing_fields_take_defaults() {
+        let instance = Instance::new("orders", "10.0.0.1:7001").zone("a").tag("canary").metadata("k", "v");
+        let kv =
+            |value: &[u8]| KeyValue { key: instance.key().into_bytes(), value: value.to_vec(), ..KeyValue::default() };
+        assert_eq!(Instance::decode(&kv(&instance.encode())), Ok(instance.clone()));
+        let minimal = Instance::decode(&kv(br#"{"service":"orders","addr":"10.0.0.1:7001","weight":1}"#)).unwrap();
+        assert_eq!(minimal, Instance::new("orders", "10.0.0.1:7001"));
+        let error = Instance::decode(&kv(b"{")).unwrap_err();
+        assert!(error.starts_with("services/orders/10.0.0.1:7001 does not hold an instance"), "{error}");
     }
 }
