@@ -613,3 +613,37 @@ async fn a_lock_excludes_under_kill_9_of_its_holder_and_of_the_registry_leader()
     let completed = check_mutual_exclusion(&read(&log), &killed);
     assert!(completed >= 30, "{completed} critical sections");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_storm_through_a_leader_kill_lists_every_instance_once() {
+    let mut cluster = Cluster::start();
+    let first = leader(&cluster).await;
+    let client = client_for(&cluster);
+    let register = |i: u32| {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let instance = rpc_registry::Instance::new("storm", format!("10.0.0.{i}:7001"));
+            client.register(instance).await
+        })
+    };
+    // Half of the storm is under way when the leader dies; the other half starts during the
+    // election that follows.
+    let mut storm: Vec<_> = (0..20).map(register).collect();
+    cluster.kill(first);
+    storm.extend((20..40).map(register));
+    let mut registrations = Vec::new();
+    for registration in storm {
+        registrations.push(registration.await.unwrap().expect("every registration succeeds despite the election"));
+    }
+    cluster.spawn(first);
+    let listed = client.instances(Some("storm")).await.unwrap();
+    let mut addrs: Vec<String> = listed.iter().map(|i| i.addr.clone()).collect();
+    addrs.dedup();
+    assert_eq!(addrs.len(), 40, "each instance is listed once: {addrs:?}");
+
+    // Deregistering them all empties the service.
+    for registration in registrations {
+        registration.deregister().await;
+    }
+    assert!(client.instances(Some("storm")).await.unwrap().is_empty());
+}

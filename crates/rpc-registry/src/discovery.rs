@@ -17,8 +17,10 @@ use tokio::{sync::oneshot, task::JoinHandle};
 
 /// Where instances live in the key space.
 pub const SERVICES_PREFIX: &str = "services/";
-/// Longest pause between tries to re-register after the registry lost an instance.
+/// Longest pause between tries to register.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How long [`RegistryClient::register`] keeps trying before it gives up.
+const FIRST_REGISTRATION: Duration = Duration::from_secs(20);
 
 /// One instance of a service, as registered.
 #[rpc_core::message]
@@ -147,7 +149,25 @@ impl RegistryClient {
     /// listed.
     pub async fn register_with_ttl(&self, instance: Instance, ttl: u64) -> Result<Registration, ClientError> {
         instance.check()?;
-        let session = put_instance(self, &instance, ttl).await?;
+        // Writing an instance again is harmless (same key, same value; a lease left over from
+        // a failed try expires), so failures the registry may recover from are retried: a
+        // server starting during an election still registers.
+        let deadline = tokio::time::Instant::now() + FIRST_REGISTRATION;
+        let mut backoff = Duration::from_millis(50);
+        let session = loop {
+            match put_instance(self, &instance, ttl).await {
+                Ok(session) => break session,
+                Err(ClientError::Registry(e)) if e.code == crate::ErrorCode::InvalidRequest => {
+                    return Err(ClientError::Registry(e))
+                }
+                Err(e) if tokio::time::Instant::now() + backoff >= deadline => return Err(e),
+                Err(e) => {
+                    tracing::debug!(error = %e, "registering failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        };
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(stay_registered(self.clone(), instance.clone(), ttl, session, stopped));
         Ok(Registration { instance, stop: Some(stop), task })
