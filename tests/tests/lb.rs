@@ -373,3 +373,76 @@ async fn consistent_hashing_sends_a_key_to_one_instance_and_spreads_keys() {
     assert_eq!(owners.len(), 3, "30 keys land on every instance");
     assert_eq!(ctls.iter().map(|c| c.served()).sum::<u64>(), 120);
 }
+
+/// A health check that fails for the instances whose id is in `sick`, though they serve calls.
+fn probe_fails_for(sick: Arc<std::sync::Mutex<Vec<u32>>>) -> rpc_lb::HealthCheck {
+    rpc_lb::HealthCheck::ping(Duration::from_millis(20)).thresholds(1, 1).with_probe(move |channel| {
+        let sick = sick.clone();
+        async move {
+            let id = NodeClient::new(channel).id().await?;
+            match sick.lock().unwrap().contains(&id) {
+                true => Err(Status::unavailable("failing its health check")),
+                false => Ok(()),
+            }
+        }
+    })
+}
+
+#[tokio::test]
+async fn calls_stay_in_the_callers_zone_while_enough_of_it_is_healthy() {
+    use rpc_lb::Endpoint;
+    let (_servers, _, addrs) = start_nodes(3).await;
+    let zones = ["a", "b", "b"];
+    let endpoints: Vec<Endpoint> = addrs.iter().zip(zones).map(|(a, z)| Endpoint::new(a).zone(z)).collect();
+    let sick = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let channel = LbChannel::builder(StaticList::new(endpoints))
+        .prefer_zone("a")
+        .health_check(probe_fails_for(sick.clone()))
+        .connect()
+        .await
+        .unwrap();
+    let client = NodeClient::new(channel.clone());
+    let answered = |client: NodeClient<LbChannel>| async move {
+        let mut ids = Vec::new();
+        for _ in 0..50 {
+            ids.push(client.id().await.unwrap());
+        }
+        ids
+    };
+    assert!(answered(client.clone()).await.iter().all(|&id| id == 0), "every call stays in zone a");
+    sick.lock().unwrap().push(0);
+    eventually("zone a's instance marked down", || channel.endpoints().iter().any(|s| !s.healthy)).await;
+    assert!(answered(client).await.iter().all(|&id| id != 0), "with zone a down, calls cross to zone b");
+}
+
+#[tokio::test]
+async fn below_the_protect_threshold_calls_spread_over_every_instance() {
+    let (_servers, _, addrs) = start_nodes(4).await;
+    let sick = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let channel = LbChannel::builder(StaticList::new(addrs))
+        .balancer(RoundRobin::new())
+        .protect_threshold(0.5)
+        .health_check(probe_fails_for(sick.clone()))
+        .connect()
+        .await
+        .unwrap();
+    let client = NodeClient::new(channel.clone());
+    // One of four down leaves three: above the threshold, the down one gets nothing.
+    sick.lock().unwrap().push(0);
+    eventually("one instance marked down", || channel.endpoints().iter().filter(|s| !s.healthy).count() == 1).await;
+    let mut ids = Vec::new();
+    for _ in 0..30 {
+        ids.push(client.id().await.unwrap());
+    }
+    assert!(!ids.contains(&0), "above the threshold a down instance is left out: {ids:?}");
+    // Three of four down: believing the checks would put all the load on one instance.
+    sick.lock().unwrap().extend([1, 2]);
+    eventually("three instances marked down", || channel.endpoints().iter().filter(|s| !s.healthy).count() == 3).await;
+    let mut ids = Vec::new();
+    for _ in 0..40 {
+        ids.push(client.id().await.unwrap());
+    }
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids, [0, 1, 2, 3], "every instance takes calls again");
+}

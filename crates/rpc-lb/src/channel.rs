@@ -52,9 +52,27 @@ pub struct LbChannelBuilder<D> {
     failover: u32,
     decay: Duration,
     discovery_wait: Duration,
+    zone: Option<String>,
+    protect: f64,
 }
 
 impl<D: Discover> LbChannelBuilder<D> {
+    /// Prefers endpoints in `zone` (the caller's) while at least half of that zone's endpoints
+    /// can take calls; otherwise spreads over every zone (default: no preference).
+    pub fn prefer_zone(mut self, zone: impl Into<String>) -> Self {
+        self.zone = Some(zone.into());
+        self
+    }
+
+    /// When fewer than `share` (0 to 1) of the known endpoints look able to take calls (health
+    /// checks, ejections, open circuits), balances over all of them instead: a wave of false
+    /// alarms must not pile the whole load on the few left (Nacos's protect threshold; default
+    /// 0, off). Open circuits still refuse their calls, which fail over.
+    pub fn protect_threshold(mut self, share: f64) -> Self {
+        self.protect = share.clamp(0.0, 1.0);
+        self
+    }
+
     /// The balancer (default: [`P2c`] over peak-EWMA load).
     pub fn balancer(mut self, balancer: impl Balancer) -> Self {
         self.balancer = Arc::new(balancer);
@@ -138,6 +156,8 @@ impl<D: Discover> LbChannelBuilder<D> {
             failover: self.failover,
             decay: self.decay,
             discovery_wait: self.discovery_wait,
+            zone: self.zone,
+            protect: self.protect,
             nodes: Mutex::default(),
             view: RwLock::default(),
             ready,
@@ -191,6 +211,8 @@ impl LbChannel {
             failover: 2,
             decay: Duration::from_secs(10),
             discovery_wait: Duration::from_secs(5),
+            zone: None,
+            protect: 0.0,
         }
     }
 
@@ -230,6 +252,8 @@ struct Shared {
     failover: u32,
     decay: Duration,
     discovery_wait: Duration,
+    zone: Option<String>,
+    protect: f64,
     /// Every known endpoint; the source of truth the view is built from.
     nodes: Mutex<Vec<Arc<Node>>>,
     /// The candidates calls choose from.
@@ -287,15 +311,32 @@ impl Shared {
     /// Builds and publishes the view of `nodes` (the caller holds the nodes lock).
     fn rebuild_from(&self, nodes: &[Arc<Node>], now: Instant) -> Arc<View> {
         let mut view = View { known: nodes.len(), ..View::default() };
+        let mut eligible = Vec::new();
         for node in nodes.iter() {
             match node.blocked(now) {
-                Blocked::No => {
-                    view.candidates.push(Candidate { endpoint: node.endpoint(), load: node.load.clone() });
-                    view.nodes.push(node.clone());
-                }
+                Blocked::No => eligible.push(node),
                 Blocked::Until(t) => view.recheck_at = Some(view.recheck_at.map_or(t, |r| r.min(t))),
                 Blocked::Down => {}
             }
+        }
+        if (eligible.len() as f64) < self.protect * nodes.len() as f64 {
+            tracing::warn!(
+                eligible = eligible.len(),
+                known = nodes.len(),
+                "too few endpoints look able to take calls; balancing over all of them"
+            );
+            eligible = nodes.iter().collect();
+        }
+        if let Some(zone) = &self.zone {
+            let in_zone = |n: &&Arc<Node>| n.endpoint().zone.as_deref() == Some(zone.as_str());
+            let local: Vec<&Arc<Node>> = eligible.iter().copied().filter(in_zone).collect();
+            if !local.is_empty() && 2 * local.len() >= nodes.iter().filter(in_zone).count() {
+                eligible = local;
+            }
+        }
+        for node in eligible {
+            view.candidates.push(Candidate { endpoint: node.endpoint(), load: node.load.clone() });
+            view.nodes.push(node.clone());
         }
         let view = Arc::new(view);
         // Under the write lock: picks run under the read lock, so none sees the balancer updated
