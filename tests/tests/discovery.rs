@@ -105,7 +105,8 @@ async fn registered_instances_are_discovered_and_a_graceful_leave_fails_no_call(
     // The first instance leaves gracefully: deregistered before its server drains.
     let mut servers = servers.into_iter();
     let leaving = servers.next().unwrap();
-    registrations.remove(0).shutdown(leaving, Duration::from_secs(5)).await.unwrap();
+    registrations.remove(0).deregister().await;
+    leaving.shutdown(Duration::from_secs(5)).await.unwrap();
     eventually("the channel drops the instance that left", || addrs(&channel) == [server_addrs[1].clone()]).await;
     let before = ctls[1].served();
     eventually("the other instance takes the calls", || ctls[1].served() > before + 100).await;
@@ -339,4 +340,31 @@ async fn a_lookaside_balancer_places_calls_on_the_instances_the_registry_lists()
         }
     }
     panic!("the balancer kept placing calls on the deregistered instance");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_built_with_an_announcer_registers_on_start_and_deregisters_on_shutdown() {
+    let dir = TempDir::new("announce");
+    let registry = registry_on(&dir, "127.0.0.1:0").await;
+    let client = registry.client();
+    let ctl = Arc::new(Ctl::default());
+    let server = rpc_core::Server::builder()
+        .add_service(NodeServer::new(lb_support::Instance(ctl)))
+        .announce(client.announce(Instance::new("node", "").zone("a")))
+        .start("127.0.0.1:0")
+        .await
+        .unwrap();
+    let listed = client.instances(Some("node")).await.unwrap();
+    assert_eq!(listed.len(), 1, "registered by the time start returns");
+    assert_eq!((listed[0].addr.clone(), listed[0].zone.as_str()), (server.local_addr().to_string(), "a"));
+    server.shutdown(Duration::from_secs(1)).await.unwrap();
+    assert!(client.instances(Some("node")).await.unwrap().is_empty(), "deregistered on shutdown");
+
+    let unreachable = rpc_core::Server::builder()
+        .add_service(NodeServer::new(lb_support::Instance(Arc::new(Ctl::default()))))
+        .announce(client.announce(Instance::new("node", "")))
+        .start("0.0.0.0:0")
+        .await
+        .unwrap_err();
+    assert!(unreachable.to_string().contains("clients cannot dial"), "{unreachable}");
 }

@@ -310,14 +310,15 @@ async fn registry() -> CliResult {
     say("registry", format!("members r0 r1 r2 up; {} leads", leader_name(leader)));
 
     let mut servers = Vec::new();
-    let mut registrations = Vec::new();
     for name in ["product-a", "product-b"] {
         let instance = ProductInstance { name: name.into(), broken: false };
-        let server = Server::builder().add_service(ProductsServer::new(instance)).start("127.0.0.1:0").await?;
-        let registration = registry.register(Instance::new("products", server.local_addr()).zone("a")).await?;
+        let server = Server::builder()
+            .add_service(ProductsServer::new(instance))
+            .announce(registry.announce(Instance::new("products", "").zone("a")))
+            .start("127.0.0.1:0")
+            .await?;
         say(name, format!("listening on {}; registered as an instance of \"products\"", server.local_addr()));
         servers.push(server);
-        registrations.push(registration);
     }
     let products = ProductsClient::new(LbChannel::builder(registry.discover("products")).connect().await?);
     let discount = registry.config::<Discount>("checkout/discount").await?;
@@ -388,8 +389,9 @@ async fn registry() -> CliResult {
     );
     guard.unlock().await?;
 
-    for (registration, server) in registrations.into_iter().zip(servers) {
-        registration.shutdown(server, Duration::from_millis(100)).await?;
+    for server in servers {
+        // Deregisters first, then drains.
+        server.shutdown(Duration::from_millis(100)).await?;
     }
     for member in members.into_iter().flatten() {
         member.shutdown(Duration::from_millis(100)).await?;

@@ -10,9 +10,17 @@ use crate::{
     ClientError, RegistryClient, Watch,
 };
 use futures_util::StreamExt;
-use rpc_core::{Codec, Status};
+use rpc_core::{
+    server::{Announce, AnnounceFuture},
+    Codec, Status,
+};
 use rpc_lb::discover::{Change, Discover, Endpoint};
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 use tokio::{sync::oneshot, task::JoinHandle};
 
 /// Where instances live in the key space.
@@ -140,7 +148,8 @@ impl RegistryClient {
     /// background, and keeps it registered: if the registry loses it (the lease expired while
     /// the process was cut off), it is registered again. Returns once the first registration
     /// is written. Call [`Registration::deregister`] before shutting the server down, so clients
-    /// stop choosing it before it stops taking calls.
+    /// stop choosing it before it stops taking calls, or build the server with
+    /// [`RegistryClient::announce`], which does both.
     pub async fn register(&self, instance: Instance) -> Result<Registration, ClientError> {
         self.register_with_ttl(instance, DEFAULT_TTL).await
     }
@@ -243,6 +252,53 @@ async fn stay_registered(
     }
 }
 
+impl RegistryClient {
+    /// Registers a server with the registry when it starts and deregisters it before it
+    /// drains: `Server::builder().announce(registry.announce(Instance::new("orders", "")))`.
+    /// An empty address is filled in with the one the server listens on.
+    pub fn announce(&self, instance: Instance) -> Announcer {
+        Announcer { client: self.clone(), instance, registration: Arc::new(Mutex::new(None)) }
+    }
+}
+
+/// Registers a server while it runs; see [`RegistryClient::announce`].
+#[derive(Debug)]
+pub struct Announcer {
+    client: RegistryClient,
+    instance: Instance,
+    registration: Arc<Mutex<Option<Registration>>>,
+}
+
+impl Announce for Announcer {
+    fn up(&self, addr: SocketAddr) -> AnnounceFuture<std::io::Result<()>> {
+        let (client, registration) = (self.client.clone(), self.registration.clone());
+        let mut instance = self.instance.clone();
+        Box::pin(async move {
+            if instance.addr.is_empty() {
+                if addr.ip().is_unspecified() {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        format!("the server listens on {addr}, which clients cannot dial; give the Instance the address they should use"),
+                    ));
+                }
+                instance.addr = addr.to_string();
+            }
+            let registered = client.register(instance).await.map_err(std::io::Error::other)?;
+            *registration.lock().unwrap_or_else(|e| e.into_inner()) = Some(registered);
+            Ok(())
+        })
+    }
+
+    fn down(&self) -> AnnounceFuture<()> {
+        let registered = self.registration.lock().unwrap_or_else(|e| e.into_inner()).take();
+        Box::pin(async move {
+            if let Some(registered) = registered {
+                registered.deregister().await;
+            }
+        })
+    }
+}
+
 /// An instance kept registered in the background; see [`RegistryClient::register`]. Dropping it
 /// deregisters too, without waiting.
 #[must_use = "dropping a Registration deregisters the instance"]
@@ -266,13 +322,6 @@ impl Registration {
             let _ = stop.send(());
         }
         let _ = (&mut self.task).await;
-    }
-
-    /// Deregisters, then shuts `server` down with `grace`: clients stop choosing this instance
-    /// before it stops taking calls.
-    pub async fn shutdown(self, server: rpc_core::server::RunningServer, grace: Duration) -> std::io::Result<()> {
-        self.deregister().await;
-        server.shutdown(grace).await
     }
 }
 

@@ -25,7 +25,7 @@ pub mod store;
 
 pub use client::{ClientError, RegistryClient, Watch};
 pub use config::Config;
-pub use discovery::{Instance, Registration, RegistryDiscover};
+pub use discovery::{Announcer, Instance, Registration, RegistryDiscover};
 pub use lock::{Election, Leadership, LockGuard};
 pub use member::{member_id, min_ttl_secs, MemberConfig, RunningMember};
 pub use service::{ErrorCode, RegistryApiClient, RegistryError};

@@ -46,7 +46,8 @@ impl Ctl {
     }
 }
 
-struct Instance(Arc<Ctl>);
+/// The `Node` service of one instance, reporting to its `Ctl`.
+pub struct Instance(pub Arc<Ctl>);
 
 impl Node for Instance {
     async fn work(&self, millis: u64) -> u32 {

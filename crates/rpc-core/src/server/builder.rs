@@ -2,7 +2,7 @@
 
 use super::{connection, Dispatch, Router, ServerRequest, ServerResponse};
 use crate::{stream::StreamConfig, transport::DEFAULT_MAX_FRAME_SIZE, Status};
-use std::{future::Future, io, net::SocketAddr, sync::Arc, time::Duration};
+use std::{fmt, future::Future, io, net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
 use tokio::{
     net::{TcpListener, ToSocketAddrs},
     sync::{watch, Semaphore},
@@ -47,16 +47,47 @@ pub struct Server(());
 impl Server {
     /// A builder with default limits, no layers and no services.
     pub fn builder() -> ServerBuilder {
-        ServerBuilder { config: ServerConfig::default(), layer: Identity::new(), router: Router::default() }
+        ServerBuilder {
+            config: ServerConfig::default(),
+            layer: Identity::new(),
+            router: Router::default(),
+            announcers: Vec::new(),
+        }
     }
 }
 
+/// A future an [`Announce`] returns.
+pub type AnnounceFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// Tells the world outside that a server is up, and that it is going before it stops taking
+/// calls: a service registry, a load balancer's target list. Added with
+/// [`ServerBuilder::announce`]; the registry's is `RegistryClient::announce`.
+pub trait Announce: Send + Sync + 'static {
+    /// The server listens on `addr`. [`ServerBuilder::start`] waits for this, and fails (and
+    /// stops the server) if it fails.
+    fn up(&self, addr: SocketAddr) -> AnnounceFuture<io::Result<()>>;
+    /// The server is about to drain: [`RunningServer::shutdown`] waits for this first, so
+    /// clients stop choosing the server before it stops taking calls.
+    fn down(&self) -> AnnounceFuture<()>;
+}
+
 /// Configures a server: limits, layers, services.
-#[derive(Debug)]
 pub struct ServerBuilder<L = Identity> {
     config: ServerConfig,
     layer: L,
     router: Router,
+    announcers: Vec<Arc<dyn Announce>>,
+}
+
+impl<L: fmt::Debug> fmt::Debug for ServerBuilder<L> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerBuilder")
+            .field("config", &self.config)
+            .field("layer", &self.layer)
+            .field("router", &self.router)
+            .field("announcers", &self.announcers.len())
+            .finish()
+    }
 }
 
 impl<L> ServerBuilder<L> {
@@ -121,7 +152,19 @@ impl<L> ServerBuilder<L> {
 
     /// Wraps every service in `layer`; the first layer added is the outermost.
     pub fn layer<N>(self, layer: N) -> ServerBuilder<Stack<N, L>> {
-        ServerBuilder { config: self.config, layer: Stack::new(layer, self.layer), router: self.router }
+        ServerBuilder {
+            config: self.config,
+            layer: Stack::new(layer, self.layer),
+            router: self.router,
+            announcers: self.announcers,
+        }
+    }
+
+    /// Announces the server once it listens and withdraws it before it drains (see
+    /// [`Announce`]), e.g. `.announce(registry.announce(Instance::new("orders", addr)))`.
+    pub fn announce(mut self, announcer: impl Announce) -> Self {
+        self.announcers.push(Arc::new(announcer));
+        self
     }
 
     /// Adds a service (a generated `FooServer`); one listener serves any number of them.
@@ -137,18 +180,40 @@ where
     L::Service: Service<ServerRequest, Response = ServerResponse, Error = Status> + Clone + Send + Sync + 'static,
     <L::Service as Service<ServerRequest>>::Future: Send + 'static,
 {
-    /// Binds `addr` and serves in a background task; the returned handle stops it.
+    /// Binds `addr` and serves in a background task, once every announcer has announced it;
+    /// the returned handle stops it.
     pub async fn start(self, addr: impl ToSocketAddrs) -> io::Result<RunningServer> {
-        Ok(self.start_on(TcpListener::bind(addr).await?))
+        let server = self.start_quietly(TcpListener::bind(addr).await?);
+        for announcer in &server.announcers {
+            if let Err(e) = announcer.up(server.local_addr).await {
+                let _ = server.shutdown(Duration::ZERO).await;
+                return Err(io::Error::new(e.kind(), format!("announcing the server failed: {e}")));
+            }
+        }
+        Ok(server)
     }
 
-    /// Serves on an already bound listener in a background task.
+    /// Serves on an already bound listener in a background task; announcers announce it in
+    /// the background (failures are logged).
     pub fn start_on(self, listener: TcpListener) -> RunningServer {
+        let server = self.start_quietly(listener);
+        for announcer in &server.announcers {
+            let (announcer, addr) = (announcer.clone(), server.local_addr);
+            tokio::spawn(async move {
+                if let Err(e) = announcer.up(addr).await {
+                    tracing::error!(error = %e, "announcing the server failed");
+                }
+            });
+        }
+        server
+    }
+
+    fn start_quietly(self, listener: TcpListener) -> RunningServer {
         let local_addr = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let (shutdown, signal) = watch::channel(None);
         let service = self.layer.layer(self.router);
         let task = tokio::spawn(accept_loop(listener, service, Arc::new(self.config), signal));
-        RunningServer { local_addr, shutdown, task }
+        RunningServer { local_addr, shutdown, task, announcers: self.announcers }
     }
 
     /// Binds `addr` and serves until the process ends.
@@ -206,11 +271,17 @@ async fn accept_loop<S>(
 
 /// A server running in the background. Dropping it stops the server at once; prefer
 /// [`RunningServer::shutdown`].
-#[derive(Debug)]
 pub struct RunningServer {
     local_addr: SocketAddr,
     shutdown: watch::Sender<Option<Instant>>,
     task: tokio::task::JoinHandle<()>,
+    announcers: Vec<Arc<dyn Announce>>,
+}
+
+impl fmt::Debug for RunningServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RunningServer").field("local_addr", &self.local_addr).finish_non_exhaustive()
+    }
 }
 
 impl RunningServer {
@@ -219,10 +290,14 @@ impl RunningServer {
         self.local_addr
     }
 
-    /// Stops accepting, tells clients to go away, waits up to `grace` for running calls, then
-    /// cancels what is left and closes every connection.
+    /// Withdraws the server's announcements, then stops accepting, tells clients to go away,
+    /// waits up to `grace` for running calls, then cancels what is left and closes every
+    /// connection.
     pub async fn shutdown(self, grace: Duration) -> io::Result<()> {
-        let RunningServer { shutdown, task, .. } = self;
+        let RunningServer { shutdown, task, announcers, .. } = self;
+        for announcer in &announcers {
+            announcer.down().await;
+        }
         let _ = shutdown.send(Some(Instant::now() + grace));
         let result = task.await;
         drop(shutdown);

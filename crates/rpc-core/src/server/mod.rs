@@ -13,6 +13,6 @@ mod router;
 mod stream;
 mod thrift;
 
-pub use builder::{RunningServer, Server, ServerBuilder};
+pub use builder::{Announce, AnnounceFuture, RunningServer, Server, ServerBuilder};
 pub use dispatch::{Dispatch, IncomingStream, MethodInfo, ServerRequest, ServerResponse, ServiceInfo};
 pub use router::Router;
