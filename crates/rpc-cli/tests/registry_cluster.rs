@@ -615,7 +615,7 @@ async fn a_lock_excludes_under_kill_9_of_its_holder_and_of_the_registry_leader()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_registration_storm_through_a_leader_kill_lists_every_instance_once() {
+async fn a_registration_storm_through_a_leader_kill_lists_every_instance() {
     let mut cluster = Cluster::start();
     let first = leader(&cluster).await;
     let client = client_for(&cluster);
@@ -637,9 +637,7 @@ async fn a_registration_storm_through_a_leader_kill_lists_every_instance_once() 
     }
     cluster.spawn(first);
     let listed = client.instances(Some("storm")).await.unwrap();
-    let mut addrs: Vec<String> = listed.iter().map(|i| i.addr.clone()).collect();
-    addrs.dedup();
-    assert_eq!(addrs.len(), 40, "each instance is listed once: {addrs:?}");
+    assert_eq!(listed.len(), 40, "every instance is listed: {listed:?}");
 
     // Deregistering them all empties the service.
     for registration in registrations {

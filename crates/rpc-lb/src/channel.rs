@@ -319,20 +319,24 @@ impl Shared {
                 Blocked::Down => {}
             }
         }
-        if (eligible.len() as f64) < self.protect * nodes.len() as f64 {
-            tracing::warn!(
-                eligible = eligible.len(),
-                known = nodes.len(),
-                "too few endpoints look able to take calls; balancing over all of them"
-            );
-            eligible = nodes.iter().collect();
-        }
+        // The pool: the caller's zone while at least half of it can take calls, else everyone.
+        let mut pool: Vec<&Arc<Node>> = nodes.iter().collect();
         if let Some(zone) = &self.zone {
             let in_zone = |n: &&Arc<Node>| n.endpoint().zone.as_deref() == Some(zone.as_str());
-            let local: Vec<&Arc<Node>> = eligible.iter().copied().filter(in_zone).collect();
-            if !local.is_empty() && 2 * local.len() >= nodes.iter().filter(in_zone).count() {
-                eligible = local;
+            let local = eligible.iter().copied().filter(in_zone).count();
+            let local_known = nodes.iter().filter(in_zone).count();
+            if local > 0 && 2 * local >= local_known {
+                pool.retain(in_zone);
+                eligible.retain(in_zone);
             }
+        }
+        if (eligible.len() as f64) < self.protect * pool.len() as f64 {
+            tracing::warn!(
+                eligible = eligible.len(),
+                known = pool.len(),
+                "too few endpoints look able to take calls; balancing over all of them"
+            );
+            eligible = pool;
         }
         for node in eligible {
             view.candidates.push(Candidate { endpoint: node.endpoint(), load: node.load.clone() });

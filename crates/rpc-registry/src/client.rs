@@ -276,7 +276,16 @@ async fn follow(client: RegistryClient, mut spec: WatchCreate, out: mpsc::Sender
         let member = client.current();
         let opened = member.watch(rpc_core::stream::from_receiver(rx)).await;
         if let Ok(mut responses) = opened {
-            while let Some(Ok(response)) = responses.next().await {
+            loop {
+                // Ends with the caller's interest, not only with the next event: a watch on a
+                // key that never changes again must not outlive its `Watch`.
+                let response = tokio::select! {
+                    next = responses.next() => match next {
+                        Some(Ok(response)) => response,
+                        _ => break,
+                    },
+                    () = out.closed() => return,
+                };
                 backoff = BACKOFF;
                 if response.canceled {
                     let code = match response.compact_revision {

@@ -240,7 +240,10 @@ async fn stay_registered(
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "registering again failed; retrying");
-                    tokio::time::sleep(backoff).await;
+                    tokio::select! {
+                        _ = &mut stop => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
@@ -336,10 +339,11 @@ impl Drop for Registration {
 
 /// The instances of one service, followed through a watch: an rpc-lb [`Discover`].
 ///
-/// The first call lists them; later calls wait for changes. If the registry cannot be reached,
-/// it answers an error and the balanced channel keeps using the instances it knows; the next
-/// call resumes the watch from the last revision seen, or lists again if that history was
-/// compacted. Instances whose value is not an [`Instance`] are skipped with a warning.
+/// The first call lists them (answering an error while the registry cannot be reached, so the
+/// balanced channel retries); later calls wait for changes on a watch that moves between
+/// members and resumes from the last revision seen, while the channel keeps the instances it
+/// knows. If that history was compacted, the call answers an error and the next lists again.
+/// Instances whose value is not an [`Instance`] are skipped with a warning.
 pub struct RegistryDiscover {
     client: RegistryClient,
     prefix: Vec<u8>,

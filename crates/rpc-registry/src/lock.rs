@@ -4,7 +4,10 @@
 //! just ahead for its deletion, so a release wakes one waiter, in FIFO order.
 
 use crate::{
-    api::{prefix_end, DeleteRangeRequest, EventKind, KeyValue, PutRequest, RangeRequest, WatchCreate},
+    api::{
+        prefix_end, Compare, CompareResult, CompareTarget, DeleteRangeRequest, EventKind, KeyValue, PutRequest,
+        RangeRequest, RequestOp, TxnRequest, WatchCreate,
+    },
     session::{Session, DEFAULT_TTL},
     ClientError, ErrorCode, RegistryClient, RegistryError,
 };
@@ -214,15 +217,24 @@ impl Leadership {
         self.contender.session.is_lost()
     }
 
-    /// Announces a new value while leading.
+    /// Announces a new value while leading; fails if the leadership's key is gone (it would
+    /// not be re-created, which would put this candidate at the back of the queue).
     pub async fn proclaim(&self, value: impl Into<Vec<u8>>) -> Result<(), ClientError> {
+        let key = self.contender.key.clone();
         let put = PutRequest {
-            key: self.contender.key.clone(),
+            key: key.clone(),
             value: value.into(),
             lease: self.contender.session.lease(),
             ..PutRequest::default()
         };
-        self.client.put_with(put).await.map(drop)
+        let still_ours =
+            Compare { key, result: CompareResult::Equal, target: CompareTarget::CreateRevision(self.token()) };
+        let request = TxnRequest { compare: vec![still_ours], success: vec![RequestOp::Put(put)], failure: Vec::new() };
+        let done = self.client.txn(request).await?;
+        match done.succeeded {
+            true => Ok(()),
+            false => Err(lost("the leadership is gone: its key was deleted")),
+        }
     }
 
     /// Steps down, letting the next candidate lead.

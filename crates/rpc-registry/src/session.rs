@@ -11,6 +11,8 @@ use tokio::{sync::watch, task::JoinHandle, time::Instant};
 pub const DEFAULT_TTL: u64 = 10;
 /// Pause before reopening a keep-alive stream on another member.
 const RETRY: Duration = Duration::from_millis(100);
+/// How late past its renewal period an answer may be before the member is given up on.
+const ANSWER_SLACK: Duration = Duration::from_secs(1);
 
 /// A lease kept alive until the session is closed or dropped, or the registry lets it expire.
 #[derive(Debug)]
@@ -103,9 +105,14 @@ async fn keep_alive(client: RegistryClient, lease: u64, ttl: u64, lost: watch::S
             Err(_) => break,
         };
         loop {
-            match tokio::time::timeout_at(expires, answers.next()).await {
+            // A member that stops answering (paused, cut off) is left for another well before
+            // the lease runs out.
+            let answer_by = expires.min(Instant::now() + period + ANSWER_SLACK);
+            match tokio::time::timeout_at(answer_by, answers.next()).await {
                 Ok(Some(Ok(Ok(status)))) if status.remaining_ms > 0 => {
-                    expires = Instant::now() + Duration::from_millis(status.remaining_ms);
+                    // The leader measured this before the answer travelled: count a tenth off.
+                    let remaining = Duration::from_millis(status.remaining_ms);
+                    expires = Instant::now() + remaining - remaining / 10;
                 }
                 Ok(Some(Ok(Ok(_)))) => break 'streams,
                 Ok(Some(Ok(Err(e)))) if e.code == ErrorCode::LeaseNotFound => break 'streams,
@@ -117,7 +124,11 @@ async fn keep_alive(client: RegistryClient, lease: u64, ttl: u64, lost: watch::S
                     client.move_on("");
                     break;
                 }
-                Err(_) => break 'streams,
+                Err(_) if Instant::now() >= expires => break 'streams,
+                Err(_) => {
+                    client.move_on("");
+                    break;
+                }
             }
         }
         tokio::time::sleep(RETRY).await;

@@ -151,3 +151,14 @@ pub async fn start_nodes(n: u32) -> (Vec<RunningServer>, Vec<Arc<Ctl>>, Vec<Stri
     }
     (servers, ctls, addrs)
 }
+
+/// Waits until `cond` holds, failing the test after 10 s.
+pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..1000 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("{what} did not happen within 10 s");
+}

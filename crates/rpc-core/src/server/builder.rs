@@ -290,13 +290,19 @@ impl RunningServer {
         self.local_addr
     }
 
-    /// Withdraws the server's announcements, then stops accepting, tells clients to go away,
+    /// Withdraws the server's announcements (waiting at most `grace`, or a second), then stops accepting, tells clients to go away,
     /// waits up to `grace` for running calls, then cancels what is left and closes every
     /// connection.
     pub async fn shutdown(self, grace: Duration) -> io::Result<()> {
         let RunningServer { shutdown, task, announcers, .. } = self;
-        for announcer in &announcers {
-            announcer.down().await;
+        // Withdrawing must not hold up the shutdown past its grace (a registry may be down).
+        let withdraw = async {
+            for announcer in &announcers {
+                announcer.down().await;
+            }
+        };
+        if tokio::time::timeout(grace.max(Duration::from_secs(1)), withdraw).await.is_err() {
+            tracing::warn!("withdrawing the server's announcements timed out; draining anyway");
         }
         let _ = shutdown.send(Some(Instant::now() + grace));
         let result = task.await;

@@ -170,6 +170,9 @@ struct Driver {
     changes: HashMap<u64, MembersReply>,
     /// Whether the configuration applied last includes this member.
     in_conf: bool,
+    /// The log index at which each learner was added: it must have replicated that far
+    /// before it may be promoted.
+    learners_added: HashMap<u64, u64>,
     /// When this member learned it was removed from the cluster.
     removed_at: Option<Instant>,
     leases: LeaseClock,
@@ -195,6 +198,7 @@ impl Driver {
             confirmed: BTreeMap::new(),
             changes: HashMap::new(),
             in_conf,
+            learners_added: HashMap::new(),
             removed_at: None,
             leases: LeaseClock::new(checkpoint),
             role: Role::Follower,
@@ -214,6 +218,7 @@ impl Driver {
             }
             if self.removed_at.is_some_and(|at| at.elapsed() >= REMOVED_LINGER) {
                 tracing::info!(member = %self.shared.config.name, "removed from the cluster; stopping the member");
+                self.shared.removed.send_replace(true);
                 return;
             }
             let now = Instant::now();
@@ -387,12 +392,12 @@ impl Driver {
     /// On the leader: promotes the first learner that has caught up to voter.
     fn promote_caught_up_learner(&mut self) {
         let status = self.node.status();
-        let caught_up = status
-            .conf
-            .learners
-            .iter()
-            .copied()
-            .find(|&id| self.node.match_index(id).is_some_and(|matched| matched + PROMOTE_LAG >= status.commit));
+        // A learner added before the last snapshot must at least have that snapshot.
+        let floor = self.last_snapshot.max(1);
+        let caught_up = status.conf.learners.iter().copied().find(|&id| {
+            let added = self.learners_added.get(&id).copied().unwrap_or(floor);
+            self.node.match_index(id).is_some_and(|matched| matched >= added && matched + PROMOTE_LAG >= status.commit)
+        });
         let Some(id) = caught_up else { return };
         let known = self.shared.lock().store.members().iter().find(|m| m.id == id).cloned();
         let subject = known.unwrap_or(Member { id, ..Member::default() });
@@ -563,7 +568,9 @@ impl Driver {
         let members = conf
             .members()
             .map(|id| {
-                let known = match change.subject.id == id {
+                // A subject without an address (a promotion by a leader that lacked it) must
+                // not erase the one the directory has.
+                let known = match change.subject.id == id && !change.subject.addr.is_empty() {
                     true => Some(change.subject.clone()),
                     false => store.members().iter().find(|m| m.id == id).cloned(),
                 };
@@ -576,6 +583,10 @@ impl Driver {
             known => known,
         };
         store.set_cluster(cluster_id, members);
+        self.learners_added.retain(|id, _| conf.is_learner(*id));
+        for &id in &conf.learners {
+            self.learners_added.entry(id).or_insert(entry.index);
+        }
         tracing::info!(member = %self.shared.config.name, voters = ?conf.voters, learners = ?conf.learners, "membership changed");
         if change.proposer == self.shared.id {
             if let Some(reply) = self.changes.remove(&change.seq) {
@@ -597,7 +608,6 @@ impl Driver {
         if self.removed_at.is_none() {
             tracing::warn!(member = %self.shared.config.name, "this member was removed from the cluster");
             self.removed_at = Some(now);
-            self.shared.removed.send_replace(true);
         }
     }
 
