@@ -377,3 +377,20 @@ async fn a_member_that_missed_compacted_entries_catches_up_from_a_snapshot() {
     let status = local.status().await.unwrap();
     assert!(status.applied_index >= 100, "{status:?}");
 }
+
+#[tokio::test]
+async fn a_restarted_member_keeps_its_cluster_id_whatever_its_peers_say() {
+    let dir = TempDir::new("cluster-id");
+    let member = one_member(&dir).await;
+    let addr = member.local_addr().to_string();
+    let founded = member.client().put("k", "v").await.unwrap().header.cluster_id;
+    assert_ne!(founded, 0);
+    member.shutdown(Duration::from_secs(1)).await.unwrap();
+
+    // The same member, now told its peers by address: the list it would derive an id from differs.
+    let mut config = MemberConfig::new("solo", dir.0.join("solo"), addr.clone()).peers(vec![("solo".into(), addr)]);
+    config.fsync = false;
+    let member = RunningMember::start(config).await.unwrap();
+    let header = member.client().put("k", "w").await.unwrap().header;
+    assert_eq!(header.cluster_id, founded, "the cluster id is kept from the founding");
+}

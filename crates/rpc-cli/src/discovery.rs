@@ -129,12 +129,10 @@ pub(crate) async fn lock(args: LockArgs) -> CliResult {
         guard.unlock().await?;
         return Ok(());
     };
-    let mut child = tokio::process::Command::new(program)
-        .args(rest)
-        .env("RPC_LOCK_TOKEN", guard.token().to_string())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("cannot run {program:?}: {e}"))?;
+    let mut command = tokio::process::Command::new(program);
+    command.args(rest).env("RPC_LOCK_TOKEN", guard.token().to_string()).kill_on_drop(true);
+    die_with_this_process(&mut command);
+    let mut child = command.spawn().map_err(|e| format!("cannot run {program:?}: {e}"))?;
     let status = tokio::select! {
         status = child.wait() => status?,
         () = guard.lost() => {
@@ -149,3 +147,28 @@ pub(crate) async fn lock(args: LockArgs) -> CliResult {
         false => Err(format!("{program} exited with {status}").into()),
     }
 }
+
+/// Has the kernel kill `command` when this process dies, however it dies: a command that
+/// outlived `rpc lock` would run on after the lock passed to someone else.
+#[cfg(target_os = "linux")]
+fn die_with_this_process(command: &mut tokio::process::Command) {
+    let parent = std::process::id();
+    // SAFETY: the closure runs in the forked child before exec and only makes two
+    // async-signal-safe system calls.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died before the call above took effect.
+            if libc::getppid() as u32 != parent {
+                return Err(std::io::Error::other("rpc lock exited while starting the command"));
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Elsewhere the command outlives a killed `rpc lock`; fencing tokens are the defence.
+#[cfg(not(target_os = "linux"))]
+fn die_with_this_process(_command: &mut tokio::process::Command) {}

@@ -178,6 +178,33 @@ fn registry_serve_answers_kv_and_lease_commands_and_stops_cleanly_on_sigterm() {
     assert!(ok, "the command ran holding the lock, with its token: {err}");
     let (ok, out, _) = rpc(&[&["ls"][..], &endpoint].concat());
     assert!(ok && out.is_empty(), "{out}");
+    // Killing `rpc lock` kills its command too, so it cannot run on past the lock.
+    let pid_file = dir.with_extension("pid");
+    let script = format!("echo $$ > {}; exec sleep 60", pid_file.display());
+    let mut holder = Command::new(env!("CARGO_BIN_EXE_rpc"))
+        .args([&["lock", "jobs"][..], &endpoint, &["--", "sh", "-c", &script]].concat())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let command_pid = loop {
+        if let Some(pid) = std::fs::read_to_string(&pid_file).ok().filter(|p| p.ends_with('\n')) {
+            break pid.trim().to_owned();
+        }
+        assert!(std::time::Instant::now() < deadline, "the locked command never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let alive = || {
+        Command::new("kill").args(["-0", &command_pid]).stderr(std::process::Stdio::null()).status().unwrap().success()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while alive() {
+        assert!(std::time::Instant::now() < deadline, "the command outlived rpc lock");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = std::fs::remove_file(&pid_file);
 
     assert!(Command::new("kill").args(["-TERM", &member.id().to_string()]).status().unwrap().success());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

@@ -127,14 +127,7 @@ pub(super) fn open(config: &super::MemberConfig, id: u64, members: &[Member]) ->
     let store = match snapshot.data.is_empty() {
         true => {
             let mut store = Store::new(config.limits.clone());
-            // Founders derive the cluster's id from --peers alike; a joiner learns it when added.
-            let cluster_id = match config.join {
-                true => 0,
-                false => members
-                    .iter()
-                    .fold(0xcbf2_9ce4_8422_2325_u64, |h, m| super::member_id(&format!("{h}/{}={}", m.name, m.addr))),
-            };
-            store.set_cluster(cluster_id, members.to_vec());
+            store.set_cluster(founding_cluster_id(config, members)?, members.to_vec());
             store
         }
         false => Store::restore(&snapshot.data, config.limits.clone())
@@ -142,6 +135,26 @@ pub(super) fn open(config: &super::MemberConfig, id: u64, members: &[Member]) ->
     };
     let node = RawNode::new(Config::new(id), storage).map_err(|e| io::Error::other(e.to_string()))?;
     Ok((node, store))
+}
+
+/// The cluster's id as this member founded it: derived alike by every founder from the first
+/// `--peers` and kept in the data directory, so a later `--peers` (members added since) does
+/// not change it. A joiner has none of its own (0) and learns it when it is added.
+fn founding_cluster_id(config: &super::MemberConfig, members: &[Member]) -> io::Result<u64> {
+    let path = config.data_dir.join("cluster-id");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => u64::from_str_radix(text.trim(), 16)
+            .map_err(|e| io::Error::other(format!("{}: not a cluster id: {e}", path.display()))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound && config.join => Ok(0),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let id = members
+                .iter()
+                .fold(0xcbf2_9ce4_8422_2325_u64, |h, m| super::member_id(&format!("{h}/{}={}", m.name, m.addr)));
+            std::fs::write(&path, format!("{id:x}\n"))?;
+            Ok(id)
+        }
+        Err(e) => Err(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
+    }
 }
 
 pub(super) fn spawn(
@@ -578,9 +591,11 @@ impl Driver {
                 Member { learner: conf.is_learner(id), ..member }
             })
             .collect();
-        let cluster_id = match store.cluster_id() {
-            0 => change.cluster_id,
-            known => known,
+        // Every change carries the id its leader holds: it settles a member that derived
+        // another (a joiner restarted without --join, say).
+        let cluster_id = match change.cluster_id {
+            0 => store.cluster_id(),
+            told => told,
         };
         store.set_cluster(cluster_id, members);
         self.learners_added.retain(|id, _| conf.is_learner(*id));
