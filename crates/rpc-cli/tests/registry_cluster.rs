@@ -489,6 +489,14 @@ async fn members_added_and_removed_under_load_keep_the_history_linearizable() {
     assert_eq!(read.mod_revision, written, "a linearizable read through the new member is current");
     let listed = member_command(&["list"], &founders);
     assert_eq!(listed.lines().filter(|l| l.ends_with("voter")).count(), 4, "{listed}");
+    // A client that knew one founder learns the cluster, and so survives that founder's removal.
+    let synced = RegistryClient::connect([founders[0].clone()]);
+    synced.sync_members().await.unwrap();
+    let mut known = synced.member_addrs();
+    known.sort();
+    let mut all = cluster.addrs();
+    all.sort();
+    assert_eq!(known, all);
     wait_for_progress(history.clone(), 100).await;
 
     // The leader is removed: it hands over and its process stops by itself.
@@ -513,6 +521,7 @@ async fn members_added_and_removed_under_load_keep_the_history_linearizable() {
     assert_eq!(check(&KvModel, &ops), CheckResult::Linearizable, "{} operations", ops.len());
     let remaining = RegistryClient::connect([cluster.peers[3].1.clone()]);
     assert_eq!(remaining.get("joined").await.unwrap().unwrap().value, b"yes", "nothing acknowledged was lost");
+    synced.put("synced", "still reaches the cluster").await.expect("the synced client moved past removed members");
 }
 
 /// One critical section as the holders logged it: `start TOKEN PID` ... `end TOKEN`.

@@ -16,7 +16,7 @@ use std::{
     pin::Pin,
     sync::{
         atomic::{AtomicUsize, Ordering},
-        Arc,
+        Arc, RwLock,
     },
     task::{Context, Poll},
     time::Duration,
@@ -51,17 +51,30 @@ impl fmt::Display for ClientError {
 
 impl std::error::Error for ClientError {}
 
+/// A member as the client knows it: its address and the RPC client of it.
+type Known = (String, RegistryApiClient<Channel>);
+
+fn known(addr: String) -> Known {
+    // No channel-wide deadline: it would also end watch and keep-alive streams. Unary calls
+    // get theirs in `call`.
+    let channel = Channel::builder(addr.clone()).connect_timeout(Duration::from_millis(500)).connect_lazy();
+    (addr, RegistryApiClient::new(channel))
+}
+
 /// A client of a registry cluster. Cheap to clone.
 #[derive(Clone)]
 pub struct RegistryClient {
-    members: Arc<Vec<(String, RegistryApiClient<Channel>)>>,
+    /// The members known, by address; grows when a member names a leader not in it, and
+    /// follows the cluster on [`RegistryClient::sync_members`].
+    members: Arc<RwLock<Arc<Vec<Known>>>>,
     /// The member calls go to first: the leader, once known.
     current: Arc<AtomicUsize>,
 }
 
 impl fmt::Debug for RegistryClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let addrs: Vec<&str> = self.members.iter().map(|(addr, _)| addr.as_str()).collect();
+        let members = self.members();
+        let addrs: Vec<&str> = members.iter().map(|(addr, _)| addr.as_str()).collect();
         f.debug_struct("RegistryClient").field("members", &addrs).finish()
     }
 }
@@ -74,17 +87,47 @@ impl RegistryClient {
         I: IntoIterator<Item = A>,
         A: Into<String>,
     {
-        let members = addrs
+        let members = addrs.into_iter().map(|addr| known(addr.into())).collect();
+        RegistryClient { members: Arc::new(RwLock::new(Arc::new(members))), current: Arc::new(AtomicUsize::new(0)) }
+    }
+
+    /// The addresses of the members this client knows.
+    pub fn member_addrs(&self) -> Vec<String> {
+        self.members().iter().map(|(addr, _)| addr.clone()).collect()
+    }
+
+    /// The members known now.
+    fn members(&self) -> Arc<Vec<Known>> {
+        self.members.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The index of the member at `addr`, added if it was not known.
+    fn index_of(&self, addr: &str) -> usize {
+        let mut members = self.members.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(index) = members.iter().position(|(known, _)| known == addr) {
+            return index;
+        }
+        let mut grown = members.as_ref().clone();
+        grown.push(known(addr.to_owned()));
+        *members = Arc::new(grown);
+        members.len() - 1
+    }
+
+    /// Replaces the members known with the cluster's, as the member calls go to reports them
+    /// (etcd's endpoint sync): call it after members were added or removed.
+    pub async fn sync_members(&self) -> Result<(), ClientError> {
+        let status = self.status().await?;
+        let addrs: Vec<String> = status.members.into_iter().map(|m| m.addr).filter(|a| !a.is_empty()).collect();
+        if addrs.is_empty() {
+            return Ok(());
+        }
+        let mut members = self.members.write().unwrap_or_else(|e| e.into_inner());
+        let synced: Vec<Known> = addrs
             .into_iter()
-            .map(|addr| {
-                let addr = addr.into();
-                // No channel-wide deadline: it would also end watch and keep-alive streams.
-                // Unary calls get theirs in `call`.
-                let channel = Channel::builder(addr.clone()).connect_timeout(Duration::from_millis(500)).connect_lazy();
-                (addr, RegistryApiClient::new(channel))
-            })
+            .map(|addr| members.iter().find(|(known, _)| *known == addr).cloned().unwrap_or_else(|| known(addr)))
             .collect();
-        RegistryClient { members: Arc::new(members), current: Arc::new(AtomicUsize::new(0)) }
+        *members = Arc::new(synced);
+        Ok(())
     }
 
     /// Calls `call` on the current member, moving to the leader it names, or to the next member
@@ -97,22 +140,22 @@ impl RegistryClient {
     {
         let mut backoff = BACKOFF;
         let mut last = ClientError::Unreachable(Status::unavailable("no member was tried"));
-        for attempt in 0..ATTEMPTS * self.members.len().max(1) {
-            let index = self.current.load(Ordering::Relaxed) % self.members.len();
-            let client = self.members[index].1.clone();
+        let rounds = self.members().len().max(1);
+        for attempt in 0..ATTEMPTS * rounds {
+            let members = self.members();
+            let index = self.current.load(Ordering::Relaxed) % members.len();
+            let (addr, client) = members[index].clone();
             let answer = match tokio::time::timeout(CALL_TIMEOUT, call(client)).await {
                 Ok(answer) => answer,
-                Err(_) => Err(Status::deadline_exceeded(format!(
-                    "no answer from {} in {CALL_TIMEOUT:?}",
-                    self.members[index].0
-                ))),
+                Err(_) => Err(Status::deadline_exceeded(format!("no answer from {addr} in {CALL_TIMEOUT:?}"))),
             };
             let next = match answer {
                 Ok(Ok(answer)) => return Ok(answer),
                 Ok(Err(e)) if e.code == ErrorCode::NotLeader && !e.leader.is_empty() => {
-                    let leader = self.members.iter().position(|(addr, _)| *addr == e.leader);
+                    // A leader not yet known (a member added since) is learned here.
+                    let leader = self.index_of(&e.leader);
                     last = ClientError::Registry(e);
-                    leader.unwrap_or(index + 1)
+                    leader
                 }
                 Ok(Err(e)) if e.not_started() => {
                     last = ClientError::Registry(e);
@@ -125,8 +168,9 @@ impl RegistryClient {
                 }
                 Err(status) => return Err(ClientError::Unreachable(status)),
             };
-            self.current.store(next % self.members.len(), Ordering::Relaxed);
-            if (attempt + 1) % self.members.len() == 0 {
+            let len = self.members().len();
+            self.current.store(next % len, Ordering::Relaxed);
+            if (attempt + 1) % len == 0 {
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
@@ -239,15 +283,18 @@ impl RegistryClient {
     /// Sends later calls to the member at `leader` if it is one of ours, else to the next
     /// member: what a stream does when its member refuses it or goes away.
     pub(crate) fn move_on(&self, leader: &str) {
-        let index = self.current.load(Ordering::Relaxed);
-        let next = self.members.iter().position(|(addr, _)| addr == leader).unwrap_or(index + 1);
-        self.current.store(next % self.members.len(), Ordering::Relaxed);
+        let next = match leader.is_empty() {
+            true => self.current.load(Ordering::Relaxed) + 1,
+            false => self.index_of(leader),
+        };
+        self.current.store(next % self.members().len(), Ordering::Relaxed);
     }
 
     /// The RPC client of the member calls go to first, for calls this type does not wrap
     /// (watch and keep-alive streams).
     pub fn current(&self) -> RegistryApiClient<Channel> {
-        self.members[self.current.load(Ordering::Relaxed) % self.members.len()].1.clone()
+        let members = self.members();
+        members[self.current.load(Ordering::Relaxed) % members.len()].1.clone()
     }
 }
 
