@@ -64,8 +64,8 @@ fn known(addr: String) -> Known {
 /// A client of a registry cluster. Cheap to clone.
 #[derive(Clone)]
 pub struct RegistryClient {
-    /// The members known, by address; grows when a member names a leader not in it, and
-    /// follows the cluster on [`RegistryClient::sync_members`].
+    /// The members known, by address: those given to `connect`, or the cluster's after
+    /// [`RegistryClient::sync_members`].
     members: Arc<RwLock<Arc<Vec<Known>>>>,
     /// The member calls go to first: the leader, once known.
     current: Arc<AtomicUsize>,
@@ -101,16 +101,9 @@ impl RegistryClient {
         self.members.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// The index of the member at `addr`, added if it was not known.
-    fn index_of(&self, addr: &str) -> usize {
-        let mut members = self.members.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(index) = members.iter().position(|(known, _)| known == addr) {
-            return index;
-        }
-        let mut grown = members.as_ref().clone();
-        grown.push(known(addr.to_owned()));
-        *members = Arc::new(grown);
-        members.len() - 1
+    /// The index of the member at `addr`, if it is known.
+    fn position(&self, addr: &str) -> Option<usize> {
+        self.members().iter().position(|(known, _)| known == addr)
     }
 
     /// Replaces the members known with the cluster's, as the member calls go to reports them
@@ -152,10 +145,11 @@ impl RegistryClient {
             let next = match answer {
                 Ok(Ok(answer)) => return Ok(answer),
                 Ok(Err(e)) if e.code == ErrorCode::NotLeader && !e.leader.is_empty() => {
-                    // A leader not yet known (a member added since) is learned here.
-                    let leader = self.index_of(&e.leader);
+                    // Only members the caller listed (or synced) are tried: an address a member
+                    // names may not be reachable from here.
+                    let leader = self.position(&e.leader);
                     last = ClientError::Registry(e);
-                    leader
+                    leader.unwrap_or(index + 1)
                 }
                 Ok(Err(e)) if e.not_started() => {
                     last = ClientError::Registry(e);
@@ -283,10 +277,7 @@ impl RegistryClient {
     /// Sends later calls to the member at `leader` if it is one of ours, else to the next
     /// member: what a stream does when its member refuses it or goes away.
     pub(crate) fn move_on(&self, leader: &str) {
-        let next = match leader.is_empty() {
-            true => self.current.load(Ordering::Relaxed) + 1,
-            false => self.index_of(leader),
-        };
+        let next = self.position(leader).unwrap_or(self.current.load(Ordering::Relaxed) + 1);
         self.current.store(next % self.members().len(), Ordering::Relaxed);
     }
 
