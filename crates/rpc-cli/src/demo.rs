@@ -368,7 +368,6 @@ async fn registry() -> CliResult {
     let mut holder = tokio::process::Command::new(std::env::current_exe()?)
         .args(["lock", "jobs/report", "--ttl", "1", "--endpoints", &endpoints.join(","), "--", "sleep", "30"])
         .stderr(std::process::Stdio::piped())
-        .process_group(0)
         .kill_on_drop(true)
         .spawn()?;
     // It prints its token once it holds the lock.
@@ -376,9 +375,8 @@ async fn registry() -> CliResult {
         tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(holder.stderr.take().ok_or("no stderr")?));
     let held = lines.next_line().await?.unwrap_or_default();
     say("worker-1", held.trim());
-    // The whole worker dies: `rpc lock` and the command it runs.
-    let group = holder.id().ok_or("the worker already exited")?;
-    tokio::process::Command::new("kill").args(["-9", &format!("-{group}")]).status().await?;
+    // SIGKILL to `rpc lock`; on Linux the command it runs dies with it.
+    holder.start_kill()?;
     holder.wait().await?;
     let started = Instant::now();
     let guard = survivors.lock("jobs/report").await?;
