@@ -600,7 +600,8 @@ async fn a_lock_excludes_under_kill_9_of_its_holder_and_of_the_registry_leader()
         let text = read(&log);
         let last = text.lines().last().unwrap_or_default().to_owned();
         if let ["start", token, pid] = last.split_whitespace().collect::<Vec<_>>()[..] {
-            let _ = Command::new("kill").args(["-9", &format!("-{pid}")]).status();
+            // `--`: procps-ng's kill would read a bare negative number as an option.
+            let _ = Command::new("kill").args(["-9", "--", &format!("-{pid}")]).status();
             killed.push(token.parse::<u64>().unwrap());
             break;
         }
