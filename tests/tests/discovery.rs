@@ -10,7 +10,6 @@ use rpc_core::Status;
 use rpc_lb::LbChannel;
 use rpc_registry::{Instance, MemberConfig, RegistryClient, RunningMember};
 use std::{
-    path::PathBuf,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -18,22 +17,7 @@ use std::{
     time::Duration,
 };
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-        let dir = std::env::temp_dir().join(format!("rpc-discovery-{tag}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use tests::TempDir;
 
 async fn registry_on(dir: &TempDir, listen: &str) -> RunningMember {
     let mut config = MemberConfig::new("solo", dir.0.join("solo"), listen);

@@ -6,26 +6,10 @@ use rpc_registry::{
     api::{prefix_end, EventKind, PutRequest, RangeRequest, RequestOp, TxnRequest, WatchCreate, WatchRequest},
     ClientError, ErrorCode, MemberConfig, RegistryApiClient, RegistryClient, RunningMember,
 };
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 use tokio::sync::mpsc;
 
-/// A fresh directory under the system's temp dir, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-        let dir = std::env::temp_dir().join(format!("rpc-registry-{tag}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use tests::TempDir;
 
 async fn one_member(dir: &TempDir) -> RunningMember {
     let mut config = MemberConfig::new("solo", dir.0.join("solo"), "127.0.0.1:0");

@@ -230,6 +230,20 @@ async fn run(client: &RegistryClient, op: KvOp) -> Option<KvOutput> {
 
 type History = Arc<Mutex<Vec<Operation<KvOp, KvOutput>>>>;
 
+fn acknowledged(history: &History) -> usize {
+    history.lock().unwrap().iter().filter(|op| op.ret.is_some()).count()
+}
+
+/// Waits until `more` operations beyond those acknowledged now are acknowledged too.
+async fn wait_for_progress(history: History, more: usize) {
+    let target = acknowledged(&history) + more;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while acknowledged(&history) < target {
+        assert!(Instant::now() < deadline, "the cluster made no progress for 30 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A client that reads, writes and compares-and-swaps through every member (following the
 /// leader), or, given one member, only reads through it: linearizable reads must be current
 /// whichever member serves them.
@@ -288,15 +302,6 @@ async fn killed_and_paused_members_lose_no_acknowledged_write_and_the_history_is
     for (i, addr) in cluster.addrs().into_iter().enumerate() {
         clients.push(tokio::spawn(client_loop(10 + i as u64, vec![addr], history.clone(), epoch, stop.clone())));
     }
-    let acknowledged = |history: &History| history.lock().unwrap().iter().filter(|op| op.ret.is_some()).count();
-    let wait_for_progress = |history: History, more: usize| async move {
-        let target = acknowledged(&history) + more;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while acknowledged(&history) < target {
-            assert!(Instant::now() < deadline, "the cluster made no progress for 30 s");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
 
     wait_for_progress(history.clone(), 100).await;
     cluster.kill(first);
@@ -462,15 +467,6 @@ async fn members_added_and_removed_under_load_keep_the_history_linearizable() {
     let clients: Vec<_> = (1..=3)
         .map(|id| tokio::spawn(client_loop(id, cluster.addrs(), history.clone(), epoch, stop.clone())))
         .collect();
-    let acknowledged = |history: &History| history.lock().unwrap().iter().filter(|op| op.ret.is_some()).count();
-    let wait_for_progress = |history: History, more: usize| async move {
-        let target = acknowledged(&history) + more;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while acknowledged(&history) < target {
-            assert!(Instant::now() < deadline, "the cluster made no progress for 30 s");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
     wait_for_progress(history.clone(), 100).await;
 
     // n3 joins: added as a learner, it catches up from the log and is promoted to voter.
