@@ -149,7 +149,8 @@ pub(crate) async fn lock(args: LockArgs) -> CliResult {
 }
 
 /// Has the kernel kill `command` when this process dies, however it dies: a command that
-/// outlived `rpc lock` would run on after the lock passed to someone else.
+/// outlived `rpc lock` would run on after the lock passed to someone else. (The signal follows
+/// the thread that spawned the command, a runtime worker that lives as long as the process.)
 #[cfg(target_os = "linux")]
 fn die_with_this_process(command: &mut tokio::process::Command) {
     let parent = std::process::id();
