@@ -75,8 +75,9 @@ pub trait Discover: Send + 'static {
     fn next_changes(&mut self) -> impl Future<Output = Result<Vec<Change>, Status>> + Send;
 }
 
-/// The changes that turn `old` into `new`, both keyed by address.
-pub(crate) fn diff(old: &BTreeMap<String, Endpoint>, new: &BTreeMap<String, Endpoint>) -> Vec<Change> {
+/// The changes that turn `old` into `new`, both keyed by address: what a source that learns
+/// whole sets (a listing, a DNS answer) reports.
+pub fn diff(old: &BTreeMap<String, Endpoint>, new: &BTreeMap<String, Endpoint>) -> Vec<Change> {
     let mut changes = Vec::new();
     for (addr, endpoint) in new {
         match old.get(addr) {

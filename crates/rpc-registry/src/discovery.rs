@@ -14,7 +14,7 @@ use rpc_core::{
     server::{Announce, AnnounceFuture},
     Codec, Status,
 };
-use rpc_lb::discover::{Change, Discover, Endpoint};
+use rpc_lb::discover::{diff, Change, Discover, Endpoint};
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
@@ -347,8 +347,8 @@ impl Drop for Registration {
 pub struct RegistryDiscover {
     client: RegistryClient,
     prefix: Vec<u8>,
-    /// What the balancer was last told, by key.
-    known: BTreeMap<Vec<u8>, Endpoint>,
+    /// What the balancer was last told, by address.
+    known: BTreeMap<String, Endpoint>,
     watch: Option<Watch>,
     /// The revision the known set is current at.
     revision: u64,
@@ -379,22 +379,12 @@ impl RegistryDiscover {
         for kv in &found.kvs {
             match Instance::decode(kv) {
                 Ok(instance) => {
-                    now.insert(kv.key.clone(), instance.endpoint());
+                    now.insert(instance.addr.clone(), instance.endpoint());
                 }
                 Err(e) => tracing::warn!(error = %e, "skipping a malformed instance"),
             }
         }
-        let mut changes = Vec::new();
-        for (key, endpoint) in &now {
-            match self.known.get(key) {
-                None => changes.push(Change::Added(endpoint.clone())),
-                Some(before) if before != endpoint => changes.push(Change::Updated(endpoint.clone())),
-                Some(_) => {}
-            }
-        }
-        changes.extend(
-            self.known.iter().filter(|(k, _)| !now.contains_key(*k)).map(|(_, e)| Change::Removed(e.addr.clone())),
-        );
+        let changes = diff(&self.known, &now);
         self.known = now;
         self.revision = found.header.revision;
         Ok(changes)
@@ -436,28 +426,25 @@ impl Discover for RegistryDiscover {
                 }
             };
             self.revision = self.revision.max(response.header.revision);
-            let mut changes = Vec::new();
+            let mut next = self.known.clone();
             for event in response.events {
                 self.revision = self.revision.max(event.kv.mod_revision);
                 match event.kind {
                     EventKind::Put => match Instance::decode(&event.kv) {
                         Ok(instance) => {
-                            let endpoint = instance.endpoint();
-                            match self.known.insert(event.kv.key, endpoint.clone()) {
-                                None => changes.push(Change::Added(endpoint)),
-                                Some(before) if before != endpoint => changes.push(Change::Updated(endpoint)),
-                                Some(_) => {}
-                            }
+                            next.insert(instance.addr.clone(), instance.endpoint());
                         }
                         Err(e) => tracing::warn!(error = %e, "skipping a malformed instance"),
                     },
+                    // An instance's key ends with its address (see `Instance::key`).
                     EventKind::Delete => {
-                        if let Some(gone) = self.known.remove(&event.kv.key) {
-                            changes.push(Change::Removed(gone.addr));
-                        }
+                        let addr = event.kv.key.get(self.prefix.len()..).unwrap_or_default();
+                        next.remove(String::from_utf8_lossy(addr).as_ref());
                     }
                 }
             }
+            let changes = diff(&self.known, &next);
+            self.known = next;
             if !changes.is_empty() {
                 return Ok(changes);
             }
