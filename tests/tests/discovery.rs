@@ -25,6 +25,113 @@ async fn registry_on(dir: &TempDir, listen: &str) -> RunningMember {
     RunningMember::start(config).await.unwrap()
 }
 
+/// A registry a test runs on: one member of ours in this process, or one etcd process. Tests
+/// written with [`on_both!`] run on each, since `RegistryClient` speaks to both.
+struct Backend {
+    dir: TempDir,
+    listen: String,
+    etcd_peer: String,
+    running: Option<Running>,
+}
+
+enum Running {
+    Ours(RunningMember),
+    Etcd(tokio::process::Child),
+}
+
+fn free_port() -> String {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string()
+}
+
+impl Backend {
+    async fn ours(tag: &str) -> Backend {
+        let mut backend =
+            Backend { dir: TempDir::new(tag), listen: free_port(), etcd_peer: String::new(), running: None };
+        backend.start().await;
+        backend
+    }
+
+    /// One etcd member, if etcd is installed; without it, fail under CI and skip elsewhere.
+    async fn etcd(tag: &str) -> Option<Backend> {
+        if !std::process::Command::new("etcd").arg("--version").output().is_ok_and(|o| o.status.success()) {
+            let message = "etcd is not installed (Debian: apt install etcd-server)";
+            assert!(std::env::var_os("CI").is_none(), "{message}");
+            println!("SKIPPED: {message}");
+            return None;
+        }
+        let mut backend =
+            Backend { dir: TempDir::new(tag), listen: free_port(), etcd_peer: free_port(), running: None };
+        backend.start().await;
+        Some(backend)
+    }
+
+    fn client(&self) -> RegistryClient {
+        match self.etcd_peer.is_empty() {
+            true => RegistryClient::connect([self.listen.clone()]),
+            false => RegistryClient::etcd([self.listen.clone()]),
+        }
+    }
+
+    /// Starts the registry on its address and data, again after `stop`; returns once it serves.
+    async fn start(&mut self) {
+        if self.etcd_peer.is_empty() {
+            self.running = Some(Running::Ours(registry_on(&self.dir, &self.listen).await));
+            return;
+        }
+        let (client, peer) = (format!("http://{}", self.listen), format!("http://{}", self.etcd_peer));
+        let child = tokio::process::Command::new("etcd")
+            .args(["--name", "solo", "--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("solo={peer}"), "--log-level", "error", "--logger", "zap"])
+            .arg("--data-dir")
+            .arg(self.dir.0.join("etcd"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("etcd starts");
+        self.running = Some(Running::Etcd(child));
+        let client = self.client();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while client.status().await.is_err() {
+            assert!(tokio::time::Instant::now() < deadline, "etcd did not serve within 30 s");
+        }
+    }
+
+    /// Stops the registry: ours shuts down, etcd is killed.
+    async fn stop(&mut self) {
+        match self.running.take() {
+            Some(Running::Ours(member)) => member.shutdown(Duration::from_secs(1)).await.unwrap(),
+            Some(Running::Etcd(mut child)) => {
+                child.kill().await.unwrap();
+            }
+            None => {}
+        }
+    }
+}
+
+/// Runs the test `$name(backend)` on our registry and on etcd, as `$name::on_our_registry` and
+/// `$name::on_etcd`.
+macro_rules! on_both {
+    ($name:ident) => {
+        mod $name {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_our_registry() {
+                super::$name(Backend::ours(stringify!($name)).await).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_etcd() {
+                if let Some(backend) = Backend::etcd(stringify!($name)).await {
+                    super::$name(backend).await;
+                }
+            }
+        }
+    };
+}
+
 fn addrs(channel: &LbChannel) -> Vec<String> {
     let mut addrs: Vec<String> = channel.endpoints().into_iter().map(|s| s.endpoint.addr.clone()).collect();
     addrs.sort();
@@ -45,11 +152,9 @@ fn load(client: NodeClient<LbChannel>, stop: Arc<AtomicBool>) -> tokio::task::Jo
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn registered_instances_are_discovered_and_a_graceful_leave_fails_no_call() {
-    let dir = TempDir::new("leave");
-    let registry = registry_on(&dir, "127.0.0.1:0").await;
-    let client = registry.client();
+on_both!(registered_instances_are_discovered_and_a_graceful_leave_fails_no_call);
+async fn registered_instances_are_discovered_and_a_graceful_leave_fails_no_call(backend: Backend) {
+    let client = backend.client();
     let (servers, ctls, server_addrs) = start_nodes(2).await;
     let mut registrations = Vec::new();
     for (i, addr) in server_addrs.iter().enumerate() {
@@ -101,11 +206,9 @@ async fn registered_instances_are_discovered_and_a_graceful_leave_fails_no_call(
     assert_eq!(client.instances(Some("node")).await.unwrap().len(), 1, "deregistering deletes the key");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_instance_the_registry_loses_is_registered_again() {
-    let dir = TempDir::new("lost");
-    let registry = registry_on(&dir, "127.0.0.1:0").await;
-    let client = registry.client();
+on_both!(an_instance_the_registry_loses_is_registered_again);
+async fn an_instance_the_registry_loses_is_registered_again(backend: Backend) {
+    let client = backend.client();
     let registration = client.register(Instance::new("orders", "10.0.0.1:7001")).await.unwrap();
     let key = registration.instance().key();
     let first = client.get(&key).await.unwrap().expect("registered");
@@ -128,25 +231,22 @@ async fn an_instance_the_registry_loses_is_registered_again() {
     drop(registration);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn discovery_keeps_its_instances_while_the_registry_is_down_and_follows_it_back() {
-    let dir = TempDir::new("down");
-    let listen = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
-    let registry = registry_on(&dir, &listen).await;
-    let client = RegistryClient::connect([listen.clone()]);
+on_both!(discovery_keeps_its_instances_while_the_registry_is_down_and_follows_it_back);
+async fn discovery_keeps_its_instances_while_the_registry_is_down_and_follows_it_back(mut backend: Backend) {
+    let client = backend.client();
     let (_servers, _ctls, server_addrs) = start_nodes(2).await;
     let first = client.register_with_ttl(Instance::new("node", &server_addrs[0]), 30).await.unwrap();
     let channel = LbChannel::builder(client.discover("node")).connect().await.unwrap();
     assert_eq!(addrs(&channel), [server_addrs[0].clone()]);
 
-    registry.shutdown(Duration::from_secs(1)).await.unwrap();
+    backend.stop().await;
     let node = NodeClient::new(channel.clone());
     for _ in 0..20 {
         node.work(0).await.expect("calls go on with the last known instances while the registry is down");
     }
     assert_eq!(addrs(&channel), [server_addrs[0].clone()]);
 
-    let _registry = registry_on(&dir, &listen).await;
+    backend.start().await;
     let second = client.register(Instance::new("node", &server_addrs[1])).await.unwrap();
     let mut both = server_addrs.clone();
     both.sort();
@@ -154,11 +254,9 @@ async fn discovery_keeps_its_instances_while_the_registry_is_down_and_follows_it
     drop((first, second));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lock_goes_to_one_holder_at_a_time_first_come_first_served_with_rising_tokens() {
-    let dir = TempDir::new("lock");
-    let registry = registry_on(&dir, "127.0.0.1:0").await;
-    let client = registry.client();
+on_both!(a_lock_goes_to_one_holder_at_a_time_first_come_first_served_with_rising_tokens);
+async fn a_lock_goes_to_one_holder_at_a_time_first_come_first_served_with_rising_tokens(backend: Backend) {
+    let client = backend.client();
     let first = client.lock("jobs/compaction").await.unwrap();
     // A waiter that gives up does not hold up those behind it.
     assert!(tokio::time::timeout(Duration::from_millis(300), client.lock("jobs/compaction")).await.is_err());
@@ -212,11 +310,9 @@ async fn a_lock_goes_to_one_holder_at_a_time_first_come_first_served_with_rising
     drop(waiters);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_election_has_one_leader_observed_by_all_and_the_next_takes_over_on_resign() {
-    let dir = TempDir::new("election");
-    let registry = registry_on(&dir, "127.0.0.1:0").await;
-    let client = registry.client();
+on_both!(an_election_has_one_leader_observed_by_all_and_the_next_takes_over_on_resign);
+async fn an_election_has_one_leader_observed_by_all_and_the_next_takes_over_on_resign(backend: Backend) {
+    let client = backend.client();
     let election = client.election("scheduler");
     let mut observed = Box::pin(election.observe());
     assert_eq!(observed.next().await.unwrap().unwrap(), None, "nobody leads at first");
@@ -243,11 +339,9 @@ struct Limits {
     burst: u32,
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_config_follows_changes_keeps_the_last_good_value_and_rolls_back() {
-    let dir = TempDir::new("config");
-    let registry = registry_on(&dir, "127.0.0.1:0").await;
-    let client = registry.client();
+on_both!(a_config_follows_changes_keeps_the_last_good_value_and_rolls_back);
+async fn a_config_follows_changes_keeps_the_last_good_value_and_rolls_back(backend: Backend) {
+    let client = backend.client();
     let missing = client.config::<Limits>("orders/limits").await.unwrap_err();
     assert!(missing.to_string().contains("rpc config set"), "{missing}");
 
@@ -299,12 +393,10 @@ async fn a_client_started_while_the_registry_is_down_calls_once_it_comes_up() {
     assert_eq!(ctl.served(), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lookaside_balancer_places_calls_on_the_instances_the_registry_lists() {
+on_both!(a_lookaside_balancer_places_calls_on_the_instances_the_registry_lists);
+async fn a_lookaside_balancer_places_calls_on_the_instances_the_registry_lists(backend: Backend) {
     use rpc_lb::lookaside::{LookasideBalancer, LookasideChannel, LookasideClient, LookasideServer};
-    let dir = TempDir::new("lookaside");
-    let registry = registry_on(&dir, "127.0.0.1:0").await;
-    let client = registry.client();
+    let client = backend.client();
     let (_servers, ctls, server_addrs) = start_nodes(2).await;
     let mut registrations = Vec::new();
     for addr in &server_addrs {
@@ -337,11 +429,9 @@ async fn a_lookaside_balancer_places_calls_on_the_instances_the_registry_lists()
     panic!("the balancer kept placing calls on the deregistered instance");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_server_built_with_an_announcer_registers_on_start_and_deregisters_on_shutdown() {
-    let dir = TempDir::new("announce");
-    let registry = registry_on(&dir, "127.0.0.1:0").await;
-    let client = registry.client();
+on_both!(a_server_built_with_an_announcer_registers_on_start_and_deregisters_on_shutdown);
+async fn a_server_built_with_an_announcer_registers_on_start_and_deregisters_on_shutdown(backend: Backend) {
+    let client = backend.client();
     let ctl = Arc::new(Ctl::default());
     let server = rpc_core::Server::builder()
         .add_service(NodeServer::new(lb_support::Instance(ctl)))

@@ -88,7 +88,7 @@ async fn keys_of_an_expired_lease_are_deleted_and_keep_alive_holds_them() {
         let put = PutRequest { key: key.into(), value: b"x".to_vec(), lease, ..PutRequest::default() };
         client.put_with(put).await.unwrap();
     }
-    let api = client.current();
+    let api = client.current().expect("our registry");
     let ticks = stream::unfold((), move |()| async move {
         tokio::time::sleep(Duration::from_millis(200)).await;
         Some((kept, ()))
@@ -112,7 +112,8 @@ async fn renewals_sent_together_are_answered_in_order_and_an_unknown_lease_fails
     let client = RegistryClient::connect([member.local_addr().to_string()]);
     let (a, b) = (client.lease_grant(30).await.unwrap(), client.lease_grant(60).await.unwrap());
     let ids: Vec<u64> = [a, b, 0xdead, a, b].into_iter().cycle().take(500).collect();
-    let mut answers = client.current().lease_keep_alive(stream::iter(ids.clone())).await.unwrap();
+    let mut answers =
+        client.current().expect("our registry").lease_keep_alive(stream::iter(ids.clone())).await.unwrap();
     for (i, &id) in ids.iter().enumerate() {
         let answer = answers.next().await.unwrap().unwrap();
         match id {
@@ -177,7 +178,7 @@ async fn bad_requests_get_typed_errors_and_lose_nothing() {
 
     let put = |i: usize| RequestOp::Put(PutRequest { key: format!("t{i}").into(), ..PutRequest::default() });
     let txn = TxnRequest { success: (0..200).map(put).collect(), ..TxnRequest::default() };
-    let api = client.current();
+    let api = client.current().expect("our registry");
     let too_many = api.txn(txn).await.unwrap().unwrap_err();
     assert_eq!(too_many.code, ErrorCode::InvalidRequest, "{too_many}");
 
@@ -287,7 +288,7 @@ async fn a_lease_expires_on_time_across_three_leader_changes() {
     assert!(granted.elapsed() < ttl, "the leader changes took the whole TTL; the test proves nothing");
 
     // Wait on the delete event; its time is when the lease expired.
-    let api = client.current();
+    let api = client.current().expect("our registry");
     let (requests, rx) = mpsc::channel(1);
     let create = WatchCreate {
         key: b"svc/leased".to_vec(),

@@ -1,10 +1,12 @@
-//! `rpc ls`, `rpc config ...` and `rpc lock`: services, configuration and locks on the registry.
+//! `rpc ls`, `rpc config ...`, `rpc lock` and `rpc elect`: services, configuration, locks and
+//! elections on the registry.
 
 use crate::{
     registry::{client, EndpointArgs},
     CliResult,
 };
 use clap::{Args, Subcommand};
+use std::future::Future;
 
 /// Flags of `rpc ls`.
 #[derive(Args)]
@@ -68,6 +70,25 @@ pub(crate) struct LockArgs {
     endpoint: EndpointArgs,
 }
 
+/// Flags of `rpc elect`.
+#[derive(Args)]
+pub(crate) struct ElectArgs {
+    /// The election's name.
+    name: String,
+    /// The value this candidate leads with (e.g. its address), shown to observers.
+    #[arg(long, default_value = "")]
+    value: String,
+    /// The command to run while leading; its environment has RPC_LEADER_TOKEN, the leadership's
+    /// fencing token. Without one, this candidate leads until Ctrl-C.
+    #[arg(last = true)]
+    command: Vec<String>,
+    /// Seconds the leadership outlives this process if it dies (raised to the registry's minimum).
+    #[arg(long, default_value_t = rpc_registry::session::DEFAULT_TTL)]
+    ttl: u64,
+    #[command(flatten)]
+    endpoint: EndpointArgs,
+}
+
 pub(crate) async fn ls(args: LsArgs) -> CliResult {
     let instances = client(&args.endpoint).instances(args.service.as_deref()).await?;
     if args.endpoint.json {
@@ -118,30 +139,54 @@ pub(crate) async fn config(command: ConfigCommand) -> CliResult {
 }
 
 pub(crate) async fn lock(args: LockArgs) -> CliResult {
-    let registry = client(&args.endpoint);
-    let guard = registry.lock_with_ttl(&args.name, args.ttl).await?;
+    let guard = client(&args.endpoint).lock_with_ttl(&args.name, args.ttl).await?;
     eprintln!("holding lock {} with token {}", args.name, guard.token());
-    let Some((program, rest)) = args.command.split_first() else {
-        tokio::select! {
-            signal = tokio::signal::ctrl_c() => signal?,
-            () = guard.lost() => return Err("the lock's lease was lost".into()),
-        }
+    let ran = run_while_held(&args.command, ("RPC_LOCK_TOKEN", guard.token()), "the lock's", guard.lost()).await;
+    // A lost lock has nothing left to release, and the registry may be out of reach.
+    if !guard.is_lost() {
         guard.unlock().await?;
-        return Ok(());
+    }
+    ran
+}
+
+pub(crate) async fn elect(args: ElectArgs) -> CliResult {
+    let election = client(&args.endpoint).election(&args.name).ttl(args.ttl);
+    let leadership = election.campaign(args.value).await?;
+    eprintln!("leading {} with token {}", args.name, leadership.token());
+    let token = ("RPC_LEADER_TOKEN", leadership.token());
+    let ran = run_while_held(&args.command, token, "the leadership's", leadership.lost()).await;
+    if !leadership.is_lost() {
+        leadership.resign().await?;
+    }
+    ran
+}
+
+/// Runs `command` with `token` in its environment (or waits for Ctrl-C without one) while a
+/// lock or a leadership is held, and stops it if `lost` resolves first: someone else may hold
+/// it then, and the command must not overlap with theirs.
+async fn run_while_held(
+    command: &[String],
+    token: (&str, u64),
+    held: &str,
+    lost: impl Future<Output = ()>,
+) -> CliResult {
+    let Some((program, rest)) = command.split_first() else {
+        tokio::select! {
+            signal = tokio::signal::ctrl_c() => return Ok(signal?),
+            () = lost => return Err(format!("{held} lease was lost").into()),
+        }
     };
     let mut command = tokio::process::Command::new(program);
-    command.args(rest).env("RPC_LOCK_TOKEN", guard.token().to_string()).kill_on_drop(true);
+    command.args(rest).env(token.0, token.1.to_string()).kill_on_drop(true);
     die_with_this_process(&mut command);
     let mut child = command.spawn().map_err(|e| format!("cannot run {program:?}: {e}"))?;
     let status = tokio::select! {
         status = child.wait() => status?,
-        () = guard.lost() => {
-            // Someone else may hold the lock now: stop the command rather than let it overlap.
+        () = lost => {
             child.kill().await?;
-            return Err("the lock's lease was lost; the command was stopped".into());
+            return Err(format!("{held} lease was lost; the command was stopped").into());
         }
     };
-    guard.unlock().await?;
     match status.success() {
         true => Ok(()),
         false => Err(format!("{program} exited with {status}").into()),

@@ -54,6 +54,8 @@ enum Command {
     },
     /// Take a lock, run a command while holding it, and release it.
     Lock(discovery::LockArgs),
+    /// Campaign in an election, run a command while leading, resign when it ends.
+    Elect(discovery::ElectArgs),
     /// Serve the benchmark service in this process (started by `rpc bench`).
     #[command(hide = true, name = "__bench-server")]
     BenchServer {
@@ -88,6 +90,7 @@ fn main() -> ExitCode {
             Command::Ls(args) => discovery::ls(args).await,
             Command::Config { command } => discovery::config(command).await,
             Command::Lock(args) => discovery::lock(args).await,
+            Command::Elect(args) => discovery::elect(args).await,
             Command::BenchServer { kind } => bench::rpc::serve_child(&kind).await,
         }
     });

@@ -105,6 +105,10 @@ pub(crate) struct EndpointArgs {
     /// Registry members, comma-separated; calls follow the leader.
     #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:2379")]
     pub(crate) endpoints: Vec<String>,
+    /// The endpoints are etcd v3 members (their client address, host:port): kv, watch, ls,
+    /// config and lock work on etcd as on our registry.
+    #[arg(long)]
+    pub(crate) etcd: bool,
     /// Print JSON instead of text.
     #[arg(long)]
     pub(crate) json: bool,
@@ -320,7 +324,10 @@ async fn shutdown_signal() -> std::io::Result<()> {
 }
 
 pub(crate) fn client(endpoint: &EndpointArgs) -> RegistryClient {
-    RegistryClient::connect(endpoint.endpoints.clone())
+    match endpoint.etcd {
+        true => RegistryClient::etcd(endpoint.endpoints.clone()),
+        false => RegistryClient::connect(endpoint.endpoints.clone()),
+    }
 }
 
 pub(crate) async fn run_kv(command: KvCommand) -> CliResult {
@@ -434,7 +441,11 @@ pub(crate) async fn run_lease(command: LeaseCommand) -> CliResult {
                 }
                 Some((id, false))
             });
-            let mut renewals = client(&endpoint).current().lease_keep_alive(ticks).await?;
+            let mut renewals = client(&endpoint)
+                .current()
+                .ok_or("lease keepalive needs our registry, not etcd")?
+                .lease_keep_alive(ticks)
+                .await?;
             while let Some(renewal) = renewals.next().await {
                 let status = renewal??;
                 match endpoint.json {

@@ -176,6 +176,12 @@ fn registry_serve_answers_kv_and_lease_commands_and_stops_cleanly_on_sigterm() {
     let (ok, _, err) =
         rpc(&[&["lock", "jobs"][..], &endpoint, &["--", "sh", "-c", "test -n \"$RPC_LOCK_TOKEN\""]].concat());
     assert!(ok, "the command ran holding the lock, with its token: {err}");
+    let leads = "test -n \"$RPC_LEADER_TOKEN\"";
+    let (ok, _, err) =
+        rpc(&[&["elect", "scheduler", "--value", "w1"][..], &endpoint, &["--", "sh", "-c", leads]].concat());
+    assert!(ok, "the command ran while leading, with the leadership's token: {err}");
+    let (ok, out, _) = rpc(&[&["kv", "get", "--prefix", "elections/scheduler/"][..], &endpoint].concat());
+    assert!(ok && out.trim().is_empty(), "the candidate resigned when its command ended: {out}");
     let (ok, out, _) = rpc(&[&["ls"][..], &endpoint].concat());
     assert!(ok && out.is_empty(), "{out}");
     // Killing `rpc lock` kills its command too, so it cannot run on past the lock.

@@ -380,7 +380,7 @@ async fn a_partitioned_leader_serves_no_stale_reads_and_catches_up_when_healed()
         cluster.addrs().into_iter().enumerate().filter(|(i, _)| *i != old).map(|(_, a)| a).collect();
     RegistryClient::connect(majority).put("lin/0", "2").await.expect("the majority elects a leader and writes");
 
-    let isolated = RegistryClient::connect([cluster.peers[old].1.clone()]).current();
+    let isolated = RegistryClient::connect([cluster.peers[old].1.clone()]).current().expect("our registry");
     let read = |serializable| RangeRequest { key: b"lin/0".to_vec(), serializable, ..RangeRequest::default() };
     let linearizable = isolated.range(read(false)).timeout(Duration::from_secs(2)).await;
     assert!(!matches!(&linearizable, Ok(Ok(_))), "the isolated member served a linearizable read: {linearizable:?}");
@@ -529,7 +529,7 @@ fn check_mutual_exclusion(log: &str, killed: &[u64]) -> usize {
         match words[0] {
             "start" => {
                 if let Some(holder) = open {
-                    assert!(killed.contains(&holder), "token {token} entered while {holder} held the lock:\n{log}");
+                    assert!(killed.contains(&holder), "token {token} entered while {holder} held it:\n{log}");
                 }
                 assert!(token > last, "token {token} came after {last}: fencing tokens must rise\n{log}");
                 (open, last) = (Some(token), token);
@@ -545,25 +545,38 @@ fn check_mutual_exclusion(log: &str, killed: &[u64]) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lock_excludes_under_kill_9_of_its_holder_and_of_the_registry_leader() {
+    excludes_under_kill_9(&["lock", "jobs"], "RPC_LOCK_TOKEN").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_election_has_one_leader_at_a_time_under_kill_9_of_its_leader_and_of_the_registry_leader() {
+    excludes_under_kill_9(&["elect", "scheduler", "--value", "worker"], "RPC_LEADER_TOKEN").await;
+}
+
+/// Three processes loop on `rpc ARGS -- CMD` (a lock or a campaign), each CMD logging its
+/// critical section with the fencing token from `$TOKEN`. A holder is killed with kill -9 inside
+/// its section, then the registry's leader: the log must show no overlap, rising tokens, and
+/// progress throughout.
+async fn excludes_under_kill_9(args: &[&str], token: &str) {
     use std::os::unix::process::CommandExt;
     let mut cluster = Cluster::start();
     let first = leader(&cluster).await;
     let log = cluster.dir.join("critical.log");
     let endpoints = cluster.addrs().join(",");
-    // Each holder logs its critical section; the PID lets the test kill a holder's whole
-    // process group (`rpc lock` and its command) mid-section.
-    let script = format!(
-        "echo start $RPC_LOCK_TOKEN $PPID >> {log}; sleep 0.05; echo end $RPC_LOCK_TOKEN >> {log}",
-        log = log.display()
-    );
+    // The PID lets the test kill a holder's whole process group (`rpc` and its command)
+    // mid-section.
+    let script =
+        format!("echo start ${token} $PPID >> {log}; sleep 0.05; echo end ${token} >> {log}", log = log.display());
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     let stop = Arc::new(Mutex::new(false));
     let holders: Vec<_> = (0..3)
         .map(|_| {
-            let (script, endpoints, stop) = (script.clone(), endpoints.clone(), stop.clone());
+            let (script, endpoints, stop, args) = (script.clone(), endpoints.clone(), stop.clone(), args.clone());
             std::thread::spawn(move || {
                 while !*stop.lock().unwrap() {
                     let status = Command::new(env!("CARGO_BIN_EXE_rpc"))
-                        .args(["lock", "jobs", "--ttl", "1", "--endpoints", &endpoints, "--", "sh", "-c", &script])
+                        .args(&args)
+                        .args(["--ttl", "1", "--endpoints", &endpoints, "--", "sh", "-c", &script])
                         .stderr(Stdio::null())
                         .process_group(0)
                         .status()
@@ -581,7 +594,7 @@ async fn a_lock_excludes_under_kill_9_of_its_holder_and_of_the_registry_leader()
         async move {
             let deadline = Instant::now() + Duration::from_secs(60);
             while sections(&read(&log)) < target {
-                assert!(Instant::now() < deadline, "the lock made no progress for 60 s");
+                assert!(Instant::now() < deadline, "no holder made progress for 60 s");
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }

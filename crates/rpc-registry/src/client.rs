@@ -3,12 +3,13 @@
 
 use crate::{
     api::{
-        DeleteRangeRequest, KeyValue, Member, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp,
-        StatusResponse, TxnRequest, TxnResponse, WatchCreate, WatchRequest, WatchResponse,
+        DeleteRangeRequest, DeleteRangeResponse, KeyValue, LeaseGrantResponse, LeaseStatus, Member, PutRequest,
+        PutResponse, RangeRequest, RangeResponse, RequestOp, StatusResponse, TxnRequest, TxnResponse, WatchCreate,
+        WatchRequest, WatchResponse,
     },
     service::{ErrorCode, RegistryApiClient, RegistryError},
 };
-use futures_util::{Stream, StreamExt};
+use futures_util::{stream::BoxStream, Stream, StreamExt};
 use rpc_core::{Channel, Status};
 use std::{
     fmt,
@@ -38,6 +39,8 @@ pub enum ClientError {
     Registry(RegistryError),
     /// No member answered.
     Unreachable(Status),
+    /// The call is part of our registry's own API, which an etcd cluster does not serve.
+    Unsupported(&'static str),
 }
 
 impl fmt::Display for ClientError {
@@ -45,20 +48,124 @@ impl fmt::Display for ClientError {
         match self {
             ClientError::Registry(e) => e.fmt(f),
             ClientError::Unreachable(status) => write!(f, "no registry member answered: {status}"),
+            ClientError::Unsupported(call) => write!(f, "{call} is not served by etcd; it needs our registry"),
         }
     }
 }
 
 impl std::error::Error for ClientError {}
 
-/// A member as the client knows it: its address and the RPC client of it.
-type Known = (String, RegistryApiClient<Channel>);
+/// What one call to a member gives: the registry's answer, or a transport failure.
+pub(crate) type Answer<T> = Result<Result<T, RegistryError>, Status>;
+
+/// A member as the client speaks to it: our registry over our RPC, or an etcd member.
+#[derive(Clone)]
+pub(crate) enum Endpoint {
+    Registry(RegistryApiClient<Channel>),
+    #[cfg(feature = "etcd")]
+    Etcd(crate::etcd::EtcdMember),
+}
+
+/// Every call the client's typed API makes, on either kind of member.
+impl Endpoint {
+    async fn range(&self, request: RangeRequest) -> Answer<RangeResponse> {
+        match self {
+            Endpoint::Registry(c) => c.range(request).await,
+            #[cfg(feature = "etcd")]
+            Endpoint::Etcd(e) => e.range(request).await,
+        }
+    }
+
+    async fn put(&self, request: PutRequest) -> Answer<PutResponse> {
+        match self {
+            Endpoint::Registry(c) => c.put(request).await,
+            #[cfg(feature = "etcd")]
+            Endpoint::Etcd(e) => e.put(request).await,
+        }
+    }
+
+    pub(crate) async fn delete_range(&self, request: DeleteRangeRequest) -> Answer<DeleteRangeResponse> {
+        match self {
+            Endpoint::Registry(c) => c.delete_range(request).await,
+            #[cfg(feature = "etcd")]
+            Endpoint::Etcd(e) => e.delete_range(request).await,
+        }
+    }
+
+    async fn txn(&self, request: TxnRequest) -> Answer<TxnResponse> {
+        match self {
+            Endpoint::Registry(c) => c.txn(request).await,
+            #[cfg(feature = "etcd")]
+            Endpoint::Etcd(e) => e.txn(request).await,
+        }
+    }
+
+    pub(crate) async fn lease_grant(&self, ttl: u64) -> Answer<LeaseGrantResponse> {
+        match self {
+            Endpoint::Registry(c) => c.lease_grant(ttl, 0).await,
+            #[cfg(feature = "etcd")]
+            Endpoint::Etcd(e) => e.lease_grant(ttl).await,
+        }
+    }
+
+    async fn lease_revoke(&self, id: u64) -> Answer<()> {
+        match self {
+            Endpoint::Registry(c) => c.lease_revoke(id).await.map(|r| r.map(drop)),
+            #[cfg(feature = "etcd")]
+            Endpoint::Etcd(e) => e.lease_revoke(id).await,
+        }
+    }
+
+    async fn status(&self) -> Answer<StatusResponse> {
+        match self {
+            Endpoint::Registry(c) => c.status().await.map(Ok),
+            #[cfg(feature = "etcd")]
+            Endpoint::Etcd(e) => e.status().await,
+        }
+    }
+
+    /// Renews the lease each id names, answering each with the lease's status.
+    pub(crate) async fn lease_keep_alive(
+        &self,
+        ids: BoxStream<'static, u64>,
+    ) -> Result<BoxStream<'static, Answer<LeaseStatus>>, Status> {
+        match self {
+            Endpoint::Registry(c) => Ok(c.lease_keep_alive(ids).await?.boxed()),
+            #[cfg(feature = "etcd")]
+            Endpoint::Etcd(e) => e.lease_keep_alive(ids).await,
+        }
+    }
+
+    /// Opens one watch on this member; yields its responses, `created` first.
+    async fn watch(&self, spec: WatchCreate) -> Result<BoxStream<'static, Result<WatchResponse, Status>>, Status> {
+        match self {
+            Endpoint::Registry(c) => {
+                let (requests, rx) = mpsc::channel(1);
+                // Cannot fail: the receiver is right here.
+                let _ = requests.send(WatchRequest::Create(spec)).await;
+                let responses = c.watch(rpc_core::stream::from_receiver(rx)).await?;
+                // The member ends a watch whose requests end: the sender lives as long as the stream.
+                Ok(responses
+                    .map(move |response| {
+                        let _requests = &requests;
+                        response
+                    })
+                    .boxed())
+            }
+            #[cfg(feature = "etcd")]
+            Endpoint::Etcd(e) => e.watch(spec).await,
+        }
+    }
+}
+
+/// A member as the client knows it: its address and how to call it.
+type Known = (String, Endpoint);
 
 fn known(addr: String) -> Known {
     // No channel-wide deadline: it would also end watch and keep-alive streams. Unary calls
     // get theirs in `call`.
     let channel = Channel::builder(addr.clone()).connect_timeout(Duration::from_millis(500)).connect_lazy();
-    (addr, RegistryApiClient::new(channel))
+    (addr, Endpoint::Registry(RegistryApiClient::new(channel)))
 }
 
 /// A client of a registry cluster. Cheap to clone.
@@ -88,6 +195,30 @@ impl RegistryClient {
         A: Into<String>,
     {
         let members = addrs.into_iter().map(|addr| known(addr.into())).collect();
+        RegistryClient::with(members)
+    }
+
+    /// A client of the etcd v3 cluster serving clients at `addrs` (`host:port`, plain
+    /// HTTP/2): sessions, registration, discovery, config, locks and elections work on it as
+    /// on our registry. Membership, leader moves and the raw API of [`RegistryClient::call`]
+    /// and [`RegistryClient::current`] are ours alone.
+    #[cfg(feature = "etcd")]
+    pub fn etcd<I, A>(addrs: I) -> RegistryClient
+    where
+        I: IntoIterator<Item = A>,
+        A: Into<String>,
+    {
+        let members = addrs
+            .into_iter()
+            .map(|addr| {
+                let addr = addr.into();
+                (addr.clone(), Endpoint::Etcd(crate::etcd::EtcdMember::new(addr)))
+            })
+            .collect();
+        RegistryClient::with(members)
+    }
+
+    fn with(members: Vec<Known>) -> RegistryClient {
         RegistryClient { members: Arc::new(RwLock::new(Arc::new(members))), current: Arc::new(AtomicUsize::new(0)) }
     }
 
@@ -123,13 +254,32 @@ impl RegistryClient {
         Ok(())
     }
 
-    /// Calls `call` on the current member, moving to the leader it names, or to the next member
-    /// when it is unreachable or has no leader, until one answers. A call that may have reached
-    /// a member before failing is tried again only if `idempotent`.
+    /// Calls `call` with the RPC client of the current member, moving to the leader it names,
+    /// or to the next member when it is unreachable or has no leader, until one answers. A call
+    /// that may have reached a member before failing is tried again only if `idempotent`. For
+    /// calls this type does not wrap; fails with [`ClientError::Unsupported`] on etcd.
     pub async fn call<T, F, Fut>(&self, idempotent: bool, call: F) -> Result<T, ClientError>
     where
         F: Fn(RegistryApiClient<Channel>) -> Fut,
-        Fut: Future<Output = Result<Result<T, RegistryError>, Status>>,
+        Fut: Future<Output = Answer<T>>,
+    {
+        self.route(idempotent, |endpoint| {
+            let call = match endpoint {
+                Endpoint::Registry(c) => Ok(call(c)),
+                #[cfg(feature = "etcd")]
+                Endpoint::Etcd(_) => Err(ClientError::Unsupported("this call")),
+            };
+            async move { Ok(call?.await) }
+        })
+        .await
+    }
+
+    /// Calls `call` on the current member, as [`RegistryClient::call`] says; `call` may refuse
+    /// a kind of member with an error that is returned as is.
+    pub(crate) async fn route<T, F, Fut>(&self, idempotent: bool, call: F) -> Result<T, ClientError>
+    where
+        F: Fn(Endpoint) -> Fut,
+        Fut: Future<Output = Result<Answer<T>, ClientError>>,
     {
         let mut backoff = BACKOFF;
         let mut last = ClientError::Unreachable(Status::unavailable("no member was tried"));
@@ -139,7 +289,7 @@ impl RegistryClient {
             let index = self.current.load(Ordering::Relaxed) % members.len();
             let (addr, client) = members[index].clone();
             let answer = match tokio::time::timeout(CALL_TIMEOUT, call(client)).await {
-                Ok(answer) => answer,
+                Ok(answer) => answer?,
                 Err(_) => Err(Status::deadline_exceeded(format!("no answer from {addr} in {CALL_TIMEOUT:?}"))),
             };
             let next = match answer {
@@ -180,9 +330,9 @@ impl RegistryClient {
 
     /// Reads keys.
     pub async fn range(&self, request: RangeRequest) -> Result<RangeResponse, ClientError> {
-        self.call(true, |c| {
+        self.route(true, |c| {
             let request = request.clone();
-            async move { c.range(request).await }
+            async move { Ok(c.range(request).await) }
         })
         .await
     }
@@ -196,9 +346,9 @@ impl RegistryClient {
 
     /// Sets a key with every option of [`PutRequest`].
     pub async fn put_with(&self, request: PutRequest) -> Result<PutResponse, ClientError> {
-        self.call(false, |c| {
+        self.route(false, |c| {
             let request = request.clone();
-            async move { c.put(request).await }
+            async move { Ok(c.put(request).await) }
         })
         .await
     }
@@ -207,9 +357,9 @@ impl RegistryClient {
     /// retried once it may have reached a member, like a put.
     pub async fn txn(&self, request: TxnRequest) -> Result<TxnResponse, ClientError> {
         let reads_only = request.success.iter().chain(&request.failure).all(|op| matches!(op, RequestOp::Range(_)));
-        self.call(reads_only, |c| {
+        self.route(reads_only, |c| {
             let request = request.clone();
-            async move { c.txn(request).await }
+            async move { Ok(c.txn(request).await) }
         })
         .await
     }
@@ -217,23 +367,31 @@ impl RegistryClient {
     /// Deletes `key`; answers how many keys were deleted (0 or 1).
     pub async fn delete(&self, key: impl AsRef<[u8]>) -> Result<u64, ClientError> {
         let request = DeleteRangeRequest { key: key.as_ref().to_vec(), ..DeleteRangeRequest::default() };
-        let response = self
-            .call(false, |c| {
-                let request = request.clone();
-                async move { c.delete_range(request).await }
-            })
-            .await?;
-        Ok(response.deleted)
+        Ok(self.delete_range(request).await?.deleted)
+    }
+
+    /// Deletes a key or an interval of keys with every option of [`DeleteRangeRequest`].
+    pub async fn delete_range(&self, request: DeleteRangeRequest) -> Result<DeleteRangeResponse, ClientError> {
+        self.route(false, |c| {
+            let request = request.clone();
+            async move { Ok(c.delete_range(request).await) }
+        })
+        .await
     }
 
     /// Grants a lease of `ttl` seconds; answers its id.
     pub async fn lease_grant(&self, ttl: u64) -> Result<u64, ClientError> {
-        Ok(self.call(false, |c| async move { c.lease_grant(ttl, 0).await }).await?.id)
+        Ok(self.grant(ttl).await?.id)
+    }
+
+    /// Grants a lease of `ttl` seconds; answers it with the TTL the registry gave it.
+    pub(crate) async fn grant(&self, ttl: u64) -> Result<LeaseGrantResponse, ClientError> {
+        self.route(false, |c| async move { Ok(c.lease_grant(ttl).await) }).await
     }
 
     /// Revokes lease `id`, deleting its keys.
     pub async fn lease_revoke(&self, id: u64) -> Result<(), ClientError> {
-        self.call(true, |c| async move { c.lease_revoke(id).await }).await.map(drop)
+        self.route(true, |c| async move { Ok(c.lease_revoke(id).await) }).await
     }
 
     /// Hands leadership to member `to` (see [`crate::member_id`]); returns once the transfer
@@ -258,9 +416,9 @@ impl RegistryClient {
         self.call(false, |c| async move { c.member_remove(id).await }).await
     }
 
-    /// The status of the member calls go to first.
+    /// The status of the member calls go to first. From etcd, without the members.
     pub async fn status(&self) -> Result<StatusResponse, ClientError> {
-        self.call(true, |c| async move { c.status().await.map(Ok) }).await
+        self.route(true, |c| async move { Ok(c.status().await) }).await
     }
 
     /// Watches the keys `spec` selects, from `spec.start_revision` (0: from now), across
@@ -282,8 +440,17 @@ impl RegistryClient {
     }
 
     /// The RPC client of the member calls go to first, for calls this type does not wrap
-    /// (watch and keep-alive streams).
-    pub fn current(&self) -> RegistryApiClient<Channel> {
+    /// (raw watch and keep-alive streams); `None` on etcd.
+    pub fn current(&self) -> Option<RegistryApiClient<Channel>> {
+        match self.endpoint() {
+            Endpoint::Registry(c) => Some(c),
+            #[cfg(feature = "etcd")]
+            Endpoint::Etcd(_) => None,
+        }
+    }
+
+    /// The member calls go to first.
+    pub(crate) fn endpoint(&self) -> Endpoint {
         let members = self.members();
         members[self.current.load(Ordering::Relaxed) % members.len()].1.clone()
     }
@@ -307,12 +474,7 @@ impl Stream for Watch {
 async fn follow(client: RegistryClient, mut spec: WatchCreate, out: mpsc::Sender<Result<WatchResponse, ClientError>>) {
     let mut backoff = BACKOFF;
     loop {
-        let (requests, rx) = mpsc::channel(1);
-        if requests.send(WatchRequest::Create(spec.clone())).await.is_err() {
-            return;
-        }
-        let member = client.current();
-        let opened = member.watch(rpc_core::stream::from_receiver(rx)).await;
+        let opened = client.endpoint().watch(spec.clone()).await;
         if let Ok(mut responses) = opened {
             loop {
                 // Ends with the caller's interest, not only with the next event: a watch on a

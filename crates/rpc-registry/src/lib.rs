@@ -11,12 +11,15 @@
 //! - [`discovery`]: registering instances and discovering them for rpc-lb.
 //! - [`config`]: typed configuration that follows changes.
 //! - [`lock`]: locks with fencing tokens, and leader elections.
+//! - `etcd` (Cargo feature `etcd`): the same client API on an etcd v3 cluster.
 
 pub mod api;
 pub mod client;
 pub mod command;
 pub mod config;
 pub mod discovery;
+#[cfg(feature = "etcd")]
+pub mod etcd;
 pub mod lock;
 pub mod member;
 pub mod service;

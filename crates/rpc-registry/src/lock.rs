@@ -90,7 +90,7 @@ impl RegistryClient {
 
     /// The election `name` (see [`Election`]).
     pub fn election(&self, name: &str) -> Election {
-        Election { client: self.clone(), prefix: format!("{ELECTIONS_PREFIX}{name}/") }
+        Election { client: self.clone(), prefix: format!("{ELECTIONS_PREFIX}{name}/"), ttl: DEFAULT_TTL }
     }
 }
 
@@ -139,12 +139,20 @@ impl std::fmt::Debug for LockGuard {
 pub struct Election {
     client: RegistryClient,
     prefix: String,
+    ttl: u64,
 }
 
 impl Election {
+    /// Campaigns under leases of `ttl` seconds (raised to the registry's minimum): how long a
+    /// leader that dies keeps leading. The default is [`DEFAULT_TTL`].
+    pub fn ttl(mut self, ttl: u64) -> Election {
+        self.ttl = ttl;
+        self
+    }
+
     /// Campaigns with `value`: waits until this candidate leads. Cancel by dropping the future.
     pub async fn campaign(&self, value: impl Into<Vec<u8>>) -> Result<Leadership, ClientError> {
-        let contender = Contender::join(&self.client, &self.prefix, value.into(), DEFAULT_TTL).await?;
+        let contender = Contender::join(&self.client, &self.prefix, value.into(), self.ttl).await?;
         contender.wait_turn(&self.client, self.prefix.as_bytes()).await?;
         Ok(Leadership { client: self.client.clone(), contender })
     }
@@ -240,13 +248,7 @@ impl Leadership {
     /// Steps down, letting the next candidate lead.
     pub async fn resign(self) -> Result<(), ClientError> {
         let delete = DeleteRangeRequest { key: self.contender.key.clone(), ..DeleteRangeRequest::default() };
-        let _ = self
-            .client
-            .call(false, |c| {
-                let delete = delete.clone();
-                async move { c.delete_range(delete).await }
-            })
-            .await;
+        let _ = self.client.delete_range(delete).await;
         self.contender.session.close().await
     }
 }

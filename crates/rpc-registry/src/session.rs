@@ -28,7 +28,7 @@ impl Session {
     /// Grants a lease of `ttl` seconds (raised to the registry's minimum) and starts renewing
     /// it every third of its life.
     pub async fn new(client: &RegistryClient, ttl: u64) -> Result<Session, ClientError> {
-        let granted = client.call(false, |c| async move { c.lease_grant(ttl, 0).await }).await?;
+        let granted = client.grant(ttl).await?;
         let (lost_tx, lost) = watch::channel(false);
         let keep_alive = tokio::spawn(keep_alive(client.clone(), granted.id, granted.ttl, lost_tx));
         Ok(Session { client: client.clone(), lease: granted.id, ttl: granted.ttl, lost, keep_alive })
@@ -94,7 +94,7 @@ async fn keep_alive(client: RegistryClient, lease: u64, ttl: u64, lost: watch::S
             }
             Some((lease, false))
         });
-        let opened = tokio::time::timeout_at(expires, client.current().lease_keep_alive(ticks)).await;
+        let opened = tokio::time::timeout_at(expires, client.endpoint().lease_keep_alive(ticks.boxed())).await;
         let mut answers = match opened {
             Ok(Ok(answers)) => answers,
             Ok(Err(_)) => {

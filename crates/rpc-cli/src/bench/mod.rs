@@ -2,7 +2,6 @@
 //! report ratios, since absolute figures on a shared machine mean little.
 
 mod codecs;
-mod etcd;
 mod lb;
 mod raft;
 mod raw;

@@ -6,13 +6,11 @@
 //! values, the same concurrency. `ratio` is how many times better than etcd a row is: calls/s
 //! divided by etcd's, or etcd's latency or memory divided by ours.
 
-use super::{
-    etcd::{self, Etcd},
-    report::quantile,
-};
+use super::report::quantile;
 use crate::CliResult;
 use clap::Args;
 use futures_util::StreamExt;
+use rpc_registry::etcd::{frame, proto as etcd, Connection as Etcd, GrpcStream};
 use rpc_registry::{
     api::{prefix_end, PutRequest, RangeRequest, WatchCreate},
     RegistryClient,
@@ -284,7 +282,12 @@ impl OurCluster {
         for _ in 0..64 {
             tx.send(lease).await?;
         }
-        let mut answers = self.client.current().lease_keep_alive(rpc_core::stream::from_receiver(rx)).await?;
+        let mut answers = self
+            .client
+            .current()
+            .ok_or("not our registry")?
+            .lease_keep_alive(rpc_core::stream::from_receiver(rx))
+            .await?;
         let started = Instant::now();
         let mut count = 0u64;
         while started.elapsed() < duration {
@@ -349,7 +352,7 @@ impl EtcdCluster {
         drive(concurrency, duration, move |i| {
             let etcd = etcd.clone();
             async move {
-                let request = etcd::PutRequest { key: key(i), value: VALUE.to_vec() };
+                let request = etcd::PutRequest { key: key(i), value: VALUE.to_vec(), ..Default::default() };
                 etcd.call::<_, etcd::PutResponse>("/etcdserverpb.KV/Put", &request).await?;
                 Ok(())
             }
@@ -362,7 +365,7 @@ impl EtcdCluster {
         drive(concurrency, duration, move |i| {
             let etcd = etcd.clone();
             async move {
-                let request = etcd::RangeRequest { key: key(i), serializable: false };
+                let request = etcd::RangeRequest { key: key(i), ..Default::default() };
                 etcd.call::<_, etcd::RangeResponse>("/etcdserverpb.KV/Range", &request).await?;
                 Ok(())
             }
@@ -371,10 +374,14 @@ impl EtcdCluster {
     }
 
     async fn watch_latencies(&self, puts: usize) -> Result<Vec<u32>, BoxError> {
-        let create = etcd::WatchCreateRequest { key: b"watch/".to_vec(), range_end: prefix_end(b"watch/") };
+        let create = etcd::WatchCreateRequest {
+            key: b"watch/".to_vec(),
+            range_end: prefix_end(b"watch/"),
+            ..Default::default()
+        };
         let (_requests, mut responses) =
             self.leader.stream("/etcdserverpb.Watch/Watch", &etcd::WatchRequest { create: Some(create) }).await?;
-        let put = |key: String| etcd::PutRequest { key: key.into_bytes(), value: VALUE.to_vec() };
+        let put = |key: String| etcd::PutRequest { key: key.into_bytes(), value: VALUE.to_vec(), ..Default::default() };
         // The first response confirms the watch; a put before timing proves events flow.
         responses.next::<etcd::WatchResponse>().await?.ok_or("etcd ended the watch")?;
         self.leader.call::<_, etcd::PutResponse>("/etcdserverpb.KV/Put", &put("watch/ready".into())).await?;
@@ -391,10 +398,10 @@ impl EtcdCluster {
 
     async fn keep_alives(&self, duration: Duration) -> Result<f64, BoxError> {
         let granted: etcd::LeaseGrantResponse =
-            self.leader.call("/etcdserverpb.Lease/LeaseGrant", &etcd::LeaseGrantRequest { ttl: 60 }).await?;
-        let ping = etcd::LeaseKeepAlive { id: granted.id };
+            self.leader.call("/etcdserverpb.Lease/LeaseGrant", &etcd::LeaseGrantRequest { ttl: 60, id: 0 }).await?;
+        let ping = etcd::LeaseId { id: granted.id };
         let (mut requests, mut answers) = self.leader.stream("/etcdserverpb.Lease/LeaseKeepAlive", &ping).await?;
-        let ping = etcd::frame(&ping);
+        let ping = frame(&ping);
         for _ in 1..64 {
             requests.send_data(ping.clone(), false)?;
         }
@@ -414,7 +421,7 @@ impl EtcdCluster {
 }
 
 /// Waits for a watch response that carries events.
-async fn next_event(responses: &mut etcd::GrpcStream) -> Result<(), BoxError> {
+async fn next_event(responses: &mut GrpcStream) -> Result<(), BoxError> {
     loop {
         let response: etcd::WatchResponse = responses.next().await?.ok_or("etcd ended the watch")?;
         if !response.events.is_empty() {
