@@ -27,6 +27,8 @@ pub(crate) struct CallArgs {
     /// balance over them.
     #[arg(long, value_delimiter = ',')]
     registry: Vec<String>,
+    #[command(flatten)]
+    tls: crate::cert::TlsArgs,
 }
 
 pub(crate) async fn run(args: CallArgs) -> CliResult {
@@ -35,14 +37,21 @@ pub(crate) async fn run(args: CallArgs) -> CliResult {
     let body: serde_json::Value =
         serde_json::from_str(&args.args).map_err(|e| format!("arguments are not valid JSON: {e}"))?;
     let request = Request::new(service.to_owned(), method.to_owned(), body);
+    let tls = args.tls.client()?;
+    let builder = move |addr: &str| {
+        let builder = Channel::builder(addr).codec(args.codec).caller("rpc-cli");
+        match &tls {
+            Some(tls) => builder.tls(tls.clone()),
+            None => builder,
+        }
+    };
     if args.registry.is_empty() {
-        let channel = Channel::builder(&args.addr).codec(args.codec).caller("rpc-cli").connect().await?;
+        let channel = builder(&args.addr).connect().await?;
         return send(channel, request, &args).await;
     }
     let registry = rpc_registry::RegistryClient::connect(args.registry.clone());
-    let codec = args.codec;
     let channel = rpc_lb::LbChannel::builder(registry.discover(&args.addr))
-        .channel(move |e| Channel::builder(e.addr.clone()).codec(codec).caller("rpc-cli"))
+        .channel(move |e| builder(&e.addr))
         .connect()
         .await
         .map_err(|e| format!("cannot list the instances of {:?}: {e}", args.addr))?;

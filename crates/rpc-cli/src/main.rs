@@ -2,6 +2,7 @@
 
 mod bench;
 mod call;
+mod cert;
 mod demo;
 mod discovery;
 mod idl;
@@ -28,6 +29,11 @@ enum Command {
     },
     /// Call a method with JSON arguments and print the JSON result.
     Call(call::CallArgs),
+    /// Make certificates for trying TLS locally.
+    Cert {
+        #[command(subcommand)]
+        command: cert::CertCommand,
+    },
     /// Print an example service's schema as .proto or .thrift.
     Idl(idl::IdlArgs),
     /// Run a registry member, or ask one for the cluster's status.
@@ -84,6 +90,7 @@ fn main() -> ExitCode {
             Command::Bench { what } => bench::run(what).await,
             Command::Call(args) => call::run(args).await,
             Command::Idl(args) => idl::run(args),
+            Command::Cert { command } => cert::run(command),
             Command::Registry { command } => registry::run_registry(command).await,
             Command::Kv { command } => registry::run_kv(command).await,
             Command::Lease { command } => registry::run_lease(command).await,

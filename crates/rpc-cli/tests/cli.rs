@@ -23,18 +23,21 @@ fn demo_narrates_calls_errors_and_a_cascading_deadline() {
 
 #[test]
 fn bench_rpc_prints_one_json_object_per_scenario_and_subject() {
-    let (ok, out, err) = rpc(&["bench", "rpc", "--json", "--seconds", "0.1", "--warmup", "0", "--rounds", "1"]);
+    let args = ["bench", "rpc", "--json", "--tls", "--seconds", "0.1", "--warmup", "0", "--rounds", "1"];
+    let (ok, out, err) = rpc(&args);
     assert!(ok, "bench failed: {err}");
     let rows: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(rows.len(), 6, "{out}");
+    assert_eq!(rows.len(), 9, "{out}");
     for row in &rows {
-        for field in ["scenario", "subject", "qps", "p50_us", "p99_us", "ratio_qps"] {
+        for field in ["scenario", "subject", "qps", "p50_us", "p99_us", "ratio_qps", "vs"] {
             assert!(row.get(field).is_some(), "{field} missing in {row}");
         }
         assert!(row["qps"].as_f64().unwrap() > 0.0, "{row}");
     }
-    let raw = rows.iter().filter(|r| r["subject"] == "raw").count();
-    assert_eq!(raw, 3, "a raw baseline per scenario: {out}");
+    let subjects = |subject: &str, vs: &str| rows.iter().filter(|r| r["subject"] == subject && r["vs"] == vs).count();
+    assert_eq!(subjects("raw", "raw"), 3, "a raw baseline per scenario: {out}");
+    assert_eq!(subjects("rpc", "raw"), 3, "{out}");
+    assert_eq!(subjects("rpc-tls", "rpc"), 3, "TLS against plain TCP per scenario: {out}");
 }
 
 #[test]

@@ -30,7 +30,19 @@ struct Inner {
     deadline: Option<Instant>,
     metadata: Metadata,
     peer: Option<SocketAddr>,
+    identity: Option<Arc<PeerIdentity>>,
     reply_metadata: Mutex<Metadata>,
+}
+
+/// Who the caller proved to be with its TLS client certificate (mutual TLS).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerIdentity {
+    /// The certificate subject's common name (CN), if it has one.
+    pub common_name: Option<String>,
+    /// The DNS names among its subject alternative names.
+    pub dns_names: Vec<String>,
+    /// The URIs among its subject alternative names (a SPIFFE id, for example).
+    pub uris: Vec<String>,
 }
 
 impl Context {
@@ -40,6 +52,7 @@ impl Context {
         deadline: Option<Instant>,
         metadata: Metadata,
         peer: Option<SocketAddr>,
+        identity: Option<Arc<PeerIdentity>>,
     ) -> Context {
         Context {
             inner: Arc::new(Inner {
@@ -48,6 +61,7 @@ impl Context {
                 deadline,
                 metadata,
                 peer,
+                identity,
                 reply_metadata: Mutex::new(Metadata::new()),
             }),
         }
@@ -108,6 +122,12 @@ impl Context {
     /// The caller's socket address.
     pub fn peer(&self) -> Option<SocketAddr> {
         self.inner.peer
+    }
+
+    /// Who the caller is by its verified TLS client certificate; `None` over plain TCP or
+    /// when the client presented none.
+    pub fn peer_identity(&self) -> Option<&PeerIdentity> {
+        self.inner.identity.as_deref()
     }
 
     /// Adds `key: value` to the metadata sent back with the reply.

@@ -42,11 +42,13 @@ mod metadata;
 pub mod server;
 mod status;
 pub mod stream;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod transport;
 
 pub use bytestr::ByteStr;
 pub use client::{Call, Channel, ChannelBuilder, Request, Response, ThriftChannel};
-pub use context::Context;
+pub use context::{Context, PeerIdentity};
 pub use metadata::{Metadata, CALLER, TRACEPARENT};
 pub use rpc_codecs::{Codec, CodecError, CodecErrorKind, Idl, Message};
 pub use rpc_codegen::{message, service};

@@ -63,7 +63,7 @@ pub(crate) async fn run(args: LbBenchArgs) -> CliResult {
                 );
             }
         }
-        let baseline = channel.median_qps();
+        let baseline = ("channel", channel.median_qps());
         rows.push(channel.row(scenario, "channel", baseline));
         rows.push(with_deadline.row(scenario, "deadline", baseline));
         rows.push(stack.row(scenario, "lb-stack", baseline));

@@ -60,7 +60,9 @@ pub(crate) struct RpcRow {
     pub(crate) qps: f64,
     pub(crate) p50_us: u32,
     pub(crate) p99_us: u32,
+    /// `qps` over the qps of the subject named by `vs`, measured in the same run.
     pub(crate) ratio_qps: f64,
+    pub(crate) vs: &'static str,
 }
 
 pub(crate) fn print_rpc_rows(rows: &[RpcRow], json: bool) {
@@ -70,11 +72,14 @@ pub(crate) fn print_rpc_rows(rows: &[RpcRow], json: bool) {
         }
         return;
     }
-    println!("{:<10} {:<8} {:>12} {:>8} {:>8} {:>10}", "scenario", "subject", "calls/s", "p50 µs", "p99 µs", "qps/raw");
+    println!(
+        "{:<10} {:<8} {:>12} {:>8} {:>8} {:>7} {:<8}",
+        "scenario", "subject", "calls/s", "p50 µs", "p99 µs", "ratio", "vs"
+    );
     for r in rows {
         println!(
-            "{:<10} {:<8} {:>12.0} {:>8} {:>8} {:>10.2}",
-            r.scenario, r.subject, r.qps, r.p50_us, r.p99_us, r.ratio_qps
+            "{:<10} {:<8} {:>12.0} {:>8} {:>8} {:>7.2} {:<8}",
+            r.scenario, r.subject, r.qps, r.p50_us, r.p99_us, r.ratio_qps, r.vs
         );
     }
 }

@@ -6,7 +6,10 @@ use super::{
 };
 use crate::CliResult;
 use bytes::BytesMut;
-use rpc_core::{Channel, Codec, Server};
+use rpc_core::{
+    tls::{ClientTls, ServerTls},
+    Channel, Codec, Server,
+};
 use std::{future::Future, net::SocketAddr, process::Stdio, time::Duration};
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, BufReader},
@@ -61,6 +64,10 @@ pub(crate) struct RpcBenchArgs {
     /// Scenarios to run: latency, pipelined, multi.
     #[arg(long, value_delimiter = ',', default_value = "latency,pipelined,multi")]
     scenarios: Vec<String>,
+    /// Also measure calls over TLS 1.3 (certificates from `rpc cert dev`, in a temporary
+    /// directory), against plain TCP in the same run.
+    #[arg(long)]
+    tls: bool,
 }
 
 /// Results of the rounds of one subject.
@@ -82,8 +89,15 @@ impl Rounds {
         qps.get(qps.len() / 2).copied().unwrap_or(0.0)
     }
 
-    pub(super) fn row(mut self, scenario: &'static str, subject: &'static str, baseline_qps: f64) -> RpcRow {
+    /// The report line of these rounds, compared with `baseline` (its name and calls/s).
+    pub(super) fn row(
+        mut self,
+        scenario: &'static str,
+        subject: &'static str,
+        baseline: (&'static str, f64),
+    ) -> RpcRow {
         let qps = self.median_qps();
+        let (vs, baseline_qps) = baseline;
         RpcRow {
             scenario,
             subject,
@@ -91,6 +105,7 @@ impl Rounds {
             p50_us: self.latencies.quantile(0.5),
             p99_us: self.latencies.quantile(0.99),
             ratio_qps: if baseline_qps > 0.0 { qps / baseline_qps } else { 0.0 },
+            vs,
         }
     }
 }
@@ -115,6 +130,15 @@ pub(crate) async fn run(args: RpcBenchArgs) -> CliResult {
     }
     let (mut raw_child, raw_addr) = spawn_server("raw").await?;
     let (mut rpc_child, rpc_addr) = spawn_server("rpc").await?;
+    let certs = std::env::temp_dir().join(format!("rpc-bench-tls-{}", std::process::id()));
+    let tls = match args.tls {
+        true => {
+            crate::cert::write_dev(&certs, &[], "bench")?;
+            let (child, addr) = spawn_server(&format!("rpc-tls={}", certs.display())).await?;
+            Some((child, addr, ClientTls::builder(certs.join("ca.pem")).build()?))
+        }
+        false => None,
+    };
     let warmup = Duration::from_secs_f64(args.run.warmup);
     let measured = Duration::from_secs_f64(args.run.seconds);
     let request = BenchRequest::sample();
@@ -126,12 +150,17 @@ pub(crate) async fn run(args: RpcBenchArgs) -> CliResult {
     for scenario in SCENARIOS.iter().filter(|s| args.scenarios.iter().any(|n| n == s.name)) {
         let mut raw_clients = Vec::new();
         let mut rpc_clients = Vec::new();
+        let mut tls_clients = Vec::new();
         for _ in 0..scenario.connections {
             raw_clients.push(std::sync::Arc::new(RawClient::connect(raw_addr).await?));
             let channel = Channel::builder(rpc_addr.to_string()).codec(args.codec).connect().await?;
             rpc_clients.push(BenchClient::new(channel));
+            if let Some((_, addr, tls)) = &tls {
+                let channel = Channel::builder(addr.to_string()).codec(args.codec).tls(tls.clone()).connect().await?;
+                tls_clients.push(BenchClient::new(channel));
+            }
         }
-        let (mut raw, mut rpc) = (Rounds::default(), Rounds::default());
+        let (mut raw, mut rpc, mut rpc_tls) = (Rounds::default(), Rounds::default(), Rounds::default());
         for _ in 0..args.run.rounds.max(1) {
             let payload = payload.clone();
             raw.add(
@@ -141,22 +170,34 @@ pub(crate) async fn run(args: RpcBenchArgs) -> CliResult {
                 })
                 .await,
             );
-            let expected = std::sync::Arc::new(request.clone());
-            rpc.add(
-                drive(rpc_clients.clone(), scenario.in_flight_per_connection, warmup, measured, move |c| {
-                    let expected = expected.clone();
-                    async move { c.echo(BenchRequest::clone(&expected)).await.is_ok_and(|echo| echo == *expected) }
-                })
-                .await,
-            );
+            for (clients, rounds) in [(&rpc_clients, &mut rpc), (&tls_clients, &mut rpc_tls)] {
+                if clients.is_empty() {
+                    continue;
+                }
+                let expected = std::sync::Arc::new(request.clone());
+                rounds.add(
+                    drive(clients.clone(), scenario.in_flight_per_connection, warmup, measured, move |c| {
+                        let expected = expected.clone();
+                        async move { c.echo(BenchRequest::clone(&expected)).await.is_ok_and(|echo| echo == *expected) }
+                    })
+                    .await,
+                );
+            }
         }
-        let raw_qps = raw.median_qps();
-        rows.push(raw.row(scenario.name, "raw", raw_qps));
-        rows.push(rpc.row(scenario.name, "rpc", raw_qps));
+        let (raw_qps, rpc_qps) = (raw.median_qps(), rpc.median_qps());
+        rows.push(raw.row(scenario.name, "raw", ("raw", raw_qps)));
+        rows.push(rpc.row(scenario.name, "rpc", ("raw", raw_qps)));
+        if !tls_clients.is_empty() {
+            rows.push(rpc_tls.row(scenario.name, "rpc-tls", ("rpc", rpc_qps)));
+        }
     }
     print_rpc_rows(&rows, args.run.json);
     let _ = raw_child.kill().await;
     let _ = rpc_child.kill().await;
+    if let Some((mut child, _, _)) = tls {
+        let _ = child.kill().await;
+        let _ = std::fs::remove_dir_all(&certs);
+    }
     Ok(())
 }
 
@@ -241,6 +282,11 @@ pub(crate) async fn serve_child(kind: &str) -> CliResult {
             None
         }
         "rpc" => Some(Server::builder().add_service(BenchServer::new(Echo)).start_on(listener)),
+        tls if tls.starts_with("rpc-tls=") => {
+            let certs = std::path::Path::new(&tls["rpc-tls=".len()..]);
+            let tls = ServerTls::builder(certs.join("server.pem"), certs.join("server.key")).build()?;
+            Some(Server::builder().tls(tls).add_service(BenchServer::new(Echo)).start_on(listener))
+        }
         other => return Err(format!("unknown bench server {other:?}").into()),
     };
     // The parent holds our stdin; when it exits, so do we.

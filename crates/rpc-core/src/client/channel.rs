@@ -59,6 +59,8 @@ impl ChannelBuilder {
                 write_queue: 1024,
                 connect_timeout: Duration::from_secs(5),
                 streams: StreamConfig::default(),
+                #[cfg(feature = "tls")]
+                tls: None,
             },
         }
     }
@@ -116,7 +118,15 @@ impl ChannelBuilder {
         self
     }
 
-    /// How long to wait for a TCP connection (default 5 s).
+    /// Speaks TLS 1.3 to the server, verifying its certificate against the settings' CA and,
+    /// unless they name another, the host this channel dials.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: crate::tls::ClientTls) -> Self {
+        self.config.tls = Some(Arc::new(crate::tls::Dial::new(&tls, &self.addr)));
+        self
+    }
+
+    /// How long to wait for a TCP connection, and then for a TLS handshake (default 5 s each).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.config.connect_timeout = timeout;
         self

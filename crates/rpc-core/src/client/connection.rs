@@ -13,7 +13,10 @@ use super::{
 };
 use crate::{
     stream::{self as flow, Inbound, SendCredit, StreamConfig},
-    transport::{FrameBuilder, FrameCodec, FrameReader, Head, PREFACE},
+    transport::{
+        io::{self, ReadIo},
+        FrameBuilder, FrameCodec, FrameError, FrameReader, Head, PREFACE,
+    },
     Code, Codec, Items, Status,
 };
 use bytes::{Bytes, BytesMut};
@@ -42,6 +45,8 @@ pub(crate) struct ConnectionConfig {
     pub(crate) write_queue: usize,
     pub(crate) connect_timeout: Duration,
     pub(crate) streams: StreamConfig,
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<Arc<crate::tls::Dial>>,
 }
 
 struct Shared {
@@ -104,7 +109,22 @@ impl Connection {
         };
         // Calls are small and latency-bound; coalescing happens in the writer instead.
         let _ = stream.set_nodelay(true);
-        let (read, write) = stream.into_split();
+        #[cfg(not(feature = "tls"))]
+        let (read, write) = io::tcp(stream);
+        #[cfg(feature = "tls")]
+        let (read, write) = match &config.tls {
+            Some(dial) => {
+                let handshake = tokio::time::timeout(config.connect_timeout, dial.connect(stream)).await;
+                io::tls(handshake.map_err(|_| {
+                    Status::unavailable(format!(
+                        "the TLS handshake with {addr} took longer than {:?}",
+                        config.connect_timeout
+                    ))
+                    .with_not_started()
+                })??)
+            }
+            None => io::tcp(stream),
+        };
         let write = Arc::new(WriteSide::new(write, &PREFACE));
         let (queue, rx) = Queue::new(write.clone(), config.write_queue);
         let shared = Arc::new(Shared {
@@ -386,7 +406,19 @@ pub(crate) fn control_frame(id: u32, head: &Head, body: Bytes) -> BytesMut {
     frame.finish(id, usize::MAX).unwrap_or_default()
 }
 
-async fn read_loop(mut reader: FrameReader<tokio::net::tcp::OwnedReadHalf>, shared: Arc<Shared>, queue: WeakQueue) {
+/// Why a connection failed, with what to change when the user can fix it.
+fn failure(peer: SocketAddr, e: &FrameError) -> Status {
+    #[cfg(feature = "tls")]
+    let hint = match e {
+        FrameError::Io(e) => crate::tls::hint(e),
+        _ => "",
+    };
+    #[cfg(not(feature = "tls"))]
+    let hint = "";
+    Status::unavailable(format!("connection to {peer} failed: {e}{hint}"))
+}
+
+async fn read_loop(mut reader: FrameReader<ReadIo>, shared: Arc<Shared>, queue: WeakQueue) {
     let peer = shared.peer;
     let mut replies = Vec::new();
     let closed = shared.closed.notified();
@@ -404,7 +436,7 @@ async fn read_loop(mut reader: FrameReader<tokio::net::tcp::OwnedReadHalf>, shar
         let mut frame = match next {
             Ok(Some(frame)) => frame,
             Ok(None) => break Status::unavailable(format!("server at {peer} closed the connection")),
-            Err(e) => break Status::unavailable(format!("connection to {peer} failed: {e}")),
+            Err(e) => break failure(peer, &e),
         };
         // Handle every frame already buffered, then deliver their replies as one batch (also
         // when the connection failed behind them).
@@ -468,7 +500,7 @@ async fn read_loop(mut reader: FrameReader<tokio::net::tcp::OwnedReadHalf>, shar
             match reader.try_next() {
                 Ok(Some(next)) => frame = next,
                 Ok(None) => break None,
-                Err(e) => break Some(Status::unavailable(format!("connection to {peer} failed: {e}"))),
+                Err(e) => break Some(failure(peer, &e)),
             }
         };
         shared.pending.complete(&mut replies);

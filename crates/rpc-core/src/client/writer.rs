@@ -14,6 +14,7 @@
 //! writer task holds.
 
 use super::pending::PendingCalls;
+use crate::transport::io::WriteIo;
 use crate::transport::{BATCH, FLUSH_AT};
 use bytes::{Buf, BytesMut};
 use std::{
@@ -32,10 +33,18 @@ use tokio::{
 const FINAL_FLUSH: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub(crate) struct WriteSide {
-    io: OwnedWriteHalf,
+    io: Sink,
     tail: Mutex<BytesMut>,
     /// Frames queued or held by the writer task, not yet in `tail`.
     queued: AtomicUsize,
+}
+
+/// Where bytes go: a TCP socket, which callers may write to directly, or a TLS stream, which
+/// only the writer task writes to (a TLS record cannot be written in part from any thread).
+enum Sink {
+    Tcp(OwnedWriteHalf),
+    #[cfg(feature = "tls")]
+    Tls(tokio::sync::Mutex<WriteIo>),
 }
 
 /// What [`WriteSide::try_write`] did with a frame.
@@ -48,7 +57,12 @@ pub(crate) enum Direct {
 
 impl WriteSide {
     /// A write side that sends `first` (the preface) before anything else.
-    pub(crate) fn new(io: OwnedWriteHalf, first: &[u8]) -> WriteSide {
+    pub(crate) fn new(io: WriteIo, first: &[u8]) -> WriteSide {
+        let io = match io {
+            WriteIo::Tcp(io) => Sink::Tcp(io),
+            #[cfg(feature = "tls")]
+            tls => Sink::Tls(tokio::sync::Mutex::new(tls)),
+        };
         let mut tail = BytesMut::with_capacity(16 * 1024);
         tail.extend_from_slice(first);
         WriteSide { io, tail: Mutex::new(tail), queued: AtomicUsize::new(0) }
@@ -60,12 +74,18 @@ impl WriteSide {
     }
 
     /// Writes `frame` straight to the socket if nothing else is waiting to be written.
+    #[cfg_attr(not(feature = "tls"), allow(clippy::infallible_destructuring_match))]
     pub(crate) fn try_write(&self, frame: BytesMut) -> io::Result<Direct> {
         let mut tail = self.tail();
         if !tail.is_empty() || self.queued.load(Ordering::Acquire) > 0 {
             return Ok(Direct::Busy(frame));
         }
-        let n = match self.io.try_write(&frame) {
+        let io = match &self.io {
+            Sink::Tcp(io) => io,
+            #[cfg(feature = "tls")]
+            Sink::Tls(_) => return Ok(Direct::Busy(frame)),
+        };
+        let n = match io.try_write(&frame) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Direct::Busy(frame)),
             Err(e) => return Err(e),
@@ -101,12 +121,26 @@ impl WriteSide {
     }
 
     /// Writes everything in `tail`, waiting for the socket to take it.
+    #[cfg_attr(not(feature = "tls"), allow(clippy::infallible_destructuring_match))]
     async fn flush(&self) -> io::Result<()> {
+        let io = match &self.io {
+            Sink::Tcp(io) => io,
+            #[cfg(feature = "tls")]
+            Sink::Tls(io) => {
+                use tokio::io::AsyncWriteExt;
+                // Only the writer task gets here, and callers never write to a TLS sink, so
+                // taking `tail` keeps the order.
+                let bytes = self.tail().split();
+                let mut io = io.lock().await;
+                io.write_all(&bytes).await?;
+                return io.flush().await;
+            }
+        };
         loop {
             {
                 let mut tail = self.tail();
                 while !tail.is_empty() {
-                    match self.io.try_write(&tail) {
+                    match io.try_write(&tail) {
                         Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                         Ok(n) => tail.advance(n),
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -117,7 +151,7 @@ impl WriteSide {
                     return Ok(());
                 }
             }
-            self.io.writable().await?;
+            io.writable().await?;
         }
     }
 }
@@ -245,7 +279,7 @@ mod tests {
         let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (mut server, _) = listener.accept().await.unwrap();
         let (_read, write) = client.into_split();
-        let side = Arc::new(WriteSide::new(write, b"P"));
+        let side = Arc::new(WriteSide::new(WriteIo::Tcp(write), b"P"));
         let (queue, rx) = Queue::new(side.clone(), 8);
         assert!(matches!(side.try_write(frame(b"x")), Ok(Direct::Busy(_))), "the preface goes first");
         side.tail().clear();

@@ -24,6 +24,8 @@ pub(crate) struct ServerConfig {
     pub(crate) handshake_timeout: Duration,
     pub(crate) write_queue: usize,
     pub(crate) streams: StreamConfig,
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<crate::tls::ServerTls>,
 }
 
 impl Default for ServerConfig {
@@ -36,6 +38,8 @@ impl Default for ServerConfig {
             handshake_timeout: Duration::from_secs(10),
             write_queue: 1024,
             streams: StreamConfig::default(),
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
@@ -117,7 +121,16 @@ impl<L> ServerBuilder<L> {
         self
     }
 
-    /// How long a new connection may take to send its preface (default 10 s).
+    /// Serves TLS 1.3 (and mutual TLS, if the settings name a client CA); plain TCP clients are
+    /// told to use TLS unless the settings allow plaintext.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: crate::tls::ServerTls) -> Self {
+        self.config.tls = Some(tls);
+        self
+    }
+
+    /// How long a new connection may take to send its preface, TLS handshake included
+    /// (default 10 s).
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.config.handshake_timeout = timeout;
         self

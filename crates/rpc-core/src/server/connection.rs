@@ -19,8 +19,12 @@ use super::{
 use crate::{
     id_map::IdMap,
     stream::{self as flow, InboxSender, SendCredit},
-    transport::{check_preface, Frame, FrameCodec, FrameError, FrameReader, FrameWriter, Head, BATCH},
-    ByteStr, Code, Codec, Context, Metadata, Status,
+    transport::{
+        check_preface,
+        io::{self, ReadIo, WriteIo},
+        Frame, FrameCodec, FrameError, FrameReader, FrameWriter, Head, BATCH,
+    },
+    ByteStr, Code, Codec, Context, Metadata, PeerIdentity, Status,
 };
 use bytes::Bytes;
 use std::{
@@ -32,10 +36,7 @@ use std::{
     time::Duration,
 };
 use tokio::{
-    net::{
-        tcp::{OwnedReadHalf, OwnedWriteHalf},
-        TcpStream,
-    },
+    net::TcpStream,
     sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore},
     task::AbortHandle,
     time::Instant,
@@ -131,7 +132,8 @@ impl InFlight {
 struct ServerConnection<S> {
     service: S,
     peer: SocketAddr,
-    writer: FrameWriter<OwnedWriteHalf>,
+    identity: Option<Arc<PeerIdentity>>,
+    writer: FrameWriter<WriteIo>,
     /// Replies of handlers that run in their own task.
     tx: mpsc::Sender<Outbound>,
     rx: mpsc::Receiver<Outbound>,
@@ -158,13 +160,16 @@ pub(crate) async fn serve<S>(
     S::Future: Send + 'static,
 {
     let _ = stream.set_nodelay(true);
-    let (read, write) = stream.into_split();
+    let Some(Accepted { read, write, identity, refusal }) = open(stream, peer, &config).await else {
+        return;
+    };
     let codec = FrameCodec::new(config.max_frame_size);
     let (tx, rx) = mpsc::channel(config.write_queue);
     let limit = u32::try_from(config.max_in_flight).unwrap_or(u32::MAX).min(Semaphore::MAX_PERMITS as u32);
     let mut conn = ServerConnection {
         service,
         peer,
+        identity,
         writer: FrameWriter::new(write, codec),
         tx,
         rx,
@@ -178,7 +183,9 @@ pub(crate) async fn serve<S>(
         draining: false,
     };
     let mut reader = FrameReader::new(read, codec);
-    if permit.is_none() {
+    if let Some(refusal) = refusal {
+        conn.go_away(Code::FailedPrecondition, refusal).await;
+    } else if permit.is_none() {
         conn.go_away(
             Code::ResourceExhausted,
             format!(
@@ -202,8 +209,10 @@ pub(crate) async fn serve<S>(
                     let (read, rest) = reader.into_parts();
                     let mut buffered = bytes::BytesMut::from(&preface[..]);
                     buffered.extend_from_slice(&rest);
-                    let (service, writer) = (conn.service.clone(), &mut conn.writer);
-                    super::thrift::serve(read, buffered, writer, service, peer, thrift, &config, &mut shutdown).await
+                    let (service, writer, identity) = (conn.service.clone(), &mut conn.writer, conn.identity.clone());
+                    let shutdown = &mut shutdown;
+                    super::thrift::serve(read, buffered, writer, service, peer, identity, thrift, &config, shutdown)
+                        .await
                 }
                 (Err(e), None) => conn.go_away(Code::Protocol, e.to_string()).await,
             },
@@ -216,6 +225,53 @@ pub(crate) async fn serve<S>(
     drop(permit);
 }
 
+/// A connection ready to carry frames: plain TCP, or TLS once its handshake is done.
+struct Accepted {
+    read: ReadIo,
+    write: WriteIo,
+    identity: Option<Arc<PeerIdentity>>,
+    /// Why the connection is refused before anything else (plain TCP to a TLS-only server).
+    refusal: Option<String>,
+}
+
+/// Opens an accepted connection as the server is configured: with TLS if the client starts a
+/// TLS handshake (its first byte is a handshake record, 0x16) and the server serves TLS. `None`
+/// if the handshake failed; the client learns why from its own TLS error.
+async fn open(stream: TcpStream, peer: SocketAddr, config: &ServerConfig) -> Option<Accepted> {
+    #[cfg(feature = "tls")]
+    if let Some(tls) = &config.tls {
+        let mut first = [0u8; 1];
+        let peeked = tokio::time::timeout(config.handshake_timeout, stream.peek(&mut first)).await;
+        if !matches!(peeked, Ok(Ok(1))) {
+            return None;
+        }
+        if first[0] != 0x16 {
+            let (read, write) = io::tcp(stream);
+            let refusal = (!tls.plaintext)
+                .then(|| "this server accepts TLS only; connect with ChannelBuilder::tls (rpc: --tls-ca)".to_owned());
+            return Some(Accepted { read, write, identity: None, refusal });
+        }
+        let accept = tokio_rustls::TlsAcceptor::from(tls.config.clone()).accept(stream);
+        let stream = match tokio::time::timeout(config.handshake_timeout, accept).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                return None;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "no TLS handshake within the handshake timeout");
+                return None;
+            }
+        };
+        let identity = crate::tls::peer_identity(stream.get_ref().1).map(Arc::new);
+        let (read, write) = io::tls(stream);
+        return Some(Accepted { read, write, identity, refusal: None });
+    }
+    let _ = (peer, config);
+    let (read, write) = io::tcp(stream);
+    Some(Accepted { read, write, identity: None, refusal: None })
+}
+
 impl<S> ServerConnection<S>
 where
     S: Service<ServerRequest, Response = ServerResponse, Error = Status> + Clone + Send + 'static,
@@ -223,7 +279,7 @@ where
 {
     async fn run(
         &mut self,
-        reader: &mut FrameReader<OwnedReadHalf>,
+        reader: &mut FrameReader<ReadIo>,
         config: &ServerConfig,
         shutdown: &mut watch::Receiver<Option<Instant>>,
     ) {
@@ -300,7 +356,7 @@ where
 
     async fn drain_ready(
         &mut self,
-        reader: &mut FrameReader<OwnedReadHalf>,
+        reader: &mut FrameReader<ReadIo>,
         replies: &mut Vec<Outbound>,
         config: &ServerConfig,
     ) -> Result<(), ConnectionError> {
@@ -441,8 +497,14 @@ where
             self.last_id = call.id;
         }
         let deadline = call.timeout.map(|t| Instant::now() + t);
-        let context =
-            Context::new(call.service.clone(), call.method.clone(), deadline, call.metadata.clone(), Some(self.peer));
+        let context = Context::new(
+            call.service.clone(),
+            call.method.clone(),
+            deadline,
+            call.metadata.clone(),
+            Some(self.peer),
+            self.identity.clone(),
+        );
         let svc_method = (call.service.clone(), call.method.clone());
         let request = ServerRequest {
             service: call.service,
@@ -452,6 +514,7 @@ where
             metadata: call.metadata,
             deadline,
             peer: Some(self.peer),
+            identity: self.identity.clone(),
             stream: None,
         };
         std::future::poll_fn(|cx| self.service.poll_ready(cx)).await?;
@@ -532,8 +595,14 @@ where
             self.last_id = id;
         }
         let deadline = call.timeout.map(|t| Instant::now() + t);
-        let context =
-            Context::new(call.service.clone(), call.method.clone(), deadline, call.metadata.clone(), Some(self.peer));
+        let context = Context::new(
+            call.service.clone(),
+            call.method.clone(),
+            deadline,
+            call.metadata.clone(),
+            Some(self.peer),
+            self.identity.clone(),
+        );
         let credit = Arc::new(SendCredit::new(window));
         let (grant_tx, accept_tx) = (self.tx.clone(), self.tx.clone());
         let (inbox_tx, inbox) = flow::inbox(
@@ -551,6 +620,7 @@ where
             metadata: call.metadata,
             deadline,
             peer: Some(self.peer),
+            identity: self.identity.clone(),
             stream: Some(incoming.clone()),
         };
         std::future::poll_fn(|cx| self.service.poll_ready(cx)).await?;

@@ -2,7 +2,7 @@
 
 use crate::{
     stream::{Inbound, Inbox},
-    ByteStr, Codec, Items, Metadata, RpcStream, Status,
+    ByteStr, Codec, Items, Metadata, PeerIdentity, RpcStream, Status,
 };
 use bytes::{Bytes, BytesMut};
 use rpc_codecs::{Idl, Message};
@@ -32,6 +32,8 @@ pub struct ServerRequest {
     pub deadline: Option<Instant>,
     /// The caller's address.
     pub peer: Option<SocketAddr>,
+    /// Who the caller is by its verified TLS client certificate, if it presented one.
+    pub identity: Option<Arc<PeerIdentity>>,
     /// The stream this call opened, if the client opened one (see [`ServerRequest::accept_stream`]).
     pub stream: Option<IncomingStream>,
 }

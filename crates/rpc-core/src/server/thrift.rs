@@ -8,11 +8,13 @@
 
 use super::{builder::ServerConfig, catch_unwind::CatchUnwind, ServerRequest, ServerResponse};
 use crate::transport::thrift::{self as wire, MessageHead};
-use crate::transport::FrameWriter;
-use crate::{ByteStr, Codec, Metadata, Status};
+use crate::transport::{
+    io::{ReadIo, WriteIo},
+    FrameWriter,
+};
+use crate::{ByteStr, Codec, Metadata, PeerIdentity, Status};
 use bytes::BytesMut;
-use std::net::SocketAddr;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use std::{net::SocketAddr, sync::Arc};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tower::{Service, ServiceExt};
@@ -22,11 +24,12 @@ use tower::{Service, ServiceExt};
 /// shuts down.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn serve<S>(
-    mut read: OwnedReadHalf,
+    mut read: ReadIo,
     mut buffered: BytesMut,
-    writer: &mut FrameWriter<OwnedWriteHalf>,
+    writer: &mut FrameWriter<WriteIo>,
     mut service: S,
     peer: SocketAddr,
+    identity: Option<Arc<PeerIdentity>>,
     codec: Codec,
     config: &ServerConfig,
     shutdown: &mut watch::Receiver<Option<Instant>>,
@@ -74,6 +77,7 @@ pub(crate) async fn serve<S>(
             metadata: Metadata::new(),
             deadline: None,
             peer: Some(peer),
+            identity: identity.clone(),
             stream: None,
         };
         let result = match service.ready().await {

@@ -3,6 +3,7 @@
 //! Both the client and the server move frames with these pieces; neither knows the other.
 
 mod frame;
+pub(crate) mod io;
 pub(crate) mod thrift;
 mod writer;
 

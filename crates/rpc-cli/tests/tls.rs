@@ -1,0 +1,238 @@
+//! TLS and mutual TLS over real sockets, with certificates from `rpc cert dev`: calls that go
+//! through, the caller's identity in the handler, and each way a handshake can fail, with the
+//! error a user sees.
+
+use rpc_core::{
+    server::RunningServer,
+    tls::{ClientTls, ServerTls},
+    Channel, Context, Server, Status,
+};
+use std::{path::PathBuf, process::Command, time::Duration};
+
+/// Tells callers who they are.
+#[rpc_core::service]
+pub trait Whoami {
+    /// The caller's identity as the server sees it: its certificate's common name and URIs.
+    async fn whoami(&self) -> String;
+}
+
+struct Identify;
+
+impl Whoami for Identify {
+    async fn whoami(&self) -> String {
+        match Context::current().and_then(|c| c.peer_identity().cloned()) {
+            Some(id) => format!("{} {}", id.common_name.unwrap_or_default(), id.uris.join(",")),
+            None => "anonymous".to_owned(),
+        }
+    }
+}
+
+/// A fresh directory with `rpc cert dev`'s files.
+struct Certs(PathBuf);
+
+impl Certs {
+    fn dev(tag: &str, client: &str) -> Certs {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let dir = std::env::temp_dir().join(format!("rpc-tls-{tag}-{}-{nanos}", std::process::id()));
+        let out = Command::new(env!("CARGO_BIN_EXE_rpc"))
+            .args(["cert", "dev", "--client", client, "--dir"])
+            .arg(&dir)
+            .output()
+            .expect("rpc runs");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        Certs(dir)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    fn server(&self) -> rpc_core::tls::ServerTlsBuilder {
+        ServerTls::builder(self.path("server.pem"), self.path("server.key"))
+    }
+
+    fn client(&self) -> rpc_core::tls::ClientTlsBuilder {
+        ClientTls::builder(self.path("ca.pem"))
+    }
+
+    fn mutual(&self) -> rpc_core::tls::ClientTlsBuilder {
+        self.client().identity(self.path("client.pem"), self.path("client.key"))
+    }
+}
+
+impl Drop for Certs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn serve(tls: Option<ServerTls>) -> RunningServer {
+    let builder = Server::builder().add_service(WhoamiServer::new(Identify));
+    let builder = match tls {
+        Some(tls) => builder.tls(tls),
+        None => builder,
+    };
+    builder.start("127.0.0.1:0").await.unwrap()
+}
+
+/// Calls `whoami` on `server` over a new channel dialing `host`.
+async fn whoami(server: &RunningServer, host: &str, tls: Option<ClientTls>) -> Result<String, Status> {
+    let addr = format!("{host}:{}", server.local_addr().port());
+    let builder = Channel::builder(addr).connect_timeout(Duration::from_secs(5));
+    let builder = match tls {
+        Some(tls) => builder.tls(tls),
+        None => builder,
+    };
+    WhoamiClient::new(builder.connect_lazy()).whoami().await
+}
+
+#[tokio::test]
+async fn a_tls_call_goes_through_and_a_mutual_tls_handler_sees_the_callers_certificate() {
+    let certs = Certs::dev("ok", "billing");
+    let tls_only = serve(Some(certs.server().build().unwrap())).await;
+    let reply = whoami(&tls_only, "localhost", Some(certs.client().build().unwrap())).await.unwrap();
+    assert_eq!(reply, "anonymous", "server-only TLS proves nothing about the caller");
+    // Dialed by IP address: the certificate carries 127.0.0.1 too.
+    whoami(&tls_only, "127.0.0.1", Some(certs.client().build().unwrap())).await.unwrap();
+
+    let mutual = serve(Some(certs.server().client_ca(certs.path("ca.pem")).build().unwrap())).await;
+    let reply = whoami(&mutual, "localhost", Some(certs.mutual().build().unwrap())).await.unwrap();
+    assert_eq!(reply, "billing spiffe://rpc.dev/billing");
+}
+
+#[tokio::test]
+async fn each_failed_handshake_says_what_to_change() {
+    let certs = Certs::dev("fail", "billing");
+    let other = Certs::dev("other", "intruder");
+    let tls_only = serve(Some(certs.server().build().unwrap())).await;
+
+    let wrong_ca = whoami(&tls_only, "localhost", Some(other.client().build().unwrap())).await.unwrap_err();
+    assert!(wrong_ca.message().contains("not issued by the CA this client trusts"), "{wrong_ca}");
+    assert!(wrong_ca.not_started(), "nothing was sent, so a balancer may try elsewhere");
+
+    let wrong_name = certs.client().server_name("orders.internal").build().unwrap();
+    let wrong_name = whoami(&tls_only, "localhost", Some(wrong_name)).await.unwrap_err();
+    assert!(wrong_name.message().contains("does not carry the name dialed"), "{wrong_name}");
+
+    let plaintext = whoami(&tls_only, "localhost", None).await.unwrap_err();
+    assert!(plaintext.message().contains("accepts TLS only"), "{plaintext}");
+
+    let plain_server = serve(None).await;
+    let tls_to_plain = whoami(&plain_server, "localhost", Some(certs.client().build().unwrap())).await.unwrap_err();
+    assert!(tls_to_plain.message().contains("does not seem to speak TLS"), "{tls_to_plain}");
+
+    let mutual = serve(Some(certs.server().client_ca(certs.path("ca.pem")).build().unwrap())).await;
+    let no_cert = whoami(&mutual, "localhost", Some(certs.client().build().unwrap())).await.unwrap_err();
+    assert!(no_cert.message().contains("requires a client certificate"), "{no_cert}");
+    // A client whose certificate another CA issued (it trusts our server's CA, to isolate the
+    // refusal).
+    let stranger = ClientTls::builder(certs.path("ca.pem"))
+        .identity(other.path("client.pem"), other.path("client.key"))
+        .build()
+        .unwrap();
+    let refused = whoami(&mutual, "localhost", Some(stranger)).await.unwrap_err();
+    assert!(refused.message().contains("refused this client's certificate"), "{refused}");
+}
+
+#[tokio::test]
+async fn an_expired_server_certificate_is_refused() {
+    use rcgen::{CertificateParams, KeyPair};
+    let dir = Certs::dev("expired", "billing");
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut leaf = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    (leaf.not_before, leaf.not_after) = (rcgen::date_time_ymd(2020, 1, 1), rcgen::date_time_ymd(2021, 1, 1));
+    let leaf = leaf.signed_by(&key, &ca_cert, &ca_key).unwrap();
+    std::fs::write(dir.path("old-ca.pem"), ca_cert.pem()).unwrap();
+    std::fs::write(dir.path("old.pem"), leaf.pem()).unwrap();
+    std::fs::write(dir.path("old.key"), key.serialize_pem()).unwrap();
+
+    let server = serve(Some(ServerTls::builder(dir.path("old.pem"), dir.path("old.key")).build().unwrap())).await;
+    let expired = whoami(&server, "localhost", Some(ClientTls::builder(dir.path("old-ca.pem")).build().unwrap()))
+        .await
+        .unwrap_err();
+    assert!(expired.message().contains("has expired"), "{expired}");
+}
+
+#[test]
+fn settings_that_cannot_work_are_refused_when_built() {
+    let certs = Certs::dev("settings", "billing");
+    let missing = ServerTls::builder(certs.path("nope.pem"), certs.path("server.key")).build().unwrap_err();
+    assert!(missing.to_string().contains("nope.pem"), "{missing}");
+    let swapped = ServerTls::builder(certs.path("server.pem"), certs.path("client.key")).build().unwrap_err();
+    assert!(swapped.to_string().contains("does not belong to the certificate"), "{swapped}");
+    let not_a_cert = ClientTls::builder(certs.path("ca.key")).build().unwrap_err();
+    assert!(not_a_cert.to_string().contains("no PEM certificate"), "{not_a_cert}");
+}
+
+#[tokio::test]
+async fn rpc_call_speaks_mutual_tls_with_the_dev_certificates() {
+    let certs = Certs::dev("cli", "ops");
+    let server = serve(Some(certs.server().client_ca(certs.path("ca.pem")).build().unwrap())).await;
+    let addr = format!("localhost:{}", server.local_addr().port());
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_rpc"))
+        .args(["call", &addr, "Whoami.whoami", "--tls-ca"])
+        .arg(certs.path("ca.pem"))
+        .arg("--tls-cert")
+        .arg(certs.path("client.pem"))
+        .arg("--tls-key")
+        .arg(certs.path("client.key"))
+        .output()
+        .await
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stdout.trim(), r#""ops spiffe://rpc.dev/ops""#);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_server_certificate_is_served_without_a_restart_and_no_call_fails() {
+    use std::sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    };
+    let (old, new) = (Certs::dev("reload-old", "billing"), Certs::dev("reload-new", "billing"));
+    let live = Certs::dev("reload-live", "billing");
+    for name in ["server.pem", "server.key"] {
+        std::fs::copy(old.path(name), live.path(name)).unwrap();
+    }
+    let both = live.path("both-cas.pem");
+    let cas =
+        [std::fs::read_to_string(old.path("ca.pem")).unwrap(), std::fs::read_to_string(new.path("ca.pem")).unwrap()];
+    std::fs::write(&both, cas.concat()).unwrap();
+    let server = Arc::new(serve(Some(live.server().build().unwrap())).await);
+
+    // Calls on fresh connections, each with a handshake, through the renewal.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn({
+        let (server, stop, tls) = (server.clone(), stop.clone(), ClientTls::builder(&both).build().unwrap());
+        async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(Ordering::SeqCst) {
+                match whoami(&server, "localhost", Some(tls.clone())).await {
+                    Ok(_) => ok += 1,
+                    Err(e) => failed.push(e),
+                }
+            }
+            (ok, failed)
+        }
+    });
+    let trusts_new_only = || ClientTls::builder(new.path("ca.pem")).build().unwrap();
+    whoami(&server, "localhost", Some(trusts_new_only())).await.unwrap_err();
+
+    // Renew as a deployment tool would: write aside, then rename over.
+    for name in ["server.pem", "server.key"] {
+        std::fs::copy(new.path(name), live.path(&format!("{name}.next"))).unwrap();
+        std::fs::rename(live.path(&format!("{name}.next")), live.path(name)).unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while whoami(&server, "localhost", Some(trusts_new_only())).await.is_err() {
+        assert!(tokio::time::Instant::now() < deadline, "the renewed certificate was never served");
+    }
+    stop.store(true, Ordering::SeqCst);
+    let (ok, failed) = load.await.unwrap();
+    assert!(ok > 0 && failed.is_empty(), "{ok} calls went through, these failed: {failed:?}");
+}
