@@ -5,10 +5,10 @@
 //! deadline set by the first caller bounds the whole tree of calls, and cancelling a call
 //! cancels the calls its handler made (their futures are dropped with the handler's).
 
-use crate::{ByteStr, Metadata, CALLER, TRACEPARENT};
+use crate::{layer::auth::Principal, ByteStr, Metadata, CALLER, TRACEPARENT};
 use std::{
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
     time::Duration,
 };
 use tokio::time::Instant;
@@ -31,6 +31,7 @@ struct Inner {
     metadata: Metadata,
     peer: Option<SocketAddr>,
     identity: Option<Arc<PeerIdentity>>,
+    principal: OnceLock<Principal>,
     reply_metadata: Mutex<Metadata>,
 }
 
@@ -62,6 +63,7 @@ impl Context {
                 metadata,
                 peer,
                 identity,
+                principal: OnceLock::new(),
                 reply_metadata: Mutex::new(Metadata::new()),
             }),
         }
@@ -128,6 +130,17 @@ impl Context {
     /// when the client presented none.
     pub fn peer_identity(&self) -> Option<&PeerIdentity> {
         self.inner.identity.as_deref()
+    }
+
+    /// The caller as an authentication layer established it
+    /// ([`AuthenticateLayer`](crate::layer::auth::AuthenticateLayer)); `None` without one.
+    pub fn principal(&self) -> Option<&Principal> {
+        self.inner.principal.get()
+    }
+
+    /// Records who the caller is; the first authentication wins.
+    pub(crate) fn set_principal(&self, principal: Principal) {
+        let _ = self.inner.principal.set(principal);
     }
 
     /// Adds `key: value` to the metadata sent back with the reply.

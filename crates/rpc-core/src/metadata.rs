@@ -8,6 +8,9 @@
 pub const CALLER: &str = "rpc-caller";
 /// The key carrying W3C trace context; forwarded from a handler's context to the calls it makes.
 pub const TRACEPARENT: &str = "traceparent";
+/// Set (to `1`) in an `Error` frame's metadata when the server refused the call before any
+/// handler ran, so the client may send it elsewhere or again (`Status::not_started`).
+pub const NOT_STARTED: &str = "rpc-not-started";
 
 /// An ordered list of key/value pairs with unique keys.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -18,6 +18,8 @@ pub enum Code {
     InvalidArgument,
     /// The deadline passed before the call completed.
     DeadlineExceeded,
+    /// The caller may not call this method.
+    PermissionDenied,
     /// A resource (connections, in-flight calls, rate) is exhausted; back off and retry.
     ResourceExhausted,
     /// The operation was rejected because the system is not in a state for it.
@@ -30,6 +32,8 @@ pub enum Code {
     Internal,
     /// The service cannot be reached or is shutting down; safe to retry elsewhere.
     Unavailable,
+    /// The caller did not prove who it is (no credentials, or invalid ones).
+    Unauthenticated,
     /// The peer broke the wire protocol.
     Protocol,
 }
@@ -42,12 +46,14 @@ impl Code {
             Code::Unknown => 2,
             Code::InvalidArgument => 3,
             Code::DeadlineExceeded => 4,
+            Code::PermissionDenied => 7,
             Code::ResourceExhausted => 8,
             Code::FailedPrecondition => 9,
             Code::Aborted => 10,
             Code::Unimplemented => 12,
             Code::Internal => 13,
             Code::Unavailable => 14,
+            Code::Unauthenticated => 16,
             Code::Protocol => 100,
         }
     }
@@ -58,12 +64,14 @@ impl Code {
             1 => Code::Cancelled,
             3 => Code::InvalidArgument,
             4 => Code::DeadlineExceeded,
+            7 => Code::PermissionDenied,
             8 => Code::ResourceExhausted,
             9 => Code::FailedPrecondition,
             10 => Code::Aborted,
             12 => Code::Unimplemented,
             13 => Code::Internal,
             14 => Code::Unavailable,
+            16 => Code::Unauthenticated,
             100 => Code::Protocol,
             _ => Code::Unknown,
         }
@@ -76,12 +84,14 @@ impl Code {
             Code::Unknown => "UNKNOWN",
             Code::InvalidArgument => "INVALID_ARGUMENT",
             Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+            Code::PermissionDenied => "PERMISSION_DENIED",
             Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
             Code::FailedPrecondition => "FAILED_PRECONDITION",
             Code::Aborted => "ABORTED",
             Code::Unimplemented => "UNIMPLEMENTED",
             Code::Internal => "INTERNAL",
             Code::Unavailable => "UNAVAILABLE",
+            Code::Unauthenticated => "UNAUTHENTICATED",
             Code::Protocol => "PROTOCOL",
         }
     }
@@ -133,6 +143,10 @@ constructors! {
     internal => Internal,
     /// A [`Code::Unavailable`] status.
     unavailable => Unavailable,
+    /// A [`Code::PermissionDenied`] status.
+    permission_denied => PermissionDenied,
+    /// A [`Code::Unauthenticated`] status.
+    unauthenticated => Unauthenticated,
     /// A [`Code::Protocol`] status.
     protocol => Protocol,
 }

@@ -11,6 +11,7 @@ use super::{
     Request, Response,
 };
 use crate::{
+    layer::auth::{Secret, AUTHORIZATION},
     stream::StreamConfig,
     transport::{check_call_head, FrameBuilder, Head, DEFAULT_MAX_FRAME_SIZE},
     Codec, Context, Inbound, Items, Status, CALLER, TRACEPARENT,
@@ -42,6 +43,7 @@ pub struct ChannelBuilder {
     connections: usize,
     timeout: Option<Duration>,
     caller: Option<String>,
+    bearer: Option<Secret>,
     config: ConnectionConfig,
 }
 
@@ -53,6 +55,7 @@ impl ChannelBuilder {
             connections: 1,
             timeout: None,
             caller: None,
+            bearer: None,
             config: ConnectionConfig {
                 max_frame_size: DEFAULT_MAX_FRAME_SIZE,
                 max_in_flight: 10_000,
@@ -82,6 +85,13 @@ impl ChannelBuilder {
     /// Default timeout of every call (default: none); a call's own timeout wins.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
+        self
+    }
+
+    /// Sends `token` with every call as `authorization: Bearer <token>` metadata, for a server's
+    /// [`BearerTokens`](crate::layer::auth::BearerTokens).
+    pub fn bearer_token(mut self, token: impl Into<String>) -> Self {
+        self.bearer = Some(Secret(format!("Bearer {}", token.into())));
         self
     }
 
@@ -148,6 +158,7 @@ impl ChannelBuilder {
                 codec: self.codec,
                 timeout: self.timeout,
                 caller: self.caller,
+                bearer: self.bearer,
                 config: self.config,
                 slots,
                 next: AtomicUsize::new(0),
@@ -169,6 +180,8 @@ struct Inner {
     codec: Codec,
     timeout: Option<Duration>,
     caller: Option<String>,
+    /// `Bearer <token>`, sent as `authorization` metadata.
+    bearer: Option<Secret>,
     config: ConnectionConfig,
     slots: Box<[Slot]>,
     next: AtomicUsize,
@@ -315,6 +328,11 @@ impl Channel {
         let (inherited_deadline, trace) = Context::inherited();
         if let Some(caller) = &inner.caller {
             metadata.insert(CALLER, caller.as_str());
+        }
+        if let Some(bearer) = &inner.bearer {
+            if metadata.get(AUTHORIZATION).is_none() {
+                metadata.insert(AUTHORIZATION, bearer.0.as_str());
+            }
         }
         if let Some(trace) = trace {
             if metadata.get(TRACEPARENT).is_none() {

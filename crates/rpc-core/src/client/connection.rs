@@ -17,7 +17,7 @@ use crate::{
         io::{self, ReadIo},
         FrameBuilder, FrameCodec, FrameError, FrameReader, Head, PREFACE,
     },
-    Code, Codec, Items, Status,
+    Code, Codec, Items, Status, NOT_STARTED,
 };
 use bytes::{Bytes, BytesMut};
 use std::{
@@ -455,8 +455,11 @@ async fn read_loop(mut reader: FrameReader<ReadIo>, shared: Arc<Shared>, queue: 
                         replies.push((frame.id, reply));
                     }
                 }
-                Head::Error { code, message, .. } => {
-                    let status = Status::new(code, message);
+                Head::Error { code, message, metadata } => {
+                    let status = match metadata.get(NOT_STARTED) {
+                        Some(_) => Status::new(code, message).with_not_started(),
+                        None => Status::new(code, message),
+                    };
                     if shared.streams.is_empty() || !shared.streams.fail(frame.id, status.clone()) {
                         replies.push((frame.id, Err(status)));
                     }

@@ -1,6 +1,7 @@
 //! Tower layers that belong to core and work on both sides of a call: [`timeout`] with deadline
 //! propagation, [`retry`] with backoff, jitter and a budget, [`rate_limit`] (GCRA) and
-//! [`concurrency`] limits with load shedding.
+//! [`concurrency`] limits with load shedding; on the server, [`auth`]entication and
+//! authorization.
 //!
 //! Each layer wraps any `Service<R, Error = Status>` where `R` is a client [`Request`] or a
 //! [`ServerRequest`] (see [`CallInfo`]), so the same type protects a client stack and a server
@@ -8,6 +9,7 @@
 //! behaviour is tested without sleeping. Choosing among instances and circuit breaking per
 //! endpoint live in `rpc-lb`.
 
+pub mod auth;
 pub mod concurrency;
 pub mod rate_limit;
 pub mod retry;

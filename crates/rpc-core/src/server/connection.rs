@@ -24,7 +24,7 @@ use crate::{
         io::{self, ReadIo, WriteIo},
         Frame, FrameCodec, FrameError, FrameReader, FrameWriter, Head, BATCH,
     },
-    ByteStr, Code, Codec, Context, Metadata, PeerIdentity, Status,
+    ByteStr, Code, Codec, Context, Metadata, PeerIdentity, Status, NOT_STARTED,
 };
 use bytes::Bytes;
 use std::{
@@ -720,10 +720,14 @@ where
 }
 
 fn error_frame(id: u32, status: &Status) -> Frame {
+    let mut metadata = Metadata::new();
+    if status.not_started() {
+        metadata.insert(NOT_STARTED, "1");
+    }
     Frame {
         id,
         codec: 0,
-        head: Head::Error { code: status.code(), message: status.message().to_owned(), metadata: Metadata::new() },
+        head: Head::Error { code: status.code(), message: status.message().to_owned(), metadata },
         body: Bytes::new(),
     }
 }

@@ -12,7 +12,7 @@ use crate::transport::{
     io::{ReadIo, WriteIo},
     FrameWriter,
 };
-use crate::{ByteStr, Codec, Metadata, PeerIdentity, Status};
+use crate::{ByteStr, Codec, Context, Metadata, PeerIdentity, Status};
 use bytes::BytesMut;
 use std::{net::SocketAddr, sync::Arc};
 use tokio::sync::watch;
@@ -69,9 +69,21 @@ pub(crate) async fn serve<S>(
             Some((service_name, method)) => (service_name.to_owned(), method.to_owned()),
             None => (String::new(), head.name.clone()),
         };
+        let (service_name, method_name) =
+            (ByteStr::from(service_name), ByteStr::from(rpc_codecs::idl::from_thrift_name(&method).to_owned()));
+        // Thrift carries no metadata or deadline; the context still tells handlers and layers
+        // who is calling.
+        let context = Context::new(
+            service_name.clone(),
+            method_name.clone(),
+            None,
+            Metadata::new(),
+            Some(peer),
+            identity.clone(),
+        );
         let request = ServerRequest {
-            service: ByteStr::from(service_name),
-            method: ByteStr::from(rpc_codecs::idl::from_thrift_name(&method).to_owned()),
+            service: service_name,
+            method: method_name,
             codec,
             body: frame.slice(at..),
             metadata: Metadata::new(),
@@ -81,7 +93,7 @@ pub(crate) async fn serve<S>(
             stream: None,
         };
         let result = match service.ready().await {
-            Ok(ready) => CatchUnwind::new(ready.call(request))
+            Ok(ready) => CatchUnwind::new(context.clone().scope(context.sync_scope(|| ready.call(request))))
                 .await
                 .unwrap_or_else(|panic| Err(Status::internal(format!("the handler panicked: {panic}")))),
             Err(status) => Err(status),

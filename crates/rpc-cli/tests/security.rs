@@ -1,11 +1,12 @@
-//! TLS and mutual TLS over real sockets, with certificates from `rpc cert dev`: calls that go
-//! through, the caller's identity in the handler, and each way a handshake can fail, with the
-//! error a user sees.
+//! TLS, mutual TLS, authentication and access rules over real sockets, with certificates from
+//! `rpc cert dev`: calls that go through, the caller's identity in the handler, each way a
+//! handshake can fail with the error a user sees, and rules that allow and deny as written.
 
 use rpc_core::{
+    layer::auth::{AccessRules, AuthenticateLayer, AuthenticatorExt, AuthorizeLayer, BearerTokens, ClientCertificate},
     server::RunningServer,
     tls::{ClientTls, ServerTls},
-    Channel, Context, Server, Status,
+    Channel, Code, Context, Server, Status,
 };
 use std::{path::PathBuf, process::Command, time::Duration};
 
@@ -14,6 +15,8 @@ use std::{path::PathBuf, process::Command, time::Duration};
 pub trait Whoami {
     /// The caller's identity as the server sees it: its certificate's common name and URIs.
     async fn whoami(&self) -> String;
+    /// The principal an authentication layer established.
+    async fn principal(&self) -> String;
 }
 
 struct Identify;
@@ -24,6 +27,10 @@ impl Whoami for Identify {
             Some(id) => format!("{} {}", id.common_name.unwrap_or_default(), id.uris.join(",")),
             None => "anonymous".to_owned(),
         }
+    }
+
+    async fn principal(&self) -> String {
+        Context::current().and_then(|c| c.principal().map(|p| p.name.clone())).unwrap_or_default()
     }
 }
 
@@ -235,4 +242,65 @@ async fn a_renewed_server_certificate_is_served_without_a_restart_and_no_call_fa
     stop.store(true, Ordering::SeqCst);
     let (ok, failed) = load.await.unwrap();
     assert!(ok > 0 && failed.is_empty(), "{ok} calls went through, these failed: {failed:?}");
+}
+
+#[tokio::test]
+async fn bearer_tokens_and_access_rules_allow_and_deny_as_written() {
+    let tokens = BearerTokens::new().token("tok-billing", "billing").token("tok-ops", "ops");
+    let rules = AccessRules::new().allow("billing", "Whoami.*").allow("ops", "Whoami.whoami");
+    let server = Server::builder()
+        .layer(AuthenticateLayer::new(tokens))
+        .layer(AuthorizeLayer::new(rules))
+        .add_service(WhoamiServer::new(Identify))
+        .start("127.0.0.1:0")
+        .await
+        .unwrap();
+    let client = |token: Option<&str>| {
+        let builder = Channel::builder(server.local_addr().to_string());
+        let builder = match token {
+            Some(token) => builder.bearer_token(token),
+            None => builder,
+        };
+        WhoamiClient::new(builder.connect_lazy())
+    };
+
+    assert_eq!(client(Some("tok-billing")).principal().await.unwrap(), "billing", "the handler sees the principal");
+    client(Some("tok-ops")).whoami().await.unwrap();
+    let denied = client(Some("tok-ops")).principal().await.unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    assert_eq!(denied.message(), "ops may not call Whoami.principal");
+    assert!(denied.not_started(), "refused before any handler ran");
+
+    let missing = client(None).whoami().await.unwrap_err();
+    assert_eq!(missing.code(), Code::Unauthenticated);
+    assert!(missing.message().contains("bearer token"), "{missing}");
+    let wrong = client(Some("tok-guess")).whoami().await.unwrap_err();
+    assert_eq!(wrong.code(), Code::Unauthenticated);
+    assert!(!wrong.message().contains("tok-guess"), "a refusal must not echo the credential: {wrong}");
+}
+
+#[tokio::test]
+async fn a_client_certificate_or_else_a_token_names_the_principal_the_rules_judge() {
+    let certs = Certs::dev("principal", "billing");
+    let tls = certs.server().client_ca(certs.path("ca.pem")).optional_client_cert().build().unwrap();
+    let rules = AccessRules::new().allow("spiffe://rpc.dev/billing", "Whoami.*").allow("ops", "Whoami.whoami");
+    let server = Server::builder()
+        .tls(tls)
+        .layer(AuthenticateLayer::new(ClientCertificate.or(BearerTokens::new().token("tok-ops", "ops"))))
+        .layer(AuthorizeLayer::new(rules))
+        .add_service(WhoamiServer::new(Identify))
+        .start("127.0.0.1:0")
+        .await
+        .unwrap();
+    let addr = format!("localhost:{}", server.local_addr().port());
+    let with_cert = WhoamiClient::new(Channel::builder(&addr).tls(certs.mutual().build().unwrap()).connect_lazy());
+    assert_eq!(with_cert.principal().await.unwrap(), "spiffe://rpc.dev/billing");
+
+    let token_only = Channel::builder(&addr).tls(certs.client().build().unwrap()).bearer_token("tok-ops");
+    let token_only = WhoamiClient::new(token_only.connect_lazy());
+    token_only.whoami().await.expect("without a certificate, the token names the caller");
+    assert_eq!(token_only.principal().await.unwrap_err().code(), Code::PermissionDenied);
+
+    let nobody = WhoamiClient::new(Channel::builder(&addr).tls(certs.client().build().unwrap()).connect_lazy());
+    assert_eq!(nobody.whoami().await.unwrap_err().code(), Code::Unauthenticated);
 }
