@@ -62,7 +62,8 @@ pub(crate) fn write_dev(
     let server_key = KeyPair::generate()?;
     let mut server = CertificateParams::new(names.clone())?;
     server.distinguished_name.push(DnType::CommonName, names[0].clone());
-    server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    // Client use too: registry members present it to each other.
+    server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
     let server_cert = server.signed_by(&server_key, &ca_cert, &ca_key)?;
 
     let client_key = KeyPair::generate()?;

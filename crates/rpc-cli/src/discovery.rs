@@ -90,7 +90,7 @@ pub(crate) struct ElectArgs {
 }
 
 pub(crate) async fn ls(args: LsArgs) -> CliResult {
-    let instances = client(&args.endpoint).instances(args.service.as_deref()).await?;
+    let instances = client(&args.endpoint)?.instances(args.service.as_deref()).await?;
     if args.endpoint.json {
         println!("{}", serde_json::to_string(&instances)?);
         return Ok(());
@@ -115,23 +115,23 @@ pub(crate) async fn ls(args: LsArgs) -> CliResult {
 pub(crate) async fn config(command: ConfigCommand) -> CliResult {
     match command {
         ConfigCommand::Get { name, endpoint } => {
-            let value = client(&endpoint).config::<serde_json::Value>(&name).await?;
+            let value = client(&endpoint)?.config::<serde_json::Value>(&name).await?;
             println!("{}", value.get());
         }
         ConfigCommand::Set { name, value, endpoint } => {
             let value: serde_json::Value =
                 serde_json::from_str(&value).map_err(|e| format!("the value of {name:?} is not JSON: {e}"))?;
-            let revision = client(&endpoint).set_config(&name, &value).await?;
+            let revision = client(&endpoint)?.set_config(&name, &value).await?;
             println!("set {name} at revision {revision}");
         }
         ConfigCommand::History { name, endpoint } => {
-            for revision in client(&endpoint).config_history(&name).await? {
+            for revision in client(&endpoint)?.config_history(&name).await? {
                 let json = if revision.json.is_empty() { "(deleted)" } else { revision.json.as_str() };
                 println!("{:<10} {json}", revision.revision);
             }
         }
         ConfigCommand::Rollback { name, revision, endpoint } => {
-            let written = client(&endpoint).rollback_config(&name, revision).await?;
+            let written = client(&endpoint)?.rollback_config(&name, revision).await?;
             println!("{name} is back to revision {revision}'s value, at revision {written}");
         }
     }
@@ -139,7 +139,7 @@ pub(crate) async fn config(command: ConfigCommand) -> CliResult {
 }
 
 pub(crate) async fn lock(args: LockArgs) -> CliResult {
-    let guard = client(&args.endpoint).lock_with_ttl(&args.name, args.ttl).await?;
+    let guard = client(&args.endpoint)?.lock_with_ttl(&args.name, args.ttl).await?;
     eprintln!("holding lock {} with token {}", args.name, guard.token());
     let ran = run_while_held(&args.command, ("RPC_LOCK_TOKEN", guard.token()), "the lock's", guard.lost()).await;
     // A lost lock has nothing left to release, and the registry may be out of reach.
@@ -150,7 +150,7 @@ pub(crate) async fn lock(args: LockArgs) -> CliResult {
 }
 
 pub(crate) async fn elect(args: ElectArgs) -> CliResult {
-    let election = client(&args.endpoint).election(&args.name).ttl(args.ttl);
+    let election = client(&args.endpoint)?.election(&args.name).ttl(args.ttl);
     let leadership = election.campaign(args.value).await?;
     eprintln!("leading {} with token {}", args.name, leadership.token());
     let token = ("RPC_LEADER_TOKEN", leadership.token());

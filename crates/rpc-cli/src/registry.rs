@@ -3,6 +3,7 @@
 use crate::CliResult;
 use clap::{Args, Subcommand};
 use futures_util::StreamExt;
+use rpc_core::tls::{ClientTls, ServerTls};
 use rpc_registry::{
     api::{
         prefix_end, Compare, CompareResult, CompareTarget, DeleteRangeRequest, KeyValue, PutRequest, RangeRequest,
@@ -97,6 +98,21 @@ pub(crate) struct ServeArgs {
     /// Compact the history automatically, keeping about this many seconds of it (0 keeps all).
     #[arg(long, default_value_t = 0)]
     retain_seconds: u64,
+    /// Users and roles (JSON; see rpc_registry::auth): callers must authenticate, and may
+    /// touch only the keys their roles allow.
+    #[arg(long, value_name = "FILE")]
+    auth: Option<PathBuf>,
+    /// Serve TLS with this certificate chain (PEM), and present it to the other members; with
+    /// --tls-key and --tls-ca. `rpc cert dev` makes a set for trials.
+    #[arg(long, value_name = "PEM", requires_all = ["tls_key", "tls_ca"])]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// The CA that issues members' certificates (and clients', for those that use one); member
+    /// traffic is accepted only with a certificate from it.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_ca: Option<PathBuf>,
 }
 
 /// Which registry to talk to.
@@ -112,6 +128,11 @@ pub(crate) struct EndpointArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub(crate) json: bool,
+    /// Authenticate with this bearer token (or set RPC_TOKEN, which `ps` does not show).
+    #[arg(long)]
+    pub(crate) token: Option<String>,
+    #[command(flatten)]
+    pub(crate) tls: crate::cert::TlsArgs,
 }
 
 /// `rpc kv ...`
@@ -220,12 +241,12 @@ pub(crate) async fn run_registry(command: RegistryCommand) -> CliResult {
         RegistryCommand::Serve(args) => serve(args).await,
         RegistryCommand::Member(command) => run_member(command).await,
         RegistryCommand::MoveLeader { name, endpoint } => {
-            client(&endpoint).move_leader(rpc_registry::member_id(&name)).await?;
+            client(&endpoint)?.move_leader(rpc_registry::member_id(&name)).await?;
             println!("leadership is moving to {name}");
             Ok(())
         }
         RegistryCommand::Status(endpoint) => {
-            let status = client(&endpoint).status().await?;
+            let status = client(&endpoint)?.status().await?;
             match endpoint.json {
                 true => println!("{}", serde_json::to_string(&status)?),
                 false => {
@@ -254,9 +275,9 @@ pub(crate) async fn run_registry(command: RegistryCommand) -> CliResult {
 
 async fn run_member(command: MemberCommand) -> CliResult {
     let (members, endpoint) = match command {
-        MemberCommand::List(endpoint) => (client(&endpoint).status().await?.members, endpoint),
+        MemberCommand::List(endpoint) => (client(&endpoint)?.status().await?.members, endpoint),
         MemberCommand::Add { name, addr, endpoint } => {
-            let members = client(&endpoint).member_add(&name, &addr).await?;
+            let members = client(&endpoint)?.member_add(&name, &addr).await?;
             if !endpoint.json {
                 let peers: Vec<String> = members.iter().map(|m| format!("{}={}", m.name, m.addr)).collect();
                 println!("added {name} as a learner; start it with:");
@@ -268,7 +289,7 @@ async fn run_member(command: MemberCommand) -> CliResult {
             (members, endpoint)
         }
         MemberCommand::Remove { name, endpoint } => {
-            let members = client(&endpoint).member_remove(rpc_registry::member_id(&name)).await?;
+            let members = client(&endpoint)?.member_remove(rpc_registry::member_id(&name)).await?;
             if !endpoint.json {
                 println!("removed {name}");
             }
@@ -298,6 +319,13 @@ async fn serve(args: ServeArgs) -> CliResult {
     config.fsync = !args.no_fsync;
     config.retain_revisions = args.retain_revisions;
     config.retain_for = Duration::from_secs(args.retain_seconds);
+    config.auth = args.auth.as_ref().map(rpc_registry::AuthConfig::load).transpose()?;
+    if let (Some(cert), Some(key), Some(ca)) = (&args.tls_cert, &args.tls_key, &args.tls_ca) {
+        config.tls = Some(rpc_registry::MemberTls {
+            server: ServerTls::builder(cert, key).client_ca(ca).optional_client_cert().build()?,
+            peer: ClientTls::builder(ca).identity(cert, key).build()?,
+        });
+    }
     let member = RunningMember::start(config).await?;
     println!("registry member {:x} serving on {}", member.id(), member.local_addr());
     tokio::select! {
@@ -323,11 +351,18 @@ async fn shutdown_signal() -> std::io::Result<()> {
     tokio::signal::ctrl_c().await
 }
 
-pub(crate) fn client(endpoint: &EndpointArgs) -> RegistryClient {
-    match endpoint.etcd {
-        true => RegistryClient::etcd(endpoint.endpoints.clone()),
-        false => RegistryClient::connect(endpoint.endpoints.clone()),
+pub(crate) fn client(endpoint: &EndpointArgs) -> Result<RegistryClient, rpc_core::tls::TlsError> {
+    if endpoint.etcd {
+        return Ok(RegistryClient::etcd(endpoint.endpoints.clone()));
     }
+    let mut builder = RegistryClient::builder(endpoint.endpoints.clone());
+    if let Some(token) = endpoint.token.clone().or_else(|| std::env::var("RPC_TOKEN").ok()) {
+        builder = builder.token(token);
+    }
+    if let Some(tls) = endpoint.tls.client()? {
+        builder = builder.tls(tls);
+    }
+    Ok(builder.build())
 }
 
 pub(crate) async fn run_kv(command: KvCommand) -> CliResult {
@@ -335,7 +370,7 @@ pub(crate) async fn run_kv(command: KvCommand) -> CliResult {
         KvCommand::Get { key, prefix, endpoint } => {
             let range_end = if prefix { prefix_end(key.as_bytes()) } else { Vec::new() };
             let request = RangeRequest { key: key.into_bytes(), range_end, ..RangeRequest::default() };
-            let response = client(&endpoint).range(request).await?;
+            let response = client(&endpoint)?.range(request).await?;
             for kv in &response.kvs {
                 print_kv(kv, endpoint.json)?;
             }
@@ -352,7 +387,7 @@ pub(crate) async fn run_kv(command: KvCommand) -> CliResult {
                 lease,
                 ..Default::default()
             };
-            let response = client(&endpoint).put_with(request).await?;
+            let response = client(&endpoint)?.put_with(request).await?;
             match endpoint.json {
                 true => println!("{}", serde_json::to_string(&response)?),
                 false => println!("OK (revision {})", response.header.revision),
@@ -366,7 +401,7 @@ pub(crate) async fn run_kv(command: KvCommand) -> CliResult {
                 success: success.iter().map(|o| operation(o)).collect::<Result<_, _>>()?,
                 failure: failure.iter().map(|o| operation(o)).collect::<Result<_, _>>()?,
             };
-            let response = client(&endpoint).txn(request).await?;
+            let response = client(&endpoint)?.txn(request).await?;
             if endpoint.json {
                 println!("{}", serde_json::to_string(&response)?);
                 return Ok(());
@@ -386,7 +421,7 @@ pub(crate) async fn run_kv(command: KvCommand) -> CliResult {
             Ok(())
         }
         KvCommand::Del { key, endpoint } => {
-            let deleted = client(&endpoint).delete(key).await?;
+            let deleted = client(&endpoint)?.delete(key).await?;
             match endpoint.json {
                 true => println!("{{\"deleted\":{deleted}}}"),
                 false => println!("{deleted}"),
@@ -401,7 +436,7 @@ async fn watch(key: String, prefix: bool, rev: u64, endpoint: EndpointArgs) -> C
     let create =
         WatchCreate { key: key.into_bytes(), range_end, start_revision: rev, watch_id: 1, ..WatchCreate::default() };
     // The client's watch moves to another member when one fails, resuming where it was.
-    let mut responses = client(&endpoint).watch(create);
+    let mut responses = client(&endpoint)?.watch(create);
     while let Some(response) = responses.next().await {
         let response = response.map_err(|e| format!("the watch ended: {e}"))?;
         for event in &response.events {
@@ -423,14 +458,14 @@ async fn watch(key: String, prefix: bool, rev: u64, endpoint: EndpointArgs) -> C
 pub(crate) async fn run_lease(command: LeaseCommand) -> CliResult {
     match command {
         LeaseCommand::Grant { ttl, endpoint } => {
-            let granted = client(&endpoint).call(false, |c| async move { c.lease_grant(ttl, 0).await }).await?;
+            let granted = client(&endpoint)?.call(false, |c| async move { c.lease_grant(ttl, 0).await }).await?;
             match endpoint.json {
                 true => println!("{}", serde_json::to_string(&granted)?),
                 false => println!("lease {:x} granted with TTL {}s", granted.id, granted.ttl),
             }
         }
         LeaseCommand::Revoke { id, endpoint } => {
-            client(&endpoint).lease_revoke(lease_id(&id)?).await?;
+            client(&endpoint)?.lease_revoke(lease_id(&id)?).await?;
             println!("lease {id} revoked");
         }
         LeaseCommand::Keepalive { id, endpoint } => {
@@ -441,7 +476,7 @@ pub(crate) async fn run_lease(command: LeaseCommand) -> CliResult {
                 }
                 Some((id, false))
             });
-            let mut renewals = client(&endpoint)
+            let mut renewals = client(&endpoint)?
                 .current()
                 .ok_or("lease keepalive needs our registry, not etcd")?
                 .lease_keep_alive(ticks)
@@ -455,7 +490,7 @@ pub(crate) async fn run_lease(command: LeaseCommand) -> CliResult {
             }
         }
         LeaseCommand::Ls { endpoint } => {
-            let leases = client(&endpoint).call(true, |c| async move { c.lease_list().await }).await?;
+            let leases = client(&endpoint)?.call(true, |c| async move { c.lease_list().await }).await?;
             for id in leases {
                 println!("{id:x}");
             }

@@ -304,3 +304,164 @@ async fn a_client_certificate_or_else_a_token_names_the_principal_the_rules_judg
     let nobody = WhoamiClient::new(Channel::builder(&addr).tls(certs.client().build().unwrap()).connect_lazy());
     assert_eq!(nobody.whoami().await.unwrap_err().code(), Code::Unauthenticated);
 }
+
+mod registry {
+    use super::*;
+    use futures_util::StreamExt;
+    use rpc_registry::{
+        api::{prefix_end, PutRequest, RequestOp, TxnRequest, WatchCreate},
+        AuthConfig, ClientError, ErrorCode, MemberConfig, RegistryClient, RunningMember,
+    };
+
+    fn denied<T: std::fmt::Debug>(result: Result<T, ClientError>) -> String {
+        match result {
+            Err(ClientError::Registry(e)) if e.code == ErrorCode::PermissionDenied => e.message,
+            other => panic!("expected PermissionDenied, got {other:?}"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn roles_on_key_prefixes_allow_and_deny_get_put_txn_watch_lease_and_admin_calls() {
+        let dir = Certs::dev("rbac", "unused");
+        let auth: AuthConfig = serde_json::from_str(
+            r#"{"users": [{"name": "root", "token": "root-t", "roles": ["root"]},
+                          {"name": "svc", "token": "svc-t", "roles": ["services"]}],
+                "roles": [{"name": "root", "permissions": [{"prefix": "", "access": "admin"}]},
+                          {"name": "services", "permissions": [{"prefix": "services/", "access": "write"},
+                                                               {"prefix": "config/", "access": "read"}]}]}"#,
+        )
+        .unwrap();
+        let mut config = MemberConfig::new("solo", dir.path("solo"), "127.0.0.1:0");
+        (config.fsync, config.auth) = (false, Some(auth));
+        let member = RunningMember::start(config).await.unwrap();
+        let addr = member.local_addr().to_string();
+        let as_user = |token: &str| RegistryClient::builder([addr.clone()]).token(token).build();
+        let (root, svc) = (as_user("root-t"), as_user("svc-t"));
+
+        root.put("config/limits", "1").await.unwrap();
+        root.put("secrets/db", "hunter2").await.unwrap();
+        svc.put("services/orders/10.0.0.1:7001", "{}").await.unwrap();
+        assert_eq!(svc.get("config/limits").await.unwrap().unwrap().value, b"1");
+        assert_eq!(denied(svc.put("config/limits", "2").await), r#"svc may not write key "config/limits""#);
+        assert!(denied(svc.get("secrets/db").await).contains("may not read"));
+        let everything = rpc_registry::api::RangeRequest { key: vec![0], range_end: vec![0], ..Default::default() };
+        denied(svc.range(everything).await);
+
+        // A transaction needs every permission either branch would use.
+        let put =
+            |key: &str| RequestOp::Put(PutRequest { key: key.into(), value: b"v".to_vec(), ..Default::default() });
+        let allowed =
+            TxnRequest { success: vec![put("services/a")], failure: vec![put("services/b")], ..Default::default() };
+        svc.txn(allowed).await.unwrap();
+        let sneaky =
+            TxnRequest { success: vec![put("services/a")], failure: vec![put("config/limits")], ..Default::default() };
+        denied(svc.txn(sneaky).await);
+
+        // Watches are checked when created.
+        let watch = |prefix: &str| WatchCreate {
+            key: prefix.into(),
+            range_end: prefix_end(prefix.as_bytes()),
+            ..Default::default()
+        };
+        let mut secrets = svc.watch(watch("secrets/"));
+        match secrets.next().await {
+            Some(Err(ClientError::Registry(e))) if e.code == ErrorCode::PermissionDenied => {}
+            other => panic!("a watch on keys the caller may not read must be refused: {other:?}"),
+        }
+        let put = svc.put("services/orders/10.0.0.2:7001", "{}").await.unwrap();
+        let mut services = svc.watch(WatchCreate { start_revision: put.header.revision, ..watch("services/") });
+        let events = services.next().await.unwrap().unwrap().events;
+        assert_eq!(events[0].kv.key, b"services/orders/10.0.0.2:7001");
+
+        // Revoking a lease deletes its keys: only who may delete them may revoke it.
+        let lease = root.lease_grant(60).await.unwrap();
+        root.put_with(PutRequest { key: b"config/flag".to_vec(), lease, ..Default::default() }).await.unwrap();
+        denied(svc.lease_revoke(lease).await);
+        root.lease_revoke(lease).await.unwrap();
+
+        // Cluster operations are for admins of every key.
+        denied(svc.member_remove(rpc_registry::member_id("solo")).await);
+        denied(svc.move_leader(1).await);
+
+        for client in [RegistryClient::connect([addr.clone()]), as_user("guessed")] {
+            match client.get("config/limits").await {
+                Err(ClientError::Refused(status)) => {
+                    assert_eq!(status.code(), Code::Unauthenticated);
+                    assert!(!status.message().contains("guessed"), "{status}");
+                }
+                other => panic!("a caller without valid credentials must be refused: {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_three_member_registry_runs_over_mutual_tls_and_serves_only_tls_clients() {
+        let certs = Certs::dev("cluster", "ops");
+        let ports: Vec<String> = (0..3)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string())
+            .collect();
+        let peers: Vec<(String, String)> =
+            ports.iter().enumerate().map(|(i, a)| (format!("n{i}"), a.clone())).collect();
+        let mut members = Vec::new();
+        for (name, addr) in &peers {
+            let mut config = MemberConfig::new(name, certs.path(name), addr);
+            (config.fsync, config.peers) = (false, peers.clone());
+            config.tls = Some(rpc_registry::MemberTls {
+                server: certs.server().client_ca(certs.path("ca.pem")).optional_client_cert().build().unwrap(),
+                peer: certs.client().identity(certs.path("server.pem"), certs.path("server.key")).build().unwrap(),
+            });
+            members.push(RunningMember::start(config).await.unwrap());
+        }
+        let tls = RegistryClient::builder(ports.clone()).tls(certs.client().build().unwrap()).build();
+        // A write needs a leader, elected over member traffic that is TLS with certificates.
+        tls.put("services/orders/a", "1").await.unwrap();
+        assert_eq!(tls.status().await.unwrap().members.len(), 3);
+        let plain = RegistryClient::connect(ports.clone());
+        let refused = plain.get("services/orders/a").await.unwrap_err();
+        assert!(refused.to_string().contains("accepts TLS only"), "{refused}");
+    }
+}
+
+#[tokio::test]
+async fn rpc_registry_serve_with_tls_and_auth_answers_only_clients_with_both() {
+    use tokio::io::AsyncBufReadExt;
+    let certs = Certs::dev("serve", "ops");
+    let auth = certs.path("auth.json");
+    std::fs::write(
+        &auth,
+        r#"{"users": [{"name": "ops", "token": "ops-t", "roles": ["ops"]}],
+            "roles": [{"name": "ops", "permissions": [{"prefix": "jobs/", "access": "write"}]}]}"#,
+    )
+    .unwrap();
+    let listen = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let path = |name: &str| certs.path(name).display().to_string();
+    let mut member = tokio::process::Command::new(env!("CARGO_BIN_EXE_rpc"))
+        .args(["registry", "serve", "--no-fsync", "--listen", &listen, "--data-dir", &path("data")])
+        .args(["--auth", &path("auth.json"), "--tls-cert", &path("server.pem"), "--tls-key", &path("server.key")])
+        .args(["--tls-ca", &path("ca.pem")])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut serving = String::new();
+    tokio::io::BufReader::new(member.stdout.take().unwrap()).read_line(&mut serving).await.unwrap();
+    assert!(serving.contains("serving on"), "{serving}");
+
+    let kv = |args: &[&str]| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_rpc"));
+        command.arg("kv").args(args).args(["--endpoints", &listen]);
+        command
+    };
+    let ca = path("ca.pem");
+    let out = kv(&["put", "jobs/nightly", "on", "--tls-ca", &ca]).env("RPC_TOKEN", "ops-t").output().await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = kv(&["put", "config/x", "1", "--tls-ca", &ca, "--token", "ops-t"]).output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("ops may not write"), "{stderr}");
+    let out = kv(&["get", "jobs/nightly", "--tls-ca", &ca]).env_remove("RPC_TOKEN").output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("UNAUTHENTICATED"), "{stderr}");
+    let out = kv(&["get", "jobs/nightly", "--token", "ops-t"]).output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("accepts TLS only"), "{stderr}");
+}

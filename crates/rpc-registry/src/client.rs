@@ -10,7 +10,7 @@ use crate::{
     service::{ErrorCode, RegistryApiClient, RegistryError},
 };
 use futures_util::{stream::BoxStream, Stream, StreamExt};
-use rpc_core::{Channel, Status};
+use rpc_core::{Channel, Code, Status};
 use std::{
     fmt,
     future::Future,
@@ -39,6 +39,9 @@ pub enum ClientError {
     Registry(RegistryError),
     /// No member answered.
     Unreachable(Status),
+    /// A member refused this client: its credentials (`UNAUTHENTICATED`, `PERMISSION_DENIED`)
+    /// or how it connects (`FAILED_PRECONDITION`, e.g. plain TCP to a member that wants TLS).
+    Refused(Status),
     /// The call is part of our registry's own API, which an etcd cluster does not serve.
     Unsupported(&'static str),
 }
@@ -48,6 +51,7 @@ impl fmt::Display for ClientError {
         match self {
             ClientError::Registry(e) => e.fmt(f),
             ClientError::Unreachable(status) => write!(f, "no registry member answered: {status}"),
+            ClientError::Refused(status) => write!(f, "the registry refused this client: {status}"),
             ClientError::Unsupported(call) => write!(f, "{call} is not served by etcd; it needs our registry"),
         }
     }
@@ -161,11 +165,69 @@ impl Endpoint {
 /// A member as the client knows it: its address and how to call it.
 type Known = (String, Endpoint);
 
-fn known(addr: String) -> Known {
-    // No channel-wide deadline: it would also end watch and keep-alive streams. Unary calls
-    // get theirs in `call`.
-    let channel = Channel::builder(addr.clone()).connect_timeout(Duration::from_millis(500)).connect_lazy();
-    (addr, Endpoint::Registry(RegistryApiClient::new(channel)))
+/// How the client reaches members of our registry: credentials and TLS.
+#[derive(Clone, Default)]
+struct Options {
+    token: Option<String>,
+    #[cfg(feature = "tls")]
+    tls: Option<rpc_core::tls::ClientTls>,
+}
+
+impl fmt::Debug for Options {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The token is a secret: say whether there is one, not what it is.
+        let mut debug = f.debug_struct("Options");
+        debug.field("token", &self.token.as_ref().map(|_| "<redacted>"));
+        #[cfg(feature = "tls")]
+        debug.field("tls", &self.tls);
+        debug.finish()
+    }
+}
+
+impl Options {
+    fn known(&self, addr: String) -> Known {
+        // No channel-wide deadline: it would also end watch and keep-alive streams. Unary calls
+        // get theirs in `call`.
+        let builder = Channel::builder(addr.clone()).connect_timeout(Duration::from_millis(500));
+        let builder = match &self.token {
+            Some(token) => builder.bearer_token(token),
+            None => builder,
+        };
+        #[cfg(feature = "tls")]
+        let builder = match &self.tls {
+            Some(tls) => builder.tls(tls.clone()),
+            None => builder,
+        };
+        (addr, Endpoint::Registry(RegistryApiClient::new(builder.connect_lazy())))
+    }
+}
+
+/// Builds a [`RegistryClient`] with credentials or TLS: `RegistryClient::builder(addrs)`.
+#[derive(Debug)]
+pub struct RegistryClientBuilder {
+    addrs: Vec<String>,
+    options: Options,
+}
+
+impl RegistryClientBuilder {
+    /// Authenticates as the user this bearer token names (see [`crate::auth`]).
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.options.token = Some(token.into());
+        self
+    }
+
+    /// Speaks TLS to the members (and presents the settings' certificate, if they have one).
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: rpc_core::tls::ClientTls) -> Self {
+        self.options.tls = Some(tls);
+        self
+    }
+
+    /// The client; it connects on first use.
+    pub fn build(self) -> RegistryClient {
+        let members = self.addrs.iter().map(|addr| self.options.known(addr.clone())).collect();
+        RegistryClient::with(members, self.options)
+    }
 }
 
 /// A client of a registry cluster. Cheap to clone.
@@ -174,6 +236,7 @@ pub struct RegistryClient {
     /// The members known, by address: those given to `connect`, or the cluster's after
     /// [`RegistryClient::sync_members`].
     members: Arc<RwLock<Arc<Vec<Known>>>>,
+    options: Arc<Options>,
     /// The member calls go to first: the leader, once known.
     current: Arc<AtomicUsize>,
 }
@@ -194,8 +257,16 @@ impl RegistryClient {
         I: IntoIterator<Item = A>,
         A: Into<String>,
     {
-        let members = addrs.into_iter().map(|addr| known(addr.into())).collect();
-        RegistryClient::with(members)
+        RegistryClient::builder(addrs).build()
+    }
+
+    /// A client of the members at `addrs`, with the credentials and TLS the builder is given.
+    pub fn builder<I, A>(addrs: I) -> RegistryClientBuilder
+    where
+        I: IntoIterator<Item = A>,
+        A: Into<String>,
+    {
+        RegistryClientBuilder { addrs: addrs.into_iter().map(Into::into).collect(), options: Options::default() }
     }
 
     /// A client of the etcd v3 cluster serving clients at `addrs` (`host:port`, plain
@@ -215,11 +286,15 @@ impl RegistryClient {
                 (addr.clone(), Endpoint::Etcd(crate::etcd::EtcdMember::new(addr)))
             })
             .collect();
-        RegistryClient::with(members)
+        RegistryClient::with(members, Options::default())
     }
 
-    fn with(members: Vec<Known>) -> RegistryClient {
-        RegistryClient { members: Arc::new(RwLock::new(Arc::new(members))), current: Arc::new(AtomicUsize::new(0)) }
+    fn with(members: Vec<Known>, options: Options) -> RegistryClient {
+        RegistryClient {
+            members: Arc::new(RwLock::new(Arc::new(members))),
+            options: Arc::new(options),
+            current: Arc::new(AtomicUsize::new(0)),
+        }
     }
 
     /// The addresses of the members this client knows.
@@ -248,7 +323,9 @@ impl RegistryClient {
         let mut members = self.members.write().unwrap_or_else(|e| e.into_inner());
         let synced: Vec<Known> = addrs
             .into_iter()
-            .map(|addr| members.iter().find(|(known, _)| *known == addr).cloned().unwrap_or_else(|| known(addr)))
+            .map(|addr| {
+                members.iter().find(|(known, _)| *known == addr).cloned().unwrap_or_else(|| self.options.known(addr))
+            })
             .collect();
         *members = Arc::new(synced);
         Ok(())
@@ -306,6 +383,15 @@ impl RegistryClient {
                     index + 1
                 }
                 Ok(Err(e)) => return Err(ClientError::Registry(e)),
+                // Every member would say the same about these credentials, or this transport.
+                Err(status)
+                    if matches!(
+                        status.code(),
+                        Code::Unauthenticated | Code::PermissionDenied | Code::FailedPrecondition
+                    ) =>
+                {
+                    return Err(ClientError::Refused(status))
+                }
                 Err(status) if status.not_started() || (idempotent && retryable(&status)) => {
                     last = ClientError::Unreachable(status);
                     index + 1
@@ -489,6 +575,9 @@ async fn follow(client: RegistryClient, mut spec: WatchCreate, out: mpsc::Sender
                 backoff = BACKOFF;
                 if response.canceled {
                     let code = match response.compact_revision {
+                        _ if response.cancel_reason.starts_with(crate::auth::PERMISSION_DENIED) => {
+                            ErrorCode::PermissionDenied
+                        }
                         0 => ErrorCode::InvalidRequest,
                         _ => ErrorCode::Compacted,
                     };
@@ -528,6 +617,5 @@ async fn follow(client: RegistryClient, mut spec: WatchCreate, out: mpsc::Sender
 /// Whether a transport failure of a call that may have reached a member means another member
 /// may do better.
 fn retryable(status: &Status) -> bool {
-    use rpc_core::Code;
     status.not_started() || matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled)
 }

@@ -2,6 +2,7 @@
 //! RPC.
 //!
 //! - [`api`]: the data model and the request and reply types (etcd v3's).
+//! - [`auth`]: users, roles and permissions on key prefixes.
 //! - [`store`]: the MVCC store and leases, a deterministic state machine.
 //! - [`command`]: what is replicated through Raft.
 //! - [`service`]: the RPC services, for clients and between members.
@@ -14,6 +15,7 @@
 //! - `etcd` (Cargo feature `etcd`): the same client API on an etcd v3 cluster.
 
 pub mod api;
+pub mod auth;
 pub mod client;
 pub mod command;
 pub mod config;
@@ -26,10 +28,13 @@ pub mod service;
 pub mod session;
 pub mod store;
 
-pub use client::{ClientError, RegistryClient, Watch};
+pub use auth::AuthConfig;
+pub use client::{ClientError, RegistryClient, RegistryClientBuilder, Watch};
 pub use config::Config;
 pub use discovery::{Announcer, Instance, Registration, RegistryDiscover};
 pub use lock::{Election, Leadership, LockGuard};
+#[cfg(feature = "tls")]
+pub use member::MemberTls;
 pub use member::{member_id, min_ttl_secs, MemberConfig, RunningMember};
 pub use service::{ErrorCode, RegistryApiClient, RegistryError};
 pub use session::Session;

@@ -35,6 +35,8 @@ pub enum ErrorCode {
     Timeout,
     /// The member's storage failed.
     Internal,
+    /// The caller may not do this to these keys (see [`crate::auth`]).
+    PermissionDenied,
 }
 
 /// Why a registry call failed.

@@ -73,7 +73,9 @@ impl Shared {
     fn go_away(&self, last_id: u32, code: Code, message: &str) {
         self.draining.store(true, Ordering::Release);
         let status = Status::new(
-            if code == Code::ResourceExhausted { code } else { Code::Unavailable },
+            // Limits and refusals keep their code (the caller can act on them); the rest is a
+            // server going away.
+            if matches!(code, Code::ResourceExhausted | Code::FailedPrecondition) { code } else { Code::Unavailable },
             format!("server at {} is going away ({code}: {message}); the call was not started", self.peer),
         )
         .with_not_started();

@@ -10,6 +10,7 @@ use crate::{
         DeleteRangeRequest, DeleteRangeResponse, LeaseGrantResponse, LeaseStatus, Member, PutRequest, PutResponse,
         RangeRequest, RangeResponse, RequestOp, StatusResponse, TxnRequest, TxnResponse, WatchRequest, WatchResponse,
     },
+    auth::Access,
     command::{Command, LeaseGrant},
     service::{ErrorCode, RaftPeer, RegistryApi, RegistryError},
     store::Output,
@@ -125,6 +126,7 @@ fn txn_bytes(request: &TxnRequest) -> usize {
 
 impl RegistryApi for Api {
     async fn range(&self, request: RangeRequest) -> Result<RangeResponse, RegistryError> {
+        self.allow(Access::Read, &request.key, &request.range_end)?;
         if !request.serializable {
             self.read_barrier().await?;
         }
@@ -135,6 +137,7 @@ impl RegistryApi for Api {
     }
 
     async fn put(&self, request: PutRequest) -> Result<PutResponse, RegistryError> {
+        self.allow(Access::Write, &request.key, &[])?;
         self.check_size(request.key.len() + request.value.len())?;
         match self.write(Command::Put(request)).await? {
             Output::Put(mut response) => {
@@ -146,6 +149,7 @@ impl RegistryApi for Api {
     }
 
     async fn delete_range(&self, request: DeleteRangeRequest) -> Result<DeleteRangeResponse, RegistryError> {
+        self.allow(Access::Write, &request.key, &request.range_end)?;
         self.check_size(request.key.len() + request.range_end.len())?;
         match self.write(Command::DeleteRange(request)).await? {
             Output::DeleteRange(mut response) => {
@@ -157,6 +161,9 @@ impl RegistryApi for Api {
     }
 
     async fn txn(&self, request: TxnRequest) -> Result<TxnResponse, RegistryError> {
+        if let Some(guard) = &self.shared.guard {
+            guard.check_txn(&request)?;
+        }
         self.check_size(txn_bytes(&request))?;
         let ops = request.compare.len() + request.success.len() + request.failure.len();
         let max = self.shared.config.limits.max_txn_ops;
@@ -177,6 +184,7 @@ impl RegistryApi for Api {
     }
 
     async fn compact(&self, revision: u64) -> Result<u64, RegistryError> {
+        self.allow_admin()?;
         match self.write(Command::Compact(revision)).await? {
             Output::Compacted => Ok(revision),
             other => Err(unexpected(other)),
@@ -184,7 +192,7 @@ impl RegistryApi for Api {
     }
 
     async fn watch(&self, requests: Streaming<WatchRequest>) -> RpcStream<WatchResponse> {
-        RpcStream::from(watch::serve(self.shared.clone(), requests))
+        RpcStream::from(watch::serve(self.shared.clone(), requests, crate::auth::principal()))
     }
 
     async fn lease_grant(&self, ttl: u64, id: u64) -> Result<LeaseGrantResponse, RegistryError> {
@@ -203,6 +211,12 @@ impl RegistryApi for Api {
     }
 
     async fn lease_revoke(&self, id: u64) -> Result<u64, RegistryError> {
+        // Revoking deletes the lease's keys: the caller must be allowed to delete each.
+        let keys: Vec<Vec<u8>> =
+            self.shared.lock().store.lease(id).map(|l| l.keys.iter().cloned().collect()).unwrap_or_default();
+        for key in &keys {
+            self.allow(Access::Write, key, &[])?;
+        }
         match self.write(Command::LeaseRevoke(id)).await? {
             Output::LeaseRevoked => Ok(self.shared.lock().store.revision()),
             other => Err(unexpected(other)),
@@ -230,6 +244,11 @@ impl RegistryApi for Api {
         let remaining_ms = self.wait(rx).await??;
         let state = self.shared.lock();
         let lease = state.store.lease(id);
+        if keys {
+            for key in lease.iter().flat_map(|l| l.keys.iter()) {
+                self.allow(Access::Read, key, &[])?;
+            }
+        }
         Ok(LeaseStatus {
             header: self.shared.header(&state),
             id,
@@ -243,17 +262,20 @@ impl RegistryApi for Api {
     }
 
     async fn lease_list(&self) -> Result<Vec<u64>, RegistryError> {
+        self.allow_admin()?;
         self.read_barrier().await?;
         Ok(self.shared.lock().store.leases().map(|l| l.id).collect())
     }
 
     async fn move_leader(&self, to: u64) -> Result<(), RegistryError> {
+        self.allow_admin()?;
         let (tx, rx) = oneshot::channel();
         self.shared.inputs.send(Input::MoveLeader(to, tx))?;
         self.wait(rx).await?
     }
 
     async fn member_add(&self, name: String, addr: String) -> Result<Vec<Member>, RegistryError> {
+        self.allow_admin()?;
         if name.is_empty() || addr.is_empty() {
             return Err(RegistryError::new(ErrorCode::InvalidRequest, "a new member needs a name and an address"));
         }
@@ -270,6 +292,7 @@ impl RegistryApi for Api {
     }
 
     async fn member_remove(&self, id: u64) -> Result<Vec<Member>, RegistryError> {
+        self.allow_admin()?;
         let (tx, rx) = oneshot::channel();
         self.shared.inputs.send(Input::RemoveMember(id, tx))?;
         self.wait(rx).await?
@@ -293,6 +316,19 @@ impl RegistryApi for Api {
 }
 
 impl Api {
+    /// Refuses unless the caller holds `access` on `[key, range_end)`, when the member checks.
+    fn allow(&self, access: Access, key: &[u8], range_end: &[u8]) -> Result<(), RegistryError> {
+        match &self.shared.guard {
+            Some(guard) => guard.check(access, key, range_end),
+            None => Ok(()),
+        }
+    }
+
+    /// Refuses unless the caller may administer every key.
+    fn allow_admin(&self) -> Result<(), RegistryError> {
+        self.allow(Access::Admin, b"", &[0])
+    }
+
     fn header(&self) -> crate::api::Header {
         let state = self.shared.lock();
         self.shared.header(&state)

@@ -17,10 +17,11 @@ pub use handler::min_ttl_secs;
 
 use crate::{
     api::Member,
+    auth::{AuthConfig, Guard, MemberAuthenticator},
     service::{RaftPeerServer, RegistryApiServer},
     store::{Limits, Store},
 };
-use rpc_core::{server::RunningServer, Server};
+use rpc_core::{layer::auth::AuthenticateLayer, server::RunningServer, Server};
 use std::{
     io,
     net::SocketAddr,
@@ -64,6 +65,24 @@ pub struct MemberConfig {
     pub request_timeout: Duration,
     /// Watchers with `progress_notify` get a progress notification this often when idle.
     pub progress_interval: Duration,
+    /// Users and roles; without them every caller may do anything.
+    pub auth: Option<AuthConfig>,
+    /// TLS for clients and between members; see [`MemberTls`].
+    #[cfg(feature = "tls")]
+    pub tls: Option<MemberTls>,
+}
+
+/// A member's TLS: what it serves with, and how it dials its peers. Serve with a client CA
+/// (mutual TLS, client certificates optional for clients that use tokens) and dial with a
+/// certificate from that CA: member traffic is then accepted only from such certificates
+/// (etcd's peer client-certificate auth).
+#[cfg(feature = "tls")]
+#[derive(Clone, Debug)]
+pub struct MemberTls {
+    /// The member's server settings.
+    pub server: rpc_core::tls::ServerTls,
+    /// How it dials other members.
+    pub peer: rpc_core::tls::ClientTls,
 }
 
 impl MemberConfig {
@@ -83,6 +102,9 @@ impl MemberConfig {
             retain_for: Duration::ZERO,
             request_timeout: Duration::from_secs(5),
             progress_interval: Duration::from_secs(10),
+            auth: None,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 
@@ -124,6 +146,8 @@ struct Shared {
     inputs: raft::Inputs,
     /// Set once this member has been removed from the cluster.
     removed: tokio::sync::watch::Sender<bool>,
+    /// The permissions callers hold, if the member checks them.
+    guard: Option<Guard>,
 }
 
 /// What the lock guards: the store and everything that must change with it atomically.
@@ -195,17 +219,33 @@ impl RunningMember {
         }
         let (node, store) = raft::open(&config, id, &members)?;
         let (inputs, queue) = raft::inputs();
-        let outbox = peers::Outbox::start(id, store.members());
+        let outbox = peers::Outbox::start(id, store.members(), peers::PeerDial::new(&config));
         let shared = Arc::new(Shared {
             id,
             config: config.clone(),
             state: Mutex::new(State { store, watchers: Watchers::default(), raft: RaftView::default() }),
             inputs,
             removed: tokio::sync::watch::Sender::new(false),
+            guard: config.auth.as_ref().map(AuthConfig::guard),
         });
         let listener = tokio::net::TcpListener::bind(&config.listen).await?;
         let raft = raft::spawn(shared.clone(), node, queue, outbox)?;
-        let server = Server::builder()
+        #[cfg(feature = "tls")]
+        let tls = config.tls.as_ref().map(|tls| tls.server.clone());
+        #[cfg(not(feature = "tls"))]
+        let tls: Option<()> = None;
+        let authenticator = MemberAuthenticator {
+            users: config.auth.as_ref().map(AuthConfig::authenticator),
+            peers_need_certificate: tls.is_some(),
+        };
+        let builder = Server::builder();
+        #[cfg(feature = "tls")]
+        let builder = match tls {
+            Some(tls) => builder.tls(tls),
+            None => builder,
+        };
+        let server = builder
+            .layer(AuthenticateLayer::new(authenticator))
             // Room above the request limit, so a request somewhat over it gets a typed refusal
             // rather than a closed connection.
             .max_frame_size(2 * config.max_request_bytes + (64 << 10))

@@ -4,8 +4,9 @@
 //! When a peer is slow or down its queue fills and further messages are dropped: Raft resends
 //! what matters (appends, votes, heartbeats), and the Raft thread never waits on a peer.
 
+use super::MemberConfig;
 use crate::{api::Member, service::RaftPeerClient};
-use rpc_core::Channel;
+use rpc_core::{Channel, ChannelBuilder};
 use rpc_raft::{codec::encode_message, Message};
 use std::{collections::HashMap, time::Duration};
 use tokio::sync::mpsc;
@@ -15,8 +16,37 @@ const QUEUE: usize = 4096;
 /// Bytes of messages per delivery call.
 const BATCH_BYTES: usize = 4 << 20;
 
+/// How a member dials its peers: plain TCP, or TLS with its own certificate.
+#[derive(Clone, Debug, Default)]
+pub(super) struct PeerDial {
+    #[cfg(feature = "tls")]
+    tls: Option<rpc_core::tls::ClientTls>,
+}
+
+impl PeerDial {
+    pub(super) fn new(config: &MemberConfig) -> PeerDial {
+        #[cfg(feature = "tls")]
+        return PeerDial { tls: config.tls.as_ref().map(|tls| tls.peer.clone()) };
+        #[cfg(not(feature = "tls"))]
+        {
+            let _ = config;
+            PeerDial {}
+        }
+    }
+
+    fn channel(&self, addr: String) -> ChannelBuilder {
+        let builder = Channel::builder(addr).timeout(Duration::from_secs(5));
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.tls {
+            return builder.tls(tls.clone());
+        }
+        builder
+    }
+}
+
 pub(super) struct Outbox {
     me: u64,
+    dial: PeerDial,
     runtime: tokio::runtime::Handle,
     /// Per peer: the address its task delivers to, and the task's queue.
     peers: HashMap<u64, (String, mpsc::Sender<Vec<u8>>)>,
@@ -24,8 +54,8 @@ pub(super) struct Outbox {
 
 impl Outbox {
     /// Starts a sender task per member other than `me`. Must run inside a Tokio runtime.
-    pub(super) fn start(me: u64, members: &[Member]) -> Outbox {
-        let mut outbox = Outbox { me, runtime: tokio::runtime::Handle::current(), peers: HashMap::new() };
+    pub(super) fn start(me: u64, members: &[Member], dial: PeerDial) -> Outbox {
+        let mut outbox = Outbox { me, dial, runtime: tokio::runtime::Handle::current(), peers: HashMap::new() };
         outbox.update(members);
         outbox
     }
@@ -37,7 +67,7 @@ impl Outbox {
         for m in members.iter().filter(|m| m.id != self.me && !m.addr.is_empty()) {
             self.peers.entry(m.id).or_insert_with(|| {
                 let (tx, rx) = mpsc::channel(QUEUE);
-                self.runtime.spawn(deliver(m.addr.clone(), rx));
+                self.runtime.spawn(deliver(self.dial.channel(m.addr.clone()), rx));
                 (m.addr.clone(), tx)
             });
         }
@@ -46,9 +76,9 @@ impl Outbox {
     /// Tells `member` it was removed from cluster `cluster_id` (one try: a member that misses
     /// it keeps running without a leader until it is stopped).
     pub(super) fn notify_removed(&self, cluster_id: u64, member: &Member) {
-        let (addr, id) = (member.addr.clone(), member.id);
+        let (channel, id) = (self.dial.channel(member.addr.clone()), member.id);
         self.runtime.spawn(async move {
-            let channel = Channel::builder(addr).timeout(Duration::from_secs(5)).connect_lazy();
+            let channel = channel.connect_lazy();
             let _ = RaftPeerClient::new(channel).removed(cluster_id, id).await;
         });
     }
@@ -63,9 +93,8 @@ impl Outbox {
     }
 }
 
-async fn deliver(addr: String, mut rx: mpsc::Receiver<Vec<u8>>) {
-    let channel =
-        Channel::builder(addr).timeout(Duration::from_secs(5)).connect_timeout(Duration::from_secs(1)).connect_lazy();
+async fn deliver(channel: ChannelBuilder, mut rx: mpsc::Receiver<Vec<u8>>) {
+    let channel = channel.connect_timeout(Duration::from_secs(1)).connect_lazy();
     let client = RaftPeerClient::new(channel);
     let mut batch = Vec::new();
     while let Some(first) = rx.recv().await {

@@ -7,7 +7,10 @@
 //! slow watcher costs its own catch-up and never loses an event.
 
 use super::Shared;
-use crate::api::{in_range, Event, EventKind, Header, WatchCreate, WatchRequest, WatchResponse};
+use crate::{
+    api::{in_range, Event, EventKind, Header, WatchCreate, WatchRequest, WatchResponse},
+    auth::{Access, PERMISSION_DENIED},
+};
 use futures_util::StreamExt;
 use rpc_core::Streaming;
 use std::{
@@ -110,9 +113,14 @@ fn select(spec: &WatchCreate, events: &[Event]) -> Vec<Event> {
 }
 
 /// Serves one watch stream until the client closes it; returns the responses to send.
-pub(super) fn serve(shared: Arc<Shared>, requests: Streaming<WatchRequest>) -> mpsc::Receiver<WatchResponse> {
+/// Serves one watch stream for `principal` (who opened it, for permission checks).
+pub(super) fn serve(
+    shared: Arc<Shared>,
+    requests: Streaming<WatchRequest>,
+    principal: Option<String>,
+) -> mpsc::Receiver<WatchResponse> {
     let (out, rx) = mpsc::channel(OUT_QUEUE);
-    tokio::spawn(Stream::new(shared, out).run(requests));
+    tokio::spawn(Stream::new(shared, out, principal).run(requests));
     rx
 }
 
@@ -125,17 +133,19 @@ struct Stream {
     lagged: Arc<Lagged>,
     /// The watches of this stream, so they can be removed when it ends.
     specs: HashMap<u64, WatchCreate>,
+    /// Who opened the stream.
+    principal: Option<String>,
 }
 
 impl Stream {
-    fn new(shared: Arc<Shared>, out: mpsc::Sender<WatchResponse>) -> Stream {
+    fn new(shared: Arc<Shared>, out: mpsc::Sender<WatchResponse>, principal: Option<String>) -> Stream {
         let id = {
             let mut state = shared.lock();
             state.watchers.next_stream += 1;
             state.watchers.next_stream
         };
         let (live_tx, live) = mpsc::channel(LIVE_QUEUE);
-        Stream { shared, id, out, live_tx, live, lagged: Arc::default(), specs: HashMap::new() }
+        Stream { shared, id, out, live_tx, live, lagged: Arc::default(), specs: HashMap::new(), principal }
     }
 
     async fn run(mut self, mut requests: Streaming<WatchRequest>) {
@@ -182,7 +192,19 @@ impl Stream {
 
     async fn request(&mut self, request: WatchRequest) -> bool {
         match request {
-            WatchRequest::Create(spec) => self.create(spec, true).await,
+            WatchRequest::Create(spec) => {
+                let allowed = match &self.shared.guard {
+                    Some(guard) => guard.check_for(self.principal.as_deref(), Access::Read, &spec.key, &spec.range_end),
+                    None => Ok(()),
+                };
+                match allowed {
+                    Ok(()) => self.create(spec, true).await,
+                    Err(e) => {
+                        let reason = format!("{PERMISSION_DENIED}{}", e.message);
+                        self.send(self.canceled(spec.watch_id, &reason, 0)).await
+                    }
+                }
+            }
             WatchRequest::Cancel(watch_id) => {
                 self.shared.lock().watchers.watchers.remove(&(self.id, watch_id));
                 let known = self.specs.remove(&watch_id).is_some();
