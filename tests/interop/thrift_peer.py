@@ -1,21 +1,24 @@
 """Apache Thrift peer for tests/tests/interop.rs: a stock client calling our server, or a stock
 server our client calls, over TFramedTransport.
 
-usage: thrift_peer.py client GEN_DIR PORT PROTOCOL
+usage: thrift_peer.py client GEN_DIR PORT PROTOCOL [CA_PEM]
        thrift_peer.py server GEN_DIR PORT PROTOCOL
-PROTOCOL: binary or compact. GEN_DIR holds `thrift --gen py` output of the Bank service.
+PROTOCOL: binary or compact. GEN_DIR holds `thrift --gen py` output of the Bank service. With
+CA_PEM the client speaks TLS (TSSLSocket) to localhost, trusting that CA.
 """
 
+import ssl
 import sys
 
 MODE, GEN_DIR, PORT, PROTOCOL = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+CA = sys.argv[5] if len(sys.argv) > 5 else None
 sys.path.insert(0, GEN_DIR)
 
 from bank import Bank, ttypes  # noqa: E402
 from thrift.protocol import TBinaryProtocol, TCompactProtocol, TMultiplexedProtocol  # noqa: E402
 from thrift.server import TServer  # noqa: E402
 from thrift.Thrift import TApplicationException, TMessageType  # noqa: E402
-from thrift.transport import TSocket, TTransport  # noqa: E402
+from thrift.transport import TSocket, TSSLSocket, TTransport  # noqa: E402
 
 
 def check(condition, message):
@@ -25,7 +28,12 @@ def check(condition, message):
 
 
 def client():
-    transport = TTransport.TFramedTransport(TSocket.TSocket("127.0.0.1", PORT))
+    if CA:
+        context = ssl.create_default_context(cafile=CA)
+        socket = TSSLSocket.TSSLSocket("localhost", PORT, ssl_context=context, server_hostname="localhost")
+    else:
+        socket = TSocket.TSocket("127.0.0.1", PORT)
+    transport = TTransport.TFramedTransport(socket)
     protocol = (TCompactProtocol.TCompactProtocol if PROTOCOL == "compact" else TBinaryProtocol.TBinaryProtocol)(
         transport
     )

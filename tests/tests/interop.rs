@@ -334,6 +334,37 @@ async fn a_stock_thrift_client_calls_our_server_on_its_usual_port() {
 }
 
 #[tokio::test]
+async fn a_stock_thrift_client_calls_our_server_over_tls() {
+    let Some(python) = tools() else { return };
+    let dir = workdir();
+    generate_bank(&dir);
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    // Names of their own: OpenSSL takes a certificate whose issuer is its own subject for a
+    // self-signed one.
+    ca.distinguished_name.push(rcgen::DnType::CommonName, "interop CA");
+    let ca = ca.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    leaf.distinguished_name.push(rcgen::DnType::CommonName, "localhost");
+    let cert = leaf.signed_by(&key, &ca, &ca_key).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.join("server.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
+    let tls = rpc_core::tls::ServerTls::builder(dir.join("server.pem"), dir.join("server.key")).build().unwrap();
+    let bank = BankServer::new(MyBank::default());
+    let server = rpc_core::Server::builder().tls(tls).add_service(bank).start("127.0.0.1:0").await.unwrap();
+    let port = server.local_addr().port().to_string();
+    let mut cmd = tokio::process::Command::new(python);
+    cmd.arg(peer_script()).args(["client"]).arg(&dir).args([port.as_str(), "binary"]).arg(dir.join("ca.pem"));
+    let out = cmd.output().await.unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && stdout.trim() == "ok", "{stdout}{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
 async fn our_client_calls_a_stock_thrift_server() {
     let Some(python) = tools() else { return };
     let dir = workdir();
