@@ -413,3 +413,37 @@ async fn a_dropped_channel_closes_its_socket_even_if_the_server_keeps_its_side_o
     .await;
     assert!(gone.is_ok(), "the client kept its socket open after the channel was dropped");
 }
+
+/// Methods named with Rust keywords, as raw identifiers.
+#[rpc_core::service]
+pub trait Keywords {
+    /// Answers `n + 1`.
+    async fn r#yield(&self, n: u32) -> u32;
+    /// Answers whether `r#type` is empty.
+    async fn r#match(&self, r#type: String) -> bool;
+}
+
+struct Keyworded;
+
+impl Keywords for Keyworded {
+    async fn r#yield(&self, n: u32) -> u32 {
+        n + 1
+    }
+
+    async fn r#match(&self, r#type: String) -> bool {
+        r#type.is_empty()
+    }
+}
+
+#[tokio::test]
+async fn methods_named_with_raw_identifiers_are_served_under_their_plain_names() {
+    let server = Server::builder().add_service(KeywordsServer::new(Keyworded)).start("127.0.0.1:0").await.unwrap();
+    let channel = Channel::connect(server.local_addr().to_string()).await.unwrap();
+    let client = KeywordsClient::new(channel.clone());
+    assert_eq!(client.r#yield(41).await.unwrap(), 42);
+    assert!(client.r#match(String::new()).await.unwrap());
+    // The wire name is the plain word, as other languages' generated clients call it.
+    let request = rpc_core::Request::new("Keywords", "yield", serde_json::json!({"n": 1}));
+    let reply: serde_json::Value = rpc_core::Call::new(channel, request).await.unwrap();
+    assert_eq!(reply, serde_json::json!(2));
+}

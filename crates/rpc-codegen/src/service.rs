@@ -279,8 +279,8 @@ fn type_text(ty: &Type) -> String {
 }
 
 fn upper_camel(ident: &Ident) -> String {
-    ident
-        .to_string()
+    // `r#yield` names the method `yield`: the prefix is Rust syntax, not part of the name.
+    crate::message::wire_name(ident)
         .split('_')
         .filter(|part| !part.is_empty())
         .map(|part| {
