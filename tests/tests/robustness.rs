@@ -228,6 +228,7 @@ async fn too_many_calls_in_flight_get_resource_exhausted() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let err = client.sleep_then(99, 0).await.unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+    assert!(err.not_started(), "the refusal says the call never ran, so it may go elsewhere");
     for call in slow {
         assert!(call.await.unwrap().is_ok());
     }
@@ -284,4 +285,55 @@ async fn a_reply_larger_than_the_clients_limit_fails_that_connection_clearly() {
         }
     }
     assert_eq!(last, Some(6));
+}
+
+#[tokio::test]
+async fn a_reply_the_wire_cannot_carry_fails_only_its_call() {
+    let server = Server::builder()
+        .add_service(LabServer::new(LabImpl::default()))
+        .max_frame_size(64 * 1024)
+        .start("127.0.0.1:0")
+        .await
+        .unwrap();
+    let client = lab_client(&server, Codec::MsgPack).await;
+    // A call in flight on the same connection meanwhile: a torn-down connection would fail it.
+    let bystander = tokio::spawn({
+        let client = client.clone();
+        async move { client.sleep_then(7, 300).await }
+    });
+    let too_large = client.blob(1 << 20).await.unwrap_err();
+    assert_eq!(too_large.code(), Code::ResourceExhausted, "{too_large}");
+    assert!(too_large.message().contains("over the server's frame limit"), "{too_large}");
+    let bad_metadata = client.tag_reply(Metadata::MAX_VALUE_LEN as u32 + 1).await.unwrap_err();
+    assert_eq!(bad_metadata.code(), Code::Internal, "{bad_metadata}");
+    assert!(bad_metadata.message().contains("reply metadata"), "{bad_metadata}");
+    client.tag_reply(16).await.expect("metadata within the limits is sent");
+    assert_eq!(bystander.await.unwrap().unwrap(), 7, "the other call on the connection was unaffected");
+}
+
+#[tokio::test]
+async fn a_second_call_under_a_running_calls_id_is_refused_before_it_runs() {
+    let (server, lab) = start_lab().await;
+    let mut stream = raw_connection(server.local_addr()).await;
+    let json = Codec::Json.id();
+    let mut out = call_frame(5, json, "hang", Bytes::from_static(br#"{"tag":"first"}"#));
+    out.extend_from_slice(&call_frame(5, json, "notify", Bytes::from_static(br#"{"note":"duplicate"}"#)));
+    out.extend_from_slice(&call_frame(6, json, "nothing", Bytes::from_static(b"{}")));
+    stream.write_all(&out).await.unwrap();
+    let mut codec = FrameCodec::default();
+    let mut buf = BytesMut::new();
+    let mut replies = Vec::new();
+    while replies.len() < 2 {
+        tokio::time::timeout(Duration::from_secs(5), stream.read_buf(&mut buf)).await.unwrap().unwrap();
+        while let Some(frame) = codec.decode(&mut buf).unwrap() {
+            replies.push(frame);
+        }
+    }
+    replies.sort_by_key(|f| f.id);
+    match &replies[0].head {
+        Head::Error { code: Code::InvalidArgument, message, .. } => assert!(message.contains("not run"), "{message}"),
+        other => panic!("the duplicate must be refused: {other:?}"),
+    }
+    assert!(matches!(replies[1].head, Head::Reply { .. }), "the connection still works: {:?}", replies[1]);
+    assert!(lab.events.notes.lock().unwrap().is_empty(), "the duplicate call's handler ran");
 }

@@ -54,6 +54,8 @@ pub trait Lab {
     async fn blob(&self, n: u32) -> Vec<u8>;
     /// Takes no arguments and returns nothing.
     async fn nothing(&self);
+    /// Sets reply metadata `tag` to `len` bytes.
+    async fn tag_reply(&self, len: u32);
 }
 
 #[derive(Default)]
@@ -122,6 +124,11 @@ impl Lab for LabImpl {
 
     async fn explode(&self) -> u64 {
         panic!("the handler blew up on purpose");
+    }
+
+    async fn tag_reply(&self, len: u32) {
+        let ctx = Context::current().expect("handlers run inside a context");
+        ctx.set_reply_metadata("tag", "x".repeat(len as usize));
     }
 
     async fn whoami(&self) -> Vec<(String, String)> {

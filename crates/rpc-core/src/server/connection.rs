@@ -20,7 +20,7 @@ use crate::{
     id_map::IdMap,
     stream::{self as flow, InboxSender, SendCredit},
     transport::{
-        check_preface,
+        check_metadata, check_preface,
         io::{self, ReadIo, WriteIo},
         Frame, FrameCodec, FrameError, FrameReader, FrameWriter, Head, BATCH,
     },
@@ -133,6 +133,8 @@ struct ServerConnection<S> {
     service: S,
     peer: SocketAddr,
     identity: Option<Arc<PeerIdentity>>,
+    /// The largest frame this server sends or takes.
+    max_frame_size: usize,
     writer: FrameWriter<WriteIo>,
     /// Replies of handlers that run in their own task.
     tx: mpsc::Sender<Outbound>,
@@ -170,6 +172,7 @@ pub(crate) async fn serve<S>(
         service,
         peer,
         identity,
+        max_frame_size: config.max_frame_size,
         writer: FrameWriter::new(write, codec),
         tx,
         rx,
@@ -403,13 +406,8 @@ where
                 let call =
                     IncomingCall { id: frame.id, codec: frame.codec, service, method, timeout, metadata, oneway };
                 let reply = match self.start(call, frame.body).await {
-                    Ok(Some(Ok(response))) => Some(Frame {
-                        id: frame.id,
-                        codec: frame.codec,
-                        head: Head::Reply { metadata: response.metadata },
-                        body: response.body,
-                    }),
-                    Ok(Some(Err(status))) | Err(status) => Some(error_frame(frame.id, &status)),
+                    Ok(Some(outcome)) => Some(answer_frame(frame.id, frame.codec, outcome, self.max_frame_size)),
+                    Err(status) => Some(error_frame(frame.id, &status)),
                     Ok(None) => None,
                 };
                 if let Some(reply) = reply.filter(|_| !oneway) {
@@ -484,12 +482,20 @@ where
         if self.draining {
             return Err(Status::unavailable("server is shutting down; the call was not started").with_not_started());
         }
+        // Before the handler runs: a second call under a running call's id must not run at all.
+        if self.in_flight.lock().contains_key(&call.id) {
+            return Err(Status::invalid_argument(format!(
+                "request id {} is already in flight on this connection; the call was not run",
+                call.id
+            )));
+        }
         // This task is the only one that takes permits, so one seen here is still there below.
         if self.in_flight.permits.available_permits() == 0 {
             return Err(Status::resource_exhausted(format!(
                 "{} calls already in flight on this connection (the server's limit); wait for replies or open another connection",
                 self.in_flight.limit
-            )));
+            ))
+            .with_not_started());
         }
         let codec = Codec::from_id(call.codec).map_err(|e| Status::invalid_argument(e.to_string()))?;
         // The highest id (in wrapping order), not the latest: a client may send ids out of order.
@@ -533,23 +539,13 @@ where
             .map_err(|_| Status::internal("in-flight permit vanished; this is a bug in the connection task"))?;
         let tx = self.tx.clone();
         let in_flight = self.in_flight.clone();
+        let max_frame_size = self.max_frame_size;
         let mut handlers = self.in_flight.lock();
-        if handlers.contains_key(&id) {
-            return Err(Status::invalid_argument(format!("request id {id} is already in flight on this connection")));
-        }
         // The task's own `finish` takes this lock, so it cannot run before the insert below.
         let task = tokio::spawn(async move {
             let outcome = handler.await;
             if !oneway {
-                let frame = match outcome {
-                    Ok(response) => Frame {
-                        id,
-                        codec: codec.id(),
-                        head: Head::Reply { metadata: response.metadata },
-                        body: response.body,
-                    },
-                    Err(status) => error_frame(id, &status),
-                };
+                let frame = answer_frame(id, codec.id(), outcome, max_frame_size);
                 let _ = tx.send(frame.into()).await;
             }
             in_flight.finish(id);
@@ -717,6 +713,30 @@ where
         Ok(Err(status)) => Err(status),
         Err(panic) => Err(panicked(&svc, &method, &panic)),
     }
+}
+
+/// The frame answering call `id`: its reply, or an error frame for that call alone when the
+/// reply cannot be sent (over the frame limit, or metadata the wire cannot carry), so one bad
+/// reply never costs the connection.
+fn answer_frame(id: u32, codec: u8, outcome: Result<ServerResponse, Status>, max_frame_size: usize) -> Frame {
+    let response = match outcome {
+        Ok(response) => response,
+        Err(status) => return error_frame(id, &status),
+    };
+    if let Err(e) = check_metadata(&response.metadata) {
+        return error_frame(id, &Status::internal(format!("the handler's reply metadata cannot be sent: {e}")));
+    }
+    let frame = Frame { id, codec, head: Head::Reply { metadata: response.metadata }, body: response.body };
+    let len = frame.encoded_len() - 4;
+    if len > max_frame_size {
+        return error_frame(
+            id,
+            &Status::resource_exhausted(format!(
+                "the reply is {len} bytes, over the server's frame limit of {max_frame_size}; return less, or raise max_frame_size on server and client"
+            )),
+        );
+    }
+    frame
 }
 
 fn error_frame(id: u32, status: &Status) -> Frame {

@@ -376,6 +376,11 @@ pub fn check_call_head(service: &ByteStr, method: &ByteStr, metadata: &Metadata)
     if service.len() > u8::MAX as usize || method.len() > u8::MAX as usize {
         return Err("service and method names are limited to 255 bytes".into());
     }
+    check_metadata(metadata)
+}
+
+/// Checks that `metadata` fits the wire's limits (entries, key and value lengths).
+pub fn check_metadata(metadata: &Metadata) -> Result<(), String> {
     if metadata.len() > Metadata::MAX_ENTRIES {
         return Err(format!("{} metadata entries exceed the limit of {}", metadata.len(), Metadata::MAX_ENTRIES));
     }

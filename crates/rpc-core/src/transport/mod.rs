@@ -8,8 +8,8 @@ pub(crate) mod thrift;
 mod writer;
 
 pub use frame::{
-    check_call_head, check_preface, Frame, FrameBuilder, FrameCodec, FrameError, Head, DEFAULT_MAX_FRAME_SIZE, PREFACE,
-    VERSION,
+    check_call_head, check_metadata, check_preface, Frame, FrameBuilder, FrameCodec, FrameError, Head,
+    DEFAULT_MAX_FRAME_SIZE, PREFACE, VERSION,
 };
 pub(crate) use frame::{close_frame, open_frame};
 pub(crate) use writer::{FrameReader, FrameWriter, BATCH, FLUSH_AT};
