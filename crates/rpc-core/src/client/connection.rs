@@ -89,6 +89,8 @@ pub(crate) struct Connection {
     queue: Queue,
     shared: Arc<Shared>,
     next_id: AtomicU32,
+    /// Set once ids have wrapped around: from then on each is checked against those in use.
+    wrapped: AtomicBool,
     max_frame_size: usize,
 }
 
@@ -149,7 +151,7 @@ impl Connection {
         });
         tokio::spawn(read_loop(FrameReader::new(read, codec), shared.clone(), queue.downgrade()));
         tokio::spawn(expire_loop(shared.clone(), queue.downgrade()));
-        Ok(Arc::new(Connection { queue, shared, next_id: AtomicU32::new(1), max_frame_size: config.max_frame_size }))
+        Ok(Arc::new(Connection { queue, shared, next_id: AtomicU32::new(1), wrapped: AtomicBool::new(false), max_frame_size: config.max_frame_size }))
     }
 
     /// True while new calls may use this connection.
@@ -163,7 +165,8 @@ impl Connection {
     }
 
     fn next_id(&self) -> u32 {
-        self.next_id.fetch_add(1, Ordering::Relaxed)
+        let shared = &self.shared;
+        take_id(&self.next_id, &self.wrapped, |id| shared.pending.contains(id) || shared.streams.contains(id))
     }
 
     /// Sends the call in `frame` (itself if no other call is in flight, else through the writer
@@ -408,6 +411,21 @@ pub(crate) fn control_frame(id: u32, head: &Head, body: Bytes) -> BytesMut {
     frame.finish(id, usize::MAX).unwrap_or_default()
 }
 
+/// The next request id from `counter`. Ids wrap after 2^32 calls; from then on an id still in
+/// use (`taken`: a call waiting for its reply, an open stream) is skipped, so a new call never
+/// takes another's reply. Until then no id can be in use twice, and the check costs nothing.
+fn take_id(counter: &AtomicU32, wrapped: &AtomicBool, taken: impl Fn(u32) -> bool) -> u32 {
+    loop {
+        let id = counter.fetch_add(1, Ordering::Relaxed);
+        if id == u32::MAX {
+            wrapped.store(true, Ordering::Relaxed);
+        }
+        if id != 0 && !(wrapped.load(Ordering::Relaxed) && taken(id)) {
+            return id;
+        }
+    }
+}
+
 /// Why a connection failed, with what to change when the user can fix it.
 fn failure(peer: SocketAddr, e: &FrameError) -> Status {
     #[cfg(feature = "tls")]
@@ -514,4 +532,21 @@ async fn read_loop(mut reader: FrameReader<ReadIo>, shared: Arc<Shared>, queue: 
         }
     };
     shared.close(reason);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrapped_ids_skip_zero_and_ids_still_in_use() {
+        let (counter, wrapped) = (AtomicU32::new(u32::MAX - 1), AtomicBool::new(false));
+        let in_use = [1, 2, u32::MAX - 1];
+        let taken = |id| in_use.contains(&id);
+        // Before the wrap nothing is checked: no id can be in use twice yet.
+        assert_eq!(take_id(&counter, &wrapped, taken), u32::MAX - 1);
+        assert_eq!(take_id(&counter, &wrapped, taken), u32::MAX);
+        assert_eq!(take_id(&counter, &wrapped, taken), 3, "0 is skipped, and so are 1 and 2, still waiting");
+        assert_eq!(take_id(&counter, &wrapped, taken), 4);
+    }
 }

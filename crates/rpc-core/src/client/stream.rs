@@ -70,6 +70,11 @@ impl Streams {
         Ok(())
     }
 
+    /// Whether stream `id` is open.
+    pub(crate) fn contains(&self, id: u32) -> bool {
+        self.lock().contains_key(&id)
+    }
+
     /// Whether no stream is open (no lock taken).
     pub(crate) fn is_empty(&self) -> bool {
         self.open.load(Ordering::Acquire) == 0
