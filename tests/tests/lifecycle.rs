@@ -105,3 +105,23 @@ async fn calls_to_a_server_that_is_down_fail_fast_and_say_so() {
     assert!(err.message().contains(&addr.to_string()), "{err}");
     assert!(started.elapsed() < Duration::from_secs(2));
 }
+
+#[tokio::test]
+async fn run_until_serves_until_its_signal_then_shuts_down() {
+    let (server, _lab) = start_lab().await;
+    let addr = server.local_addr().to_string();
+    let (stop, signal) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(server.run_until(
+        async move {
+            let _ = signal.await;
+        },
+        std::time::Duration::from_secs(1),
+    ));
+    let client = LabClient::new(rpc_core::Channel::builder(addr.clone()).connect_lazy());
+    assert_eq!(client.sleep_then(1, 0).await.unwrap(), 1, "serving before the signal");
+    assert!(!running.is_finished());
+    stop.send(()).unwrap();
+    running.await.unwrap().unwrap();
+    let after = LabClient::new(rpc_core::Channel::builder(addr).connect_lazy());
+    assert!(after.sleep_then(2, 0).await.is_err(), "nothing listens after the shutdown");
+}

@@ -151,7 +151,13 @@ impl Connection {
         });
         tokio::spawn(read_loop(FrameReader::new(read, codec), shared.clone(), queue.downgrade()));
         tokio::spawn(expire_loop(shared.clone(), queue.downgrade()));
-        Ok(Arc::new(Connection { queue, shared, next_id: AtomicU32::new(1), wrapped: AtomicBool::new(false), max_frame_size: config.max_frame_size }))
+        Ok(Arc::new(Connection {
+            queue,
+            shared,
+            next_id: AtomicU32::new(1),
+            wrapped: AtomicBool::new(false),
+            max_frame_size: config.max_frame_size,
+        }))
     }
 
     /// True while new calls may use this connection.

@@ -283,7 +283,8 @@ async fn accept_loop<S>(
 }
 
 /// A server running in the background. Dropping it stops the server at once; prefer
-/// [`RunningServer::shutdown`].
+/// [`RunningServer::shutdown`], or [`RunningServer::run_until`] in a `main`.
+#[must_use = "dropping a RunningServer stops it at once; keep it, or call shutdown or run_until"]
 pub struct RunningServer {
     local_addr: SocketAddr,
     shutdown: watch::Sender<Option<Instant>>,
@@ -301,6 +302,13 @@ impl RunningServer {
     /// The address the server listens on (useful after binding port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Serves until `signal` resolves (Ctrl-C, say), then shuts down as
+    /// [`shutdown`](RunningServer::shutdown) does, giving running calls `grace`.
+    pub async fn run_until(self, signal: impl Future<Output = ()>, grace: Duration) -> io::Result<()> {
+        signal.await;
+        self.shutdown(grace).await
     }
 
     /// Withdraws the server's announcements (waiting at most `grace`, or a second), then stops accepting, tells clients to go away,
