@@ -438,7 +438,8 @@ impl Keywords for Keyworded {
 #[tokio::test]
 async fn methods_named_with_raw_identifiers_are_served_under_their_plain_names() {
     let server = Server::builder().add_service(KeywordsServer::new(Keyworded)).start("127.0.0.1:0").await.unwrap();
-    let channel = Channel::connect(server.local_addr().to_string()).await.unwrap();
+    // A SocketAddr is an address as it stands.
+    let channel = Channel::connect(server.local_addr()).await.unwrap();
     let client = KeywordsClient::new(channel.clone());
     assert_eq!(client.r#yield(41).await.unwrap(), 42);
     assert!(client.r#match(String::new()).await.unwrap());

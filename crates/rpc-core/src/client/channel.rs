@@ -203,13 +203,14 @@ struct Backoff {
 }
 
 impl Channel {
-    /// A builder for a channel to `addr` (`host:port`).
-    pub fn builder(addr: impl Into<String>) -> ChannelBuilder {
-        ChannelBuilder::new(addr.into())
+    /// A builder for a channel to `addr`: anything that prints as `host:port` (a `&str`, a
+    /// `String`, a `SocketAddr` such as `server.local_addr()`).
+    pub fn builder(addr: impl std::fmt::Display) -> ChannelBuilder {
+        ChannelBuilder::new(addr.to_string())
     }
 
-    /// A channel to `addr` with default settings, connected.
-    pub async fn connect(addr: impl Into<String>) -> Result<Channel, Status> {
+    /// A channel to `addr` (as [`Channel::builder`] takes it) with default settings, connected.
+    pub async fn connect(addr: impl std::fmt::Display) -> Result<Channel, Status> {
         Channel::builder(addr).connect().await
     }
 
