@@ -448,3 +448,31 @@ async fn methods_named_with_raw_identifiers_are_served_under_their_plain_names()
     let reply: serde_json::Value = rpc_core::Call::new(channel, request).await.unwrap();
     assert_eq!(reply, serde_json::json!(2));
 }
+
+/// Work a handler hands to a task of its own.
+#[rpc_core::service]
+pub trait Background {
+    /// The remaining time of the call's deadline, in milliseconds, as a spawned task sees it.
+    async fn remaining_in_task(&self) -> Option<u64>;
+}
+
+struct Spawner;
+
+impl Background for Spawner {
+    async fn remaining_in_task(&self) -> Option<u64> {
+        let context = rpc_core::Context::current().expect("handlers run inside a context");
+        let task =
+            tokio::spawn(context.scope(async {
+                rpc_core::Context::current().and_then(|c| c.remaining()).map(|r| r.as_millis() as u64)
+            }));
+        task.await.unwrap()
+    }
+}
+
+#[tokio::test]
+async fn a_task_a_handler_spawns_in_its_context_keeps_the_calls_deadline() {
+    let server = Server::builder().add_service(BackgroundServer::new(Spawner)).start("127.0.0.1:0").await.unwrap();
+    let channel = Channel::builder(server.local_addr()).timeout(Duration::from_secs(30)).connect_lazy();
+    let remaining = BackgroundClient::new(channel).remaining_in_task().await.unwrap();
+    assert!(remaining.is_some_and(|ms| ms > 20_000 && ms <= 30_000), "{remaining:?}");
+}

@@ -74,8 +74,10 @@ impl Context {
         CURRENT.try_with(Context::clone).ok()
     }
 
-    /// Runs `fut` with `self` as the current context.
-    pub(crate) fn scope<F: std::future::Future>(self, fut: F) -> tokio::task::futures::TaskLocalFuture<Context, F> {
+    /// Runs `fut` with `self` as the current context: what a handler wraps a future in before
+    /// spawning it, so the task keeps the call's deadline, trace context and caller:
+    /// `tokio::spawn(Context::current().unwrap().scope(work))`.
+    pub fn scope<F: std::future::Future>(self, fut: F) -> tokio::task::futures::TaskLocalFuture<Context, F> {
         CURRENT.scope(self, fut)
     }
 
