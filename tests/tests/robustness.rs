@@ -337,3 +337,39 @@ async fn a_second_call_under_a_running_calls_id_is_refused_before_it_runs() {
     assert!(matches!(replies[1].head, Head::Reply { .. }), "the connection still works: {:?}", replies[1]);
     assert!(lab.events.notes.lock().unwrap().is_empty(), "the duplicate call's handler ran");
 }
+
+#[tokio::test]
+async fn a_client_that_only_pings_is_closed_as_idle() {
+    let server = Server::builder()
+        .add_service(LabServer::new(LabImpl::default()))
+        .idle_timeout(Duration::from_millis(300))
+        .start("127.0.0.1:0")
+        .await
+        .unwrap();
+    let mut stream = raw_connection(server.local_addr()).await;
+    let ping = Frame { id: 0, codec: 0, head: Head::Ping, body: Bytes::from_static(b"hi") };
+    let mut ping_bytes = BytesMut::new();
+    FrameCodec::default().encode(&ping, &mut ping_bytes).unwrap();
+    let (mut codec, mut buf) = (FrameCodec::default(), BytesMut::new());
+    let started = tokio::time::Instant::now();
+    let mut ticks = tokio::time::interval(Duration::from_millis(50));
+    let go_away = 'pinging: loop {
+        assert!(started.elapsed() < Duration::from_secs(5), "pings kept the connection open past its idle timeout");
+        ticks.tick().await;
+        if stream.write_all(&ping_bytes).await.is_err() {
+            panic!("the connection closed without a go-away");
+        }
+        while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(1), stream.read_buf(&mut buf)).await {
+            if n == 0 {
+                break;
+            }
+            while let Some(frame) = codec.decode(&mut buf).unwrap() {
+                if let Head::GoAway { code, message } = frame.head {
+                    break 'pinging (code, message);
+                }
+            }
+        }
+    };
+    assert_eq!(go_away.0, Code::Unavailable);
+    assert!(go_away.1.contains("idle"), "{}", go_away.1);
+}

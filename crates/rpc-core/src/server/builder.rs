@@ -115,7 +115,8 @@ impl<L> ServerBuilder<L> {
         self
     }
 
-    /// Closes connections that carried no frame and ran no call for this long (default 5 min).
+    /// Closes connections that carried no call or stream frame and ran no call for this long
+    /// (default 5 min); pings do not count.
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
         self.config.idle_timeout = timeout;
         self

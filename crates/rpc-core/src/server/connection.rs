@@ -311,7 +311,11 @@ where
                 biased;
                 frame = reader.next() => match frame {
                     Ok(Some(frame)) => {
-                        frames_seen += 1;
+                        // Pings keep a connection measured, not busy: a client that only
+                        // pings must not hold a connection slot past the idle timeout.
+                        if !matches!(frame.head, Head::Ping | Head::Pong) {
+                            frames_seen += 1;
+                        }
                         self.handle(frame, config).await
                     }
                     Ok(None) => {
