@@ -217,6 +217,10 @@ impl Default for FrameCodec {
     }
 }
 
+/// The most a decoder reserves ahead of the bytes that arrived; the buffer grows by doubling
+/// beyond that as they keep arriving.
+const RESERVE_STEP: usize = 64 * 1024;
+
 impl Decoder for FrameCodec {
     type Item = Frame;
     type Error = FrameError;
@@ -233,8 +237,9 @@ impl Decoder for FrameCodec {
             return Err(FrameError::Malformed(format!("length {len} is shorter than the {FIXED_HEADER}-byte header")));
         }
         if src.len() < 4 + len {
-            // Bounded by max_frame_size, which was checked above.
-            src.reserve(4 + len - src.len());
+            // Room for what is coming, a bounded step at a time: a declared length is a claim,
+            // and reserving all of it at once let idle connections pin max_frame_size each.
+            src.reserve((4 + len - src.len()).min(RESERVE_STEP));
             return Ok(None);
         }
         src.advance(4);
@@ -576,6 +581,17 @@ impl FrameBuilder {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_declared_length_is_not_reserved_before_its_bytes_arrive() {
+        let mut codec = super::FrameCodec::default();
+        let mut src = bytes::BytesMut::new();
+        // A header claiming a 16 MiB frame, then a few bytes of it.
+        src.extend_from_slice(&(16_000_000u32).to_be_bytes());
+        src.extend_from_slice(&[1, 0, 0, 0, 0, 0, 1, 0, 0]);
+        assert!(tokio_util::codec::Decoder::decode(&mut codec, &mut src).unwrap().is_none());
+        assert!(src.capacity() <= 128 * 1024, "reserved {} bytes for 13 that arrived", src.capacity());
+    }
+
     use super::*;
 
     fn frames() -> Vec<Frame> {
