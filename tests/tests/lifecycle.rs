@@ -125,3 +125,36 @@ async fn run_until_serves_until_its_signal_then_shuts_down() {
     let after = LabClient::new(rpc_core::Channel::builder(addr).connect_lazy());
     assert!(after.sleep_then(2, 0).await.is_err(), "nothing listens after the shutdown");
 }
+
+#[tokio::test]
+async fn shutdown_ends_soon_after_its_grace_even_when_a_client_stops_reading() {
+    use tokio::io::AsyncWriteExt;
+    let (server, _lab) = start_lab().await;
+    // A client that asks for large replies and never reads them: the server's writes block.
+    let mut stream = tokio::net::TcpStream::connect(server.local_addr()).await.unwrap();
+    stream.write_all(&rpc_core::transport::PREFACE).await.unwrap();
+    let mut calls = bytes::BytesMut::new();
+    for id in 1..=8 {
+        let frame = rpc_core::transport::Frame {
+            id,
+            codec: Codec::Json.id(),
+            head: rpc_core::transport::Head::Call {
+                service: "Lab".into(),
+                method: "blob".into(),
+                timeout: None,
+                metadata: rpc_core::Metadata::new(),
+                oneway: false,
+            },
+            body: bytes::Bytes::from_static(br#"{"n":4000000}"#),
+        };
+        tokio_util::codec::Encoder::encode(&mut rpc_core::transport::FrameCodec::default(), &frame, &mut calls)
+            .unwrap();
+    }
+    stream.write_all(&calls).await.unwrap();
+    // Replies are produced (a healthy client on its own connection shows the server went on).
+    let client = lab_client(&server, Codec::MsgPack).await;
+    assert_eq!(client.blob(16).await.unwrap().len(), 16);
+    let shutdown = tokio::time::timeout(Duration::from_secs(30), server.shutdown(Duration::from_millis(100)));
+    shutdown.await.expect("the shutdown waited on a client that does not read").unwrap();
+    drop(stream);
+}

@@ -243,11 +243,13 @@ where
         signal: impl Future<Output = ()>,
         grace: Duration,
     ) -> io::Result<()> {
-        let server = self.start(addr).await?;
-        signal.await;
-        server.shutdown(grace).await
+        self.start(addr).await?.run_until(signal, grace).await
     }
 }
+
+/// How long past its grace period a shutdown waits for connections to write their last frames
+/// before it cuts them: a client that stops reading must not hold a shutdown up.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(1);
 
 async fn accept_loop<S>(
     listener: TcpListener,
@@ -280,7 +282,16 @@ async fn accept_loop<S>(
         }
     }
     drop(listener);
-    while connections.join_next().await.is_some() {}
+    // The sender gone (the server dropped) means stop now.
+    let deadline = shutdown.borrow().unwrap_or_else(Instant::now) + SHUTDOWN_FLUSH;
+    let drained = tokio::time::timeout_at(deadline, async { while connections.join_next().await.is_some() {} });
+    if drained.await.is_err() {
+        tracing::warn!(
+            connections = connections.len(),
+            "connections still writing after the grace period; closing them"
+        );
+        connections.shutdown().await;
+    }
 }
 
 /// A server running in the background. Dropping it stops the server at once; prefer

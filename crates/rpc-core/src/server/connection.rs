@@ -275,6 +275,14 @@ async fn open(stream: TcpStream, peer: SocketAddr, config: &ServerConfig) -> Opt
     Some(Accepted { read, write, identity: None, refusal: None })
 }
 
+impl<S> Drop for ServerConnection<S> {
+    fn drop(&mut self) {
+        // Also when the connection's task is cut short (a shutdown past its grace): its
+        // handlers run in tasks of their own and must not outlive it.
+        self.in_flight.abort_all();
+    }
+}
+
 impl<S> ServerConnection<S>
 where
     S: Service<ServerRequest, Response = ServerResponse, Error = Status> + Clone + Send + 'static,
