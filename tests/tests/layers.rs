@@ -62,11 +62,44 @@ async fn calls_that_never_started_are_retried_even_when_not_idempotent() {
     let addr = server.local_addr().to_string();
     server.shutdown(Duration::ZERO).await.unwrap();
     let channel = Channel::builder(addr).connect_lazy();
-    let client = NodeClient::new(ServiceBuilder::new().layer(RetryLayer::default()).service(channel));
-    // Nothing listens: every attempt is refused before reaching a handler, so all three are made.
+    let attempts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = ServiceBuilder::new()
+        .map_request({
+            let attempts = attempts.clone();
+            move |request| {
+                attempts.fetch_add(1, Ordering::SeqCst);
+                request
+            }
+        })
+        .service(channel);
+    let client = NodeClient::new(ServiceBuilder::new().layer(RetryLayer::default()).service(counted));
+    // Nothing listens: every attempt is refused before reaching a handler, so all three are
+    // made although `work` is not idempotent.
     let status = client.work(0).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
     assert!(status.not_started());
+    assert_eq!(attempts.load(Ordering::SeqCst), 3, "every attempt the policy allows was made");
+}
+
+#[tokio::test]
+async fn a_non_idempotent_call_a_server_refused_before_running_it_is_retried() {
+    // One call at a time and no queue: a second call at once is refused, not run.
+    let (server, ctl) = start_node_with(0, ConcurrencyLimitLayer::new(1).queue(0)).await;
+    let addr = server.local_addr().to_string();
+    let plain = NodeClient::new(Channel::connect(addr.clone()).await.unwrap());
+    let retried = NodeClient::new(
+        ServiceBuilder::new()
+            .layer(RetryLayer::new(RetryPolicy { max_attempts: 50, ..RetryPolicy::default() }))
+            .service(Channel::connect(addr).await.unwrap()),
+    );
+    let busy = tokio::spawn(async move { plain.work(300).await });
+    lb_support::eventually("the first call runs", || ctl.seen.load(Ordering::SeqCst) == 1).await;
+    // Refused with RESOURCE_EXHAUSTED, marked not started on the wire, so retried until the
+    // first call is done and there is room.
+    retried.work(0).await.expect("retried until the server had room");
+    busy.await.unwrap().unwrap();
+    assert_eq!(ctl.seen.load(Ordering::SeqCst), 2, "refused attempts never reached the handler");
+    assert_eq!(ctl.served(), 2, "each call ran exactly once");
 }
 
 #[tokio::test]
