@@ -23,11 +23,11 @@ fn demo_narrates_calls_errors_and_a_cascading_deadline() {
 
 #[test]
 fn bench_rpc_prints_one_json_object_per_scenario_and_subject() {
-    let args = ["bench", "rpc", "--json", "--tls", "--seconds", "0.1", "--warmup", "0", "--rounds", "1"];
+    let args = ["bench", "rpc", "--json", "--tls", "--metrics", "--seconds", "0.1", "--warmup", "0", "--rounds", "1"];
     let (ok, out, err) = rpc(&args);
     assert!(ok, "bench failed: {err}");
     let rows: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(rows.len(), 9, "{out}");
+    assert_eq!(rows.len(), 12, "{out}");
     for row in &rows {
         for field in ["scenario", "subject", "qps", "p50_us", "p99_us", "ratio_qps", "vs"] {
             assert!(row.get(field).is_some(), "{field} missing in {row}");
@@ -38,6 +38,7 @@ fn bench_rpc_prints_one_json_object_per_scenario_and_subject() {
     assert_eq!(subjects("raw", "raw"), 3, "a raw baseline per scenario: {out}");
     assert_eq!(subjects("rpc", "raw"), 3, "{out}");
     assert_eq!(subjects("rpc-tls", "rpc"), 3, "TLS against plain TCP per scenario: {out}");
+    assert_eq!(subjects("rpc-metrics", "rpc"), 3, "metrics on against off per scenario: {out}");
 }
 
 #[test]

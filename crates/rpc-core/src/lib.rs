@@ -39,6 +39,7 @@ mod context;
 mod id_map;
 pub mod layer;
 mod metadata;
+pub mod metrics;
 pub mod server;
 mod status;
 pub mod stream;

@@ -68,6 +68,18 @@ pub(crate) struct RpcBenchArgs {
     /// directory), against plain TCP in the same run.
     #[arg(long)]
     tls: bool,
+    /// Also measure a server that records call metrics (with an admin port), against plain
+    /// `rpc` in the same run.
+    #[arg(long)]
+    metrics: bool,
+}
+
+/// A variant of the rpc server measured beside it.
+struct Variant {
+    subject: &'static str,
+    child: Child,
+    addr: SocketAddr,
+    tls: Option<ClientTls>,
 }
 
 /// Results of the rounds of one subject.
@@ -130,15 +142,23 @@ pub(crate) async fn run(args: RpcBenchArgs) -> CliResult {
     }
     let (mut raw_child, raw_addr) = spawn_server("raw").await?;
     let (mut rpc_child, rpc_addr) = spawn_server("rpc").await?;
+    // Variants of the rpc server, each measured against plain `rpc` in the same rounds.
+    let mut variants = Vec::new();
     let certs = std::env::temp_dir().join(format!("rpc-bench-tls-{}", std::process::id()));
-    let tls = match args.tls {
-        true => {
-            crate::cert::write_dev(&certs, &[], "bench")?;
-            let (child, addr) = spawn_server(&format!("rpc-tls={}", certs.display())).await?;
-            Some((child, addr, ClientTls::builder(certs.join("ca.pem")).build()?))
-        }
-        false => None,
-    };
+    if args.tls {
+        crate::cert::write_dev(&certs, &[], "bench")?;
+        let (child, addr) = spawn_server(&format!("rpc-tls={}", certs.display())).await?;
+        variants.push(Variant {
+            subject: "rpc-tls",
+            child,
+            addr,
+            tls: Some(ClientTls::builder(certs.join("ca.pem")).build()?),
+        });
+    }
+    if args.metrics {
+        let (child, addr) = spawn_server("rpc-metrics").await?;
+        variants.push(Variant { subject: "rpc-metrics", child, addr, tls: None });
+    }
     let warmup = Duration::from_secs_f64(args.run.warmup);
     let measured = Duration::from_secs_f64(args.run.seconds);
     let request = BenchRequest::sample();
@@ -150,17 +170,22 @@ pub(crate) async fn run(args: RpcBenchArgs) -> CliResult {
     for scenario in SCENARIOS.iter().filter(|s| args.scenarios.iter().any(|n| n == s.name)) {
         let mut raw_clients = Vec::new();
         let mut rpc_clients = Vec::new();
-        let mut tls_clients = Vec::new();
+        let mut variant_clients: Vec<Vec<BenchClient<Channel>>> = variants.iter().map(|_| Vec::new()).collect();
         for _ in 0..scenario.connections {
             raw_clients.push(std::sync::Arc::new(RawClient::connect(raw_addr).await?));
-            let channel = Channel::builder(rpc_addr.to_string()).codec(args.codec).connect().await?;
+            let channel = Channel::builder(rpc_addr).codec(args.codec).connect().await?;
             rpc_clients.push(BenchClient::new(channel));
-            if let Some((_, addr, tls)) = &tls {
-                let channel = Channel::builder(addr.to_string()).codec(args.codec).tls(tls.clone()).connect().await?;
-                tls_clients.push(BenchClient::new(channel));
+            for (variant, clients) in variants.iter().zip(&mut variant_clients) {
+                let builder = Channel::builder(variant.addr).codec(args.codec);
+                let builder = match &variant.tls {
+                    Some(tls) => builder.tls(tls.clone()),
+                    None => builder,
+                };
+                clients.push(BenchClient::new(builder.connect().await?));
             }
         }
-        let (mut raw, mut rpc, mut rpc_tls) = (Rounds::default(), Rounds::default(), Rounds::default());
+        let (mut raw, mut rpc) = (Rounds::default(), Rounds::default());
+        let mut variant_rounds: Vec<Rounds> = variants.iter().map(|_| Rounds::default()).collect();
         for _ in 0..args.run.rounds.max(1) {
             let payload = payload.clone();
             raw.add(
@@ -170,10 +195,9 @@ pub(crate) async fn run(args: RpcBenchArgs) -> CliResult {
                 })
                 .await,
             );
-            for (clients, rounds) in [(&rpc_clients, &mut rpc), (&tls_clients, &mut rpc_tls)] {
-                if clients.is_empty() {
-                    continue;
-                }
+            let subjects =
+                std::iter::once((&rpc_clients, &mut rpc)).chain(variant_clients.iter().zip(&mut variant_rounds));
+            for (clients, rounds) in subjects {
                 let expected = std::sync::Arc::new(request.clone());
                 rounds.add(
                     drive(clients.clone(), scenario.in_flight_per_connection, warmup, measured, move |c| {
@@ -187,17 +211,17 @@ pub(crate) async fn run(args: RpcBenchArgs) -> CliResult {
         let (raw_qps, rpc_qps) = (raw.median_qps(), rpc.median_qps());
         rows.push(raw.row(scenario.name, "raw", ("raw", raw_qps)));
         rows.push(rpc.row(scenario.name, "rpc", ("raw", raw_qps)));
-        if !tls_clients.is_empty() {
-            rows.push(rpc_tls.row(scenario.name, "rpc-tls", ("rpc", rpc_qps)));
+        for (variant, rounds) in variants.iter().zip(variant_rounds) {
+            rows.push(rounds.row(scenario.name, variant.subject, ("rpc", rpc_qps)));
         }
     }
     print_rpc_rows(&rows, args.run.json);
     let _ = raw_child.kill().await;
     let _ = rpc_child.kill().await;
-    if let Some((mut child, _, _)) = tls {
-        let _ = child.kill().await;
-        let _ = std::fs::remove_dir_all(&certs);
+    for mut variant in variants {
+        let _ = variant.child.kill().await;
     }
+    let _ = std::fs::remove_dir_all(&certs);
     Ok(())
 }
 
@@ -282,6 +306,10 @@ pub(crate) async fn serve_child(kind: &str) -> CliResult {
             None
         }
         "rpc" => Some(Server::builder().add_service(BenchServer::new(Echo)).start_on(listener)),
+        "rpc-metrics" => {
+            let server = Server::builder().admin("127.0.0.1:0").add_service(BenchServer::new(Echo));
+            Some(server.start_on(listener))
+        }
         tls if tls.starts_with("rpc-tls=") => {
             let certs = std::path::Path::new(&tls["rpc-tls=".len()..]);
             let tls = ServerTls::builder(certs.join("server.pem"), certs.join("server.key")).build()?;

@@ -1,7 +1,12 @@
 //! [`Server`]: binding a listener, accepting connections within limits, and shutting down.
 
 use super::{connection, Dispatch, Router, ServerRequest, ServerResponse};
-use crate::{stream::StreamConfig, transport::DEFAULT_MAX_FRAME_SIZE, Status};
+use crate::{
+    metrics::{Metered, Metrics},
+    stream::StreamConfig,
+    transport::DEFAULT_MAX_FRAME_SIZE,
+    Status,
+};
 use std::{fmt, future::Future, io, net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
 use tokio::{
     net::{TcpListener, ToSocketAddrs},
@@ -56,6 +61,7 @@ impl Server {
             layer: Identity::new(),
             router: Router::default(),
             announcers: Vec::new(),
+            admin: None,
         }
     }
 }
@@ -81,6 +87,8 @@ pub struct ServerBuilder<L = Identity> {
     layer: L,
     router: Router,
     announcers: Vec<Arc<dyn Announce>>,
+    /// Where to serve the admin port, if anywhere.
+    admin: Option<String>,
 }
 
 impl<L: fmt::Debug> fmt::Debug for ServerBuilder<L> {
@@ -90,6 +98,7 @@ impl<L: fmt::Debug> fmt::Debug for ServerBuilder<L> {
             .field("layer", &self.layer)
             .field("router", &self.router)
             .field("announcers", &self.announcers.len())
+            .field("admin", &self.admin)
             .finish()
     }
 }
@@ -119,6 +128,14 @@ impl<L> ServerBuilder<L> {
     /// (default 5 min); pings do not count.
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
         self.config.idle_timeout = timeout;
+        self
+    }
+
+    /// Records call metrics and serves an admin port on `addr` (`host:port`; keep it private):
+    /// `/metrics` in Prometheus' text format, `/health` and `/ready` (503 once shutting down).
+    /// See [`crate::metrics`].
+    pub fn admin(mut self, addr: impl Into<String>) -> Self {
+        self.admin = Some(addr.into());
         self
     }
 
@@ -171,6 +188,7 @@ impl<L> ServerBuilder<L> {
             layer: Stack::new(layer, self.layer),
             router: self.router,
             announcers: self.announcers,
+            admin: self.admin,
         }
     }
 
@@ -197,7 +215,7 @@ where
     /// Binds `addr` and serves in a background task, once every announcer has announced it;
     /// the returned handle stops it.
     pub async fn start(self, addr: impl ToSocketAddrs) -> io::Result<RunningServer> {
-        let server = self.start_quietly(TcpListener::bind(addr).await?);
+        let server = self.start_quietly(TcpListener::bind(addr).await?)?;
         for announcer in &server.announcers {
             if let Err(e) = announcer.up(server.local_addr).await {
                 let _ = server.shutdown(Duration::ZERO).await;
@@ -209,8 +227,16 @@ where
 
     /// Serves on an already bound listener in a background task; announcers announce it in
     /// the background (failures are logged).
+    ///
+    /// # Panics
+    ///
+    /// If the admin port (see [`ServerBuilder::admin`]) cannot be bound; bind it yourself
+    /// first, or use [`ServerBuilder::start`], to handle that as an error.
     pub fn start_on(self, listener: TcpListener) -> RunningServer {
-        let server = self.start_quietly(listener);
+        let server = match self.start_quietly(listener) {
+            Ok(server) => server,
+            Err(e) => panic!("{e}"),
+        };
         for announcer in &server.announcers {
             let (announcer, addr) = (announcer.clone(), server.local_addr);
             tokio::spawn(async move {
@@ -222,12 +248,26 @@ where
         server
     }
 
-    fn start_quietly(self, listener: TcpListener) -> RunningServer {
+    fn start_quietly(self, listener: TcpListener) -> io::Result<RunningServer> {
         let local_addr = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let (shutdown, signal) = watch::channel(None);
-        let service = self.layer.layer(self.router);
+        let admin = match &self.admin {
+            Some(addr) => {
+                let bound = std::net::TcpListener::bind(addr.as_str())
+                    .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                    .and_then(TcpListener::from_std)
+                    .map_err(|e| io::Error::new(e.kind(), format!("cannot serve the admin port on {addr}: {e}")))?;
+                let metrics = Metrics::new();
+                let admin_addr = bound.local_addr()?;
+                tokio::spawn(super::admin::serve(bound, metrics.clone(), signal.clone()));
+                Some((admin_addr, metrics))
+            }
+            None => None,
+        };
+        let metrics = admin.as_ref().map(|(_, metrics)| metrics.clone());
+        let service = Metered::server(self.layer.layer(self.router), metrics);
         let task = tokio::spawn(accept_loop(listener, service, Arc::new(self.config), signal));
-        RunningServer { local_addr, shutdown, task, announcers: self.announcers }
+        Ok(RunningServer { local_addr, shutdown, task, announcers: self.announcers, admin })
     }
 
     /// Binds `addr` and serves until the process ends.
@@ -302,6 +342,7 @@ pub struct RunningServer {
     shutdown: watch::Sender<Option<Instant>>,
     task: tokio::task::JoinHandle<()>,
     announcers: Vec<Arc<dyn Announce>>,
+    admin: Option<(SocketAddr, Metrics)>,
 }
 
 impl fmt::Debug for RunningServer {
@@ -314,6 +355,16 @@ impl RunningServer {
     /// The address the server listens on (useful after binding port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address of the admin port, if the server has one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|(addr, _)| *addr)
+    }
+
+    /// The server's call metrics, if it has an admin port.
+    pub fn metrics(&self) -> Option<&Metrics> {
+        self.admin.as_ref().map(|(_, metrics)| metrics)
     }
 
     /// Serves until `signal` resolves (Ctrl-C, say), then shuts down as

@@ -5,6 +5,7 @@
 //! wrapped in whatever layers the [`ServerBuilder`] was given, so rate limits, concurrency
 //! limits and metrics apply to every service on the listener.
 
+mod admin;
 mod builder;
 mod catch_unwind;
 mod connection;

@@ -1,0 +1,75 @@
+//! Metrics and the admin port over real sockets: what Prometheus would scrape after real calls,
+//! and health and readiness through a shutdown.
+
+mod common;
+
+use common::*;
+use rpc_core::{Codec, Server};
+use std::{net::SocketAddr, time::Duration};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// `GET path` on the admin port: the status line and the body.
+async fn get(addr: SocketAddr, path: &str) -> (String, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n").as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    (head.lines().next().unwrap_or_default().to_owned(), body.to_owned())
+}
+
+/// The value of the sample `name{labels}` in a Prometheus text body.
+fn sample(body: &str, name_and_labels: &str) -> Option<f64> {
+    body.lines().find_map(|line| line.strip_prefix(name_and_labels)?.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn the_admin_port_serves_call_metrics_health_and_readiness() {
+    let server = Server::builder()
+        .add_service(LabServer::new(LabImpl::default()))
+        .admin("127.0.0.1:0")
+        .start("127.0.0.1:0")
+        .await
+        .unwrap();
+    let admin = server.admin_addr().expect("an admin port");
+    let client = lab_client(&server, Codec::MsgPack).await;
+    for i in 0..3 {
+        assert_eq!(client.sleep_then(i, 0).await.unwrap(), i);
+    }
+    client.explode().await.unwrap_err();
+
+    let (status, body) = get(admin, "/metrics").await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    let method = |m: &str| format!(r#"rpc_system="rpc",rpc_service="Lab",rpc_method="{m}""#);
+    let sleep = method("sleep_then");
+    assert_eq!(sample(&body, &format!("rpc_server_calls_started_total{{{sleep}}}")), Some(3.0), "{body}");
+    assert_eq!(sample(&body, &format!("rpc_server_calls_in_flight{{{sleep}}}")), Some(0.0), "{body}");
+    let ok = format!(r#"{sleep},rpc_response_status_code="OK""#);
+    assert_eq!(sample(&body, &format!("rpc_server_call_duration_seconds_count{{{ok}}}")), Some(3.0), "{body}");
+    assert_eq!(sample(&body, &format!(r#"rpc_server_call_duration_seconds_bucket{{{ok},le="+Inf"}}"#)), Some(3.0));
+    let failed = format!(r#"{},rpc_response_status_code="INTERNAL""#, method("explode"));
+    assert_eq!(sample(&body, &format!("rpc_server_call_duration_seconds_count{{{failed}}}")), Some(1.0), "{body}");
+
+    assert_eq!(get(admin, "/health").await.0, "HTTP/1.1 200 OK");
+    assert_eq!(get(admin, "/ready").await.0, "HTTP/1.1 200 OK");
+    assert_eq!(get(admin, "/nope").await.0, "HTTP/1.1 404 Not Found");
+
+    // A call holds the shutdown in its grace period; meanwhile the server is not ready.
+    let hanging = tokio::spawn({
+        let client = client.clone();
+        async move { client.hang("held".into()).await }
+    });
+    let started = format!("rpc_server_calls_in_flight{{{}}}", method("hang"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while sample(&get(admin, "/metrics").await.1, &started) != Some(1.0) {
+        assert!(tokio::time::Instant::now() < deadline, "the hanging call never showed as in flight");
+    }
+    let shutdown = tokio::spawn(server.shutdown(Duration::from_secs(2)));
+    while get(admin, "/ready").await.0 != "HTTP/1.1 503 Service Unavailable" {
+        assert!(tokio::time::Instant::now() < deadline, "the server never said it was not ready");
+    }
+    assert_eq!(get(admin, "/health").await.0, "HTTP/1.1 200 OK", "alive while draining");
+    // Dropping the call cancels it on the server, which then finishes draining.
+    hanging.abort();
+    shutdown.await.unwrap().unwrap();
+}
