@@ -48,12 +48,32 @@ type MethodKey = (Side, ByteStr, ByteStr);
 /// A method's calls that ended with one status (`None`: success).
 type StatusKey = (MethodKey, Option<Code>);
 
-/// Calls of one method on one side.
+/// Calls of one method on one side, with the durations of those that succeeded: the common
+/// case costs one lookup.
 #[derive(Default)]
 struct Calls {
     started: AtomicU64,
     in_flight: AtomicI64,
+    ok: Histogram,
 }
+
+/// FNV-1a: method names are short and chosen by the program, not by peers flooding a table,
+/// so a fast hash beats SipHash's defence here.
+#[derive(Default)]
+struct Fnv(u64);
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let start = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
+        self.0 = bytes.iter().fold(start, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3));
+    }
+}
+
+type Map<K, V> = HashMap<K, Arc<V>, std::hash::BuildHasherDefault<Fnv>>;
 
 /// Durations of calls that ended with one status.
 #[derive(Default)]
@@ -81,8 +101,9 @@ pub struct Metrics {
 
 #[derive(Default)]
 struct Inner {
-    calls: RwLock<HashMap<MethodKey, Arc<Calls>>>,
-    durations: RwLock<HashMap<StatusKey, Arc<Histogram>>>,
+    calls: RwLock<Map<MethodKey, Calls>>,
+    /// Durations of calls that failed, by status.
+    failed: RwLock<Map<StatusKey, Histogram>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -94,7 +115,7 @@ impl std::fmt::Debug for Metrics {
 
 /// Gets or inserts `key` in `map`: a read lock on the path of every call, the write lock once
 /// per new series.
-fn series<K: std::hash::Hash + Eq + Clone, V: Default>(map: &RwLock<HashMap<K, Arc<V>>>, key: &K) -> Arc<V> {
+fn series<K: std::hash::Hash + Eq + Clone, V: Default>(map: &RwLock<Map<K, V>>, key: &K) -> Arc<V> {
     if let Some(found) = map.read().unwrap_or_else(|e| e.into_inner()).get(key) {
         return found.clone();
     }
@@ -116,7 +137,10 @@ impl Metrics {
 
     fn finish(&self, key: MethodKey, calls: &Calls, code: Option<Code>, seconds: f64) {
         calls.in_flight.fetch_sub(1, Ordering::Relaxed);
-        series(&self.inner.durations, &(key, code)).record(seconds);
+        match code {
+            None => calls.ok.record(seconds),
+            Some(_) => series(&self.inner.failed, &(key, code)).record(seconds),
+        }
     }
 
     /// Every series in Prometheus' text exposition format.
@@ -125,8 +149,13 @@ impl Metrics {
         let calls = self.inner.calls.read().unwrap_or_else(|e| e.into_inner());
         let mut calls: Vec<_> = calls.iter().collect();
         calls.sort_by(|a, b| a.0.cmp_key(b.0));
-        let durations = self.inner.durations.read().unwrap_or_else(|e| e.into_inner());
-        let mut durations: Vec<_> = durations.iter().collect();
+        let failed = self.inner.failed.read().unwrap_or_else(|e| e.into_inner());
+        let ok = calls
+            .iter()
+            .map(|(key, c)| ((*key).clone(), None, &c.ok))
+            .filter(|(_, _, h)| h.count.load(Ordering::Relaxed) > 0);
+        let mut durations: Vec<(StatusKey, &Histogram)> =
+            ok.map(|(key, code, h)| ((key, code), h)).chain(failed.iter().map(|(k, h)| (k.clone(), &**h))).collect();
         durations.sort_by(|a, b| a.0 .0.cmp_key(&b.0 .0).then_with(|| status(a.0 .1).cmp(status(b.0 .1))));
         for side in [Side::Server, Side::Client] {
             let name = side.name();

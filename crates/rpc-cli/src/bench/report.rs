@@ -73,12 +73,12 @@ pub(crate) fn print_rpc_rows(rows: &[RpcRow], json: bool) {
         return;
     }
     println!(
-        "{:<10} {:<8} {:>12} {:>8} {:>8} {:>7} {:<8}",
+        "{:<10} {:<12} {:>12} {:>8} {:>8} {:>7} {:<8}",
         "scenario", "subject", "calls/s", "p50 µs", "p99 µs", "ratio", "vs"
     );
     for r in rows {
         println!(
-            "{:<10} {:<8} {:>12.0} {:>8} {:>8} {:>7.2} {:<8}",
+            "{:<10} {:<12} {:>12.0} {:>8} {:>8} {:>7.2} {:<8}",
             r.scenario, r.subject, r.qps, r.p50_us, r.p99_us, r.ratio_qps, r.vs
         );
     }

@@ -486,6 +486,24 @@ where
 
     /// Starts the handler of one call: returns its outcome if it finished at once, or `None`
     /// once it runs in its own task.
+    /// Notes that `call` was accepted and makes its deadline and context.
+    fn accept(&mut self, call: &IncomingCall) -> (Option<Instant>, Context) {
+        // The highest id (in wrapping order), not the latest: a client may send ids out of order.
+        if (call.id.wrapping_sub(self.last_id) as i32) > 0 {
+            self.last_id = call.id;
+        }
+        let deadline = call.timeout.map(|t| Instant::now() + t);
+        let context = Context::new(
+            call.service.clone(),
+            call.method.clone(),
+            deadline,
+            call.metadata.clone(),
+            Some(self.peer),
+            self.identity.clone(),
+        );
+        (deadline, context)
+    }
+
     async fn start(
         &mut self,
         call: IncomingCall,
@@ -510,19 +528,7 @@ where
             .with_not_started());
         }
         let codec = Codec::from_id(call.codec).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        // The highest id (in wrapping order), not the latest: a client may send ids out of order.
-        if (call.id.wrapping_sub(self.last_id) as i32) > 0 {
-            self.last_id = call.id;
-        }
-        let deadline = call.timeout.map(|t| Instant::now() + t);
-        let context = Context::new(
-            call.service.clone(),
-            call.method.clone(),
-            deadline,
-            call.metadata.clone(),
-            Some(self.peer),
-            self.identity.clone(),
-        );
+        let (deadline, context) = self.accept(&call);
         let svc_method = (call.service.clone(), call.method.clone());
         let request = ServerRequest {
             service: call.service,
@@ -599,18 +605,7 @@ where
         if self.in_flight.lock().contains_key(&id) {
             return Err(Status::invalid_argument(format!("request id {id} is already in flight on this connection")));
         }
-        if (id.wrapping_sub(self.last_id) as i32) > 0 {
-            self.last_id = id;
-        }
-        let deadline = call.timeout.map(|t| Instant::now() + t);
-        let context = Context::new(
-            call.service.clone(),
-            call.method.clone(),
-            deadline,
-            call.metadata.clone(),
-            Some(self.peer),
-            self.identity.clone(),
-        );
+        let (deadline, context) = self.accept(&call);
         let credit = Arc::new(SendCredit::new(window));
         let (grant_tx, accept_tx) = (self.tx.clone(), self.tx.clone());
         let (inbox_tx, inbox) = flow::inbox(

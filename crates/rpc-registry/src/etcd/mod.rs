@@ -60,13 +60,14 @@ impl EtcdMember {
         }
     }
 
-    async fn call<Req: prost::Message, Resp: prost::Message + Default>(
-        &self,
-        path: &str,
-        request: &Req,
-    ) -> Result<Resp, WireError> {
+    /// Runs `op` on the connection, forgetting the connection if it failed.
+    async fn on_connection<T, F, Fut>(&self, op: F) -> Result<T, WireError>
+    where
+        F: FnOnce(Connection) -> Fut,
+        Fut: std::future::Future<Output = Result<T, WireError>>,
+    {
         let result = match self.connection().await {
-            Ok(connection) => connection.call(path, request).await,
+            Ok(connection) => op(connection).await,
             Err(e) => Err(e),
         };
         if let Err(e) = &result {
@@ -75,19 +76,20 @@ impl EtcdMember {
         result
     }
 
+    async fn call<Req: prost::Message, Resp: prost::Message + Default>(
+        &self,
+        path: &str,
+        request: &Req,
+    ) -> Result<Resp, WireError> {
+        self.on_connection(|connection| async move { connection.call(path, request).await }).await
+    }
+
     async fn stream<Req: prost::Message>(
         &self,
         path: &str,
         first: &Req,
     ) -> Result<(h2::SendStream<bytes::Bytes>, GrpcStream), WireError> {
-        let result = match self.connection().await {
-            Ok(connection) => connection.stream(path, first).await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = &result {
-            self.forget(e).await;
-        }
-        result
+        self.on_connection(|connection| async move { connection.stream(path, first).await }).await
     }
 
     pub(crate) async fn range(&self, request: RangeRequest) -> Answer<RangeResponse> {
