@@ -69,6 +69,21 @@ fn call_frame(id: u32, codec: u8, method: &'static str, body: Bytes) -> BytesMut
     buf
 }
 
+/// Reads `n` frames (within 5 s each read), sorted by id.
+async fn read_frames(stream: &mut TcpStream, n: usize) -> Vec<Frame> {
+    let mut codec = FrameCodec::default();
+    let mut buf = BytesMut::new();
+    let mut frames = Vec::new();
+    while frames.len() < n {
+        tokio::time::timeout(Duration::from_secs(5), stream.read_buf(&mut buf)).await.unwrap().unwrap();
+        while let Some(frame) = codec.decode(&mut buf).unwrap() {
+            frames.push(frame);
+        }
+    }
+    frames.sort_by_key(|f| f.id);
+    frames
+}
+
 /// A healthy client on another connection still gets answers.
 async fn assert_still_serving(server: &rpc_core::server::RunningServer) {
     let client = lab_client(server, Codec::MsgPack).await;
@@ -144,16 +159,7 @@ async fn an_undecodable_body_and_an_unknown_codec_get_typed_errors_on_a_live_con
     out.extend_from_slice(&call_frame(2, 99, "nothing", Bytes::new()));
     out.extend_from_slice(&call_frame(3, Codec::Json.id(), "nothing", Bytes::from_static(b"{}")));
     stream.write_all(&out).await.unwrap();
-    let mut codec = FrameCodec::default();
-    let mut buf = BytesMut::new();
-    let mut replies = Vec::new();
-    while replies.len() < 3 {
-        tokio::time::timeout(Duration::from_secs(5), stream.read_buf(&mut buf)).await.unwrap().unwrap();
-        while let Some(frame) = codec.decode(&mut buf).unwrap() {
-            replies.push(frame);
-        }
-    }
-    replies.sort_by_key(|f| f.id);
+    let replies = read_frames(&mut stream, 3).await;
     assert!(matches!(replies[0].head, Head::Error { code: Code::InvalidArgument, .. }), "{:?}", replies[0]);
     assert!(matches!(replies[1].head, Head::Error { code: Code::InvalidArgument, .. }), "{:?}", replies[1]);
     assert!(matches!(replies[2].head, Head::Reply { .. }), "the connection still works: {:?}", replies[2]);
@@ -320,16 +326,7 @@ async fn a_second_call_under_a_running_calls_id_is_refused_before_it_runs() {
     out.extend_from_slice(&call_frame(5, json, "notify", Bytes::from_static(br#"{"note":"duplicate"}"#)));
     out.extend_from_slice(&call_frame(6, json, "nothing", Bytes::from_static(b"{}")));
     stream.write_all(&out).await.unwrap();
-    let mut codec = FrameCodec::default();
-    let mut buf = BytesMut::new();
-    let mut replies = Vec::new();
-    while replies.len() < 2 {
-        tokio::time::timeout(Duration::from_secs(5), stream.read_buf(&mut buf)).await.unwrap().unwrap();
-        while let Some(frame) = codec.decode(&mut buf).unwrap() {
-            replies.push(frame);
-        }
-    }
-    replies.sort_by_key(|f| f.id);
+    let replies = read_frames(&mut stream, 2).await;
     match &replies[0].head {
         Head::Error { code: Code::InvalidArgument, message, .. } => assert!(message.contains("not run"), "{message}"),
         other => panic!("the duplicate must be refused: {other:?}"),
