@@ -25,12 +25,10 @@ fn sample(body: &str, name_and_labels: &str) -> Option<f64> {
 
 #[tokio::test]
 async fn the_admin_port_serves_call_metrics_health_and_readiness() {
-    let server = Server::builder()
-        .add_service(LabServer::new(LabImpl::default()))
-        .admin("127.0.0.1:0")
-        .start("127.0.0.1:0")
-        .await
-        .unwrap();
+    let lab = LabImpl::default();
+    let mut events = lab.events.subscribe();
+    let server =
+        Server::builder().add_service(LabServer::new(lab)).admin("127.0.0.1:0").start("127.0.0.1:0").await.unwrap();
     let admin = server.admin_addr().expect("an admin port");
     let client = lab_client(&server, Codec::MsgPack).await;
     for i in 0..3 {
@@ -59,11 +57,10 @@ async fn the_admin_port_serves_call_metrics_health_and_readiness() {
         let client = client.clone();
         async move { client.hang("held".into()).await }
     });
-    let started = format!("rpc_server_calls_in_flight{{{}}}", method("hang"));
+    expect_event(&mut events, "hanging:held").await;
+    let in_flight = format!("rpc_server_calls_in_flight{{{}}}", method("hang"));
+    assert_eq!(sample(&get(admin, "/metrics").await.1, &in_flight), Some(1.0), "a running call is in flight");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while sample(&get(admin, "/metrics").await.1, &started) != Some(1.0) {
-        assert!(tokio::time::Instant::now() < deadline, "the hanging call never showed as in flight");
-    }
     let shutdown = tokio::spawn(server.shutdown(Duration::from_secs(2)));
     while get(admin, "/ready").await.0 != "HTTP/1.1 503 Service Unavailable" {
         assert!(tokio::time::Instant::now() < deadline, "the server never said it was not ready");

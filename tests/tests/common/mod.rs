@@ -34,7 +34,7 @@ pub trait Lab {
     async fn get(&self, id: u64) -> Result<Item, NotFound>;
     /// Sleeps, then returns `id`.
     async fn sleep_then(&self, id: u64, millis: u64) -> u64;
-    /// Never returns; reports `tag` as cancelled when dropped.
+    /// Never returns; reports `hanging:tag` when it starts and `tag` as cancelled when dropped.
     async fn hang(&self, tag: String);
     /// Panics.
     async fn explode(&self) -> u64;
@@ -118,6 +118,7 @@ impl Lab for LabImpl {
     }
 
     async fn hang(&self, tag: String) {
+        self.events.emit(format!("hanging:{tag}"));
         let _guard = CancelGuard { tag, events: self.events.clone() };
         std::future::pending::<()>().await;
     }
