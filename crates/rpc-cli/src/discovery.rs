@@ -194,10 +194,11 @@ async fn run_while_held(
 }
 
 /// Has the kernel kill `command` when this process dies, however it dies: a command that
-/// outlived `rpc lock` would run on after the lock passed to someone else. (The signal follows
+/// outlived `rpc lock` would run on after the lock passed to someone else, and a demo's
+/// instances must not outlive the demo. (The signal follows
 /// the thread that spawned the command, a runtime worker that lives as long as the process.)
 #[cfg(target_os = "linux")]
-fn die_with_this_process(command: &mut tokio::process::Command) {
+pub(crate) fn die_with_this_process(command: &mut tokio::process::Command) {
     let parent = std::process::id();
     // SAFETY: the closure runs in the forked child before exec and only makes two
     // async-signal-safe system calls.
@@ -208,7 +209,7 @@ fn die_with_this_process(command: &mut tokio::process::Command) {
             }
             // The parent may have died before the call above took effect.
             if libc::getppid() as u32 != parent {
-                return Err(std::io::Error::other("rpc lock exited while starting the command"));
+                return Err(std::io::Error::other("the parent exited while starting the command"));
             }
             Ok(())
         });
@@ -217,4 +218,4 @@ fn die_with_this_process(command: &mut tokio::process::Command) {
 
 /// Elsewhere the command outlives a killed `rpc lock`; fencing tokens are the defence.
 #[cfg(not(target_os = "linux"))]
-fn die_with_this_process(_command: &mut tokio::process::Command) {}
+pub(crate) fn die_with_this_process(_command: &mut tokio::process::Command) {}

@@ -3,9 +3,11 @@
 mod bench;
 mod call;
 mod cert;
+mod dashboard;
 mod demo;
 mod discovery;
 mod idl;
+mod logging;
 mod registry;
 
 use clap::{Parser, Subcommand};
@@ -16,12 +18,26 @@ use std::process::ExitCode;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How logs on stderr are written: `pretty` for people, `json` (one object per line, with
+    /// trace and span ids) for a log shipper. Filter them with RUST_LOG, e.g.
+    /// `RUST_LOG=info,rpc_core::trace=debug` to log every call.
+    #[arg(long, global = true, value_enum, default_value_t)]
+    log_format: logging::LogFormat,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run two services that call each other and print what happens.
-    Demo,
+    /// Run two services that call each other and print what happens; with --dashboard, run a
+    /// live system and its dashboard until Ctrl-C.
+    Demo {
+        /// Instead of the narrated tour, run a registry, three instances (one broken), a
+        /// balanced client and steady traffic, and serve the dashboard on --dashboard-addr.
+        #[arg(long)]
+        dashboard: bool,
+        /// Where --dashboard serves its page.
+        #[arg(long, default_value = "127.0.0.1:9000", requires = "dashboard")]
+        dashboard_addr: String,
+    },
     /// Measure the framework against a baseline in the same run.
     Bench {
         #[command(subcommand)]
@@ -36,6 +52,9 @@ enum Command {
     },
     /// Print an example service's schema as .proto or .thrift.
     Idl(idl::IdlArgs),
+    /// Serve a live web page of services, their golden metrics, circuits, topology and
+    /// alerts, from the registry and the admin ports it lists.
+    Dashboard(dashboard::DashboardArgs),
     /// Run a registry member, or ask one for the cluster's status.
     Registry {
         #[command(subcommand)]
@@ -62,6 +81,19 @@ enum Command {
     Lock(discovery::LockArgs),
     /// Campaign in an election, run a command while leading, resign when it ends.
     Elect(discovery::ElectArgs),
+    /// Serve one products instance of `rpc demo --dashboard` (started by it).
+    #[command(hide = true, name = "__demo-instance")]
+    DemoInstance {
+        /// The instance's name.
+        #[arg(long)]
+        name: String,
+        /// Registry members, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        registry: Vec<String>,
+        /// Hang on every call.
+        #[arg(long)]
+        broken: bool,
+    },
     /// Serve the benchmark service in this process (started by `rpc bench`).
     #[command(hide = true, name = "__bench-server")]
     BenchServer {
@@ -72,6 +104,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    logging::init(cli.log_format);
     // Named threads tell the benchmark's processes apart in a profiler.
     let thread_name = match &cli.command {
         Command::BenchServer { kind } => format!("{kind}-server"),
@@ -86,11 +119,14 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Demo => demo::run().await,
+            Command::Demo { dashboard: false, .. } => demo::run().await,
+            Command::Demo { dashboard: true, dashboard_addr } => demo::live::run(&dashboard_addr).await,
+            Command::DemoInstance { name, registry, broken } => demo::live::instance(name, registry, broken).await,
             Command::Bench { what } => bench::run(what).await,
             Command::Call(args) => call::run(args).await,
             Command::Idl(args) => idl::run(args),
             Command::Cert { command } => cert::run(command),
+            Command::Dashboard(args) => dashboard::run(args).await,
             Command::Registry { command } => registry::run_registry(command).await,
             Command::Kv { command } => registry::run_kv(command).await,
             Command::Lease { command } => registry::run_lease(command).await,

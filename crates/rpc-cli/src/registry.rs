@@ -98,6 +98,10 @@ pub(crate) struct ServeArgs {
     /// Compact the history automatically, keeping about this many seconds of it (0 keeps all).
     #[arg(long, default_value_t = 0)]
     retain_seconds: u64,
+    /// Serve /metrics (Prometheus: calls per method, Raft term, leader, indexes, leases,
+    /// watchers, db size), /health and /ready on this address; keep it private.
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<String>,
     /// Users and roles (JSON; see rpc_registry::auth): callers must authenticate, and may
     /// touch only the keys their roles allow.
     #[arg(long, value_name = "FILE")]
@@ -319,6 +323,7 @@ async fn serve(args: ServeArgs) -> CliResult {
     config.fsync = !args.no_fsync;
     config.retain_revisions = args.retain_revisions;
     config.retain_for = Duration::from_secs(args.retain_seconds);
+    config.admin = args.admin;
     config.auth = args.auth.as_ref().map(rpc_registry::AuthConfig::load).transpose()?;
     if let (Some(cert), Some(key), Some(ca)) = (&args.tls_cert, &args.tls_key, &args.tls_ca) {
         config.tls = Some(rpc_registry::MemberTls {
@@ -327,7 +332,12 @@ async fn serve(args: ServeArgs) -> CliResult {
         });
     }
     let member = RunningMember::start(config).await?;
-    println!("registry member {:x} serving on {}", member.id(), member.local_addr());
+    match member.admin_addr() {
+        Some(admin) => {
+            println!("registry member {:x} serving on {}; admin port {admin}", member.id(), member.local_addr())
+        }
+        None => println!("registry member {:x} serving on {}", member.id(), member.local_addr()),
+    }
     tokio::select! {
         signal = shutdown_signal() => signal?,
         () = member.removed() => eprintln!("this member was removed from the cluster"),
@@ -338,7 +348,7 @@ async fn serve(args: ServeArgs) -> CliResult {
 }
 
 /// Waits for SIGTERM or Ctrl-C.
-async fn shutdown_signal() -> std::io::Result<()> {
+pub(crate) async fn shutdown_signal() -> std::io::Result<()> {
     #[cfg(unix)]
     {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

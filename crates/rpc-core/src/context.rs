@@ -5,7 +5,7 @@
 //! deadline set by the first caller bounds the whole tree of calls, and cancelling a call
 //! cancels the calls its handler made (their futures are dropped with the handler's).
 
-use crate::{layer::auth::Principal, ByteStr, Metadata, CALLER, TRACEPARENT};
+use crate::{layer::auth::Principal, trace::TraceContext, ByteStr, Metadata, CALLER, TRACEPARENT};
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex, OnceLock},
@@ -32,6 +32,8 @@ struct Inner {
     peer: Option<SocketAddr>,
     identity: Option<Arc<PeerIdentity>>,
     principal: OnceLock<Principal>,
+    /// The span serving this call, once a [`TraceLayer`](crate::trace::TraceLayer) opened one.
+    trace: OnceLock<TraceContext>,
     reply_metadata: Mutex<Metadata>,
 }
 
@@ -64,6 +66,7 @@ impl Context {
                 peer,
                 identity,
                 principal: OnceLock::new(),
+                trace: OnceLock::new(),
                 reply_metadata: Mutex::new(Metadata::new()),
             }),
         }
@@ -86,11 +89,40 @@ impl Context {
         CURRENT.sync_scope(self.clone(), f)
     }
 
-    /// What a call made from the current task inherits: deadline and trace context.
+    /// What a call made from the current task inherits: deadline and trace context (the
+    /// handler's span if it is traced, else the caller's header passed on as it came).
     pub(crate) fn inherited() -> (Option<Instant>, Option<String>) {
         CURRENT
-            .try_with(|c| (c.inner.deadline, c.inner.metadata.get(TRACEPARENT).map(str::to_owned)))
+            .try_with(|c| {
+                let trace = match c.inner.trace.get() {
+                    Some(trace) => Some(trace.to_string()),
+                    None => c.inner.metadata.get(TRACEPARENT).map(str::to_owned),
+                };
+                (c.inner.deadline, trace)
+            })
             .unwrap_or_default()
+    }
+
+    /// The trace a call made from the current task continues, if any.
+    pub(crate) fn inherited_trace() -> Option<TraceContext> {
+        CURRENT
+            .try_with(|c| match c.inner.trace.get() {
+                Some(trace) => Some(*trace),
+                None => c.inner.metadata.get(TRACEPARENT).and_then(TraceContext::parse),
+            })
+            .ok()
+            .flatten()
+    }
+
+    /// The trace context of the span serving this call, if a
+    /// [`TraceLayer`](crate::trace::TraceLayer) traces it.
+    pub fn trace(&self) -> Option<TraceContext> {
+        self.inner.trace.get().copied()
+    }
+
+    /// Records the span serving the current task's call, if it serves one; the first wins.
+    pub(crate) fn set_current_trace(trace: TraceContext) {
+        let _ = CURRENT.try_with(|c| c.inner.trace.set(trace));
     }
 
     /// The service being called.

@@ -45,6 +45,7 @@ mod status;
 pub mod stream;
 #[cfg(feature = "tls")]
 pub mod tls;
+pub mod trace;
 pub mod transport;
 
 pub use bytestr::ByteStr;

@@ -104,6 +104,38 @@ struct Inner {
     calls: RwLock<Map<MethodKey, Calls>>,
     /// Durations of calls that failed, by status.
     failed: RwLock<Map<StatusKey, Histogram>>,
+    /// What else the process reports: balancers, breakers, a registry member.
+    collectors: RwLock<Vec<Collector>>,
+}
+
+/// Writes series of its own at every scrape.
+type Collector = Box<dyn Fn(&mut Exposition<'_>) + Send + Sync>;
+
+/// Writes series other than call metrics into a scrape; see [`Metrics::collect`].
+pub struct Exposition<'a> {
+    out: &'a mut String,
+}
+
+impl Exposition<'_> {
+    /// Starts a family of series: `kind` is `counter`, `gauge` or `histogram`.
+    pub fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.out, "# HELP {name} {help}");
+        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+    }
+
+    /// One sample; label values are escaped here.
+    pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        self.out.push_str(name);
+        if !labels.is_empty() {
+            self.out.push('{');
+            for (i, (key, value)) in labels.iter().enumerate() {
+                let comma = if i == 0 { "" } else { "," };
+                let _ = write!(self.out, "{comma}{key}=\"{}\"", escape(value));
+            }
+            self.out.push('}');
+        }
+        let _ = writeln!(self.out, " {value}");
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -143,8 +175,23 @@ impl Metrics {
         }
     }
 
+    /// Adds `collector`, called at every scrape to write series of its own after the call
+    /// metrics. It lives as long as these metrics: one that reports on something dropped
+    /// should hold a `Weak` and write nothing once it is gone.
+    pub fn collect(&self, collector: impl Fn(&mut Exposition<'_>) + Send + Sync + 'static) {
+        self.inner.collectors.write().unwrap_or_else(|e| e.into_inner()).push(Box::new(collector));
+    }
+
     /// Every series in Prometheus' text exposition format.
     pub fn render(&self) -> String {
+        let mut out = self.render_calls();
+        for collector in self.inner.collectors.read().unwrap_or_else(|e| e.into_inner()).iter() {
+            collector(&mut Exposition { out: &mut out });
+        }
+        out
+    }
+
+    fn render_calls(&self) -> String {
         let mut out = String::new();
         let calls = self.inner.calls.read().unwrap_or_else(|e| e.into_inner());
         let mut calls: Vec<_> = calls.iter().collect();

@@ -23,11 +23,15 @@ use crate::{
     outlier::{may_eject, Outlier, OutlierConfig},
     Load,
 };
-use rpc_core::{layer::LayerFuture, Channel, ChannelBuilder, Request, Response, Status};
+use rpc_core::{
+    layer::LayerFuture,
+    metrics::{Exposition, Metrics},
+    Channel, ChannelBuilder, Request, Response, Status,
+};
 use std::{
     fmt,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex, MutexGuard, RwLock, Weak,
     },
     task::{Context, Poll},
@@ -220,6 +224,59 @@ impl LbChannel {
     pub fn endpoints(&self) -> Vec<EndpointStatus> {
         let now = Instant::now();
         self.shared.nodes().iter().map(|n| n.status(now)).collect()
+    }
+
+    /// Reports this channel's endpoints in `metrics` under `target` (the service it calls),
+    /// for as long as the channel lives: calls sent to each endpoint, its load and latency,
+    /// whether it is up, its circuit's state and how often it opened, and outlier ejections.
+    pub fn report_to(&self, metrics: &Metrics, target: impl Into<String>) {
+        let (shared, target) = (Arc::downgrade(&self.shared), target.into());
+        metrics.collect(move |out| {
+            if let Some(shared) = shared.upgrade() {
+                report(&shared, &target, out);
+            }
+        });
+    }
+}
+
+/// Writes the metrics of [`LbChannel::report_to`].
+fn report(shared: &Shared, target: &str, out: &mut Exposition<'_>) {
+    let now = Instant::now();
+    let nodes = shared.nodes().clone();
+    let statuses: Vec<(&Node, EndpointStatus)> = nodes.iter().map(|n| (&**n, n.status(now))).collect();
+    type Value = fn(&Node, &EndpointStatus) -> f64;
+    let families: [(&str, &str, &str, Value); 6] = [
+        ("rpc_lb_picks_total", "counter", "Calls sent to the endpoint.", |n, _| n.picks.load(Ordering::Relaxed) as f64),
+        ("rpc_lb_endpoint_in_flight", "gauge", "Calls in flight on the endpoint.", |_, s| s.in_flight as f64),
+        ("rpc_lb_endpoint_latency_seconds", "gauge", "The endpoint's peak-EWMA latency.", |_, s| {
+            s.latency.as_secs_f64()
+        }),
+        ("rpc_lb_endpoint_up", "gauge", "1 if health checks pass and it is not ejected.", |_, s| {
+            f64::from(u8::from(s.healthy && !s.ejected))
+        }),
+        ("rpc_lb_breaker_opened_total", "counter", "Times the endpoint's circuit opened.", |n, _| {
+            n.opened.load(Ordering::Relaxed) as f64
+        }),
+        ("rpc_lb_ejections_total", "counter", "Times the endpoint was ejected as an outlier.", |n, _| {
+            n.ejections.load(Ordering::Relaxed) as f64
+        }),
+    ];
+    for (name, kind, help, value) in families {
+        out.family(name, kind, help);
+        for (node, status) in &statuses {
+            out.sample(name, &[("target", target), ("endpoint", &node.addr)], value(node, status));
+        }
+    }
+    let name = "rpc_lb_breaker_state";
+    out.family(name, "gauge", "1 for the state the endpoint's circuit is in (closed, half_open, open).");
+    for (node, status) in &statuses {
+        let Some(current) = status.breaker else { continue };
+        for (state, label) in
+            [(BreakerState::Closed, "closed"), (BreakerState::HalfOpen, "half_open"), (BreakerState::Open, "open")]
+        {
+            let labels = [("target", target), ("endpoint", node.addr.as_str()), ("state", label)];
+            out.sample(name, &labels, f64::from(u8::from(current == state)));
+        }
     }
 }
 
@@ -436,6 +493,7 @@ impl Shared {
         let mut policy = lock(&node.policy);
         let Some(outlier) = policy.outlier.as_mut() else { return false };
         let until = outlier.eject(now, config);
+        node.ejections.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(addr = %node.addr, ejected_for = ?until - now, "endpoint ejected as an outlier");
         true
     }
@@ -481,6 +539,7 @@ async fn call(shared: Arc<Shared>, request: Request) -> Result<Response, Status>
         let result = {
             let mut flight = Flight { shared: &shared, node: &node, started: now, done: false };
             node.load.start();
+            node.picks.fetch_add(1, Ordering::Relaxed);
             let result = node.channel.send(this_try).await;
             flight.finish(&result);
             result
@@ -533,6 +592,9 @@ impl Flight<'_> {
                     changed = true;
                     let state = breaker.state(now);
                     self.node.closed.store(state == BreakerState::Closed, Ordering::Relaxed);
+                    if state == BreakerState::Open {
+                        self.node.opened.fetch_add(1, Ordering::Relaxed);
+                    }
                     tracing::info!(addr = %self.node.addr, ?state, "endpoint circuit changed");
                 }
             }
@@ -572,6 +634,12 @@ struct Node {
     /// whenever the breaker changes state. A reader that sees it a moment late lets one call
     /// through, which the breaker then disregards (see `Breaker::record` while open).
     closed: AtomicBool,
+    /// Calls sent to it, for metrics.
+    picks: AtomicU64,
+    /// Times its circuit opened, for metrics.
+    opened: AtomicU64,
+    /// Times it was ejected as an outlier, for metrics.
+    ejections: AtomicU64,
 }
 
 struct Policy {
@@ -599,6 +667,9 @@ impl Node {
             health: Mutex::default(),
             up: AtomicBool::new(true),
             closed: AtomicBool::new(true),
+            picks: AtomicU64::new(0),
+            opened: AtomicU64::new(0),
+            ejections: AtomicU64::new(0),
         }
     }
 

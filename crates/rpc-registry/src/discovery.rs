@@ -11,13 +11,12 @@ use crate::{
 };
 use futures_util::StreamExt;
 use rpc_core::{
-    server::{Announce, AnnounceFuture},
+    server::{Announce, AnnounceFuture, Listening},
     Codec, Status,
 };
 use rpc_lb::discover::{diff, Change, Discover, Endpoint};
 use std::{
     collections::BTreeMap,
-    net::SocketAddr,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -25,6 +24,9 @@ use tokio::{sync::oneshot, task::JoinHandle};
 
 /// Where instances live in the key space.
 pub const SERVICES_PREFIX: &str = "services/";
+/// The [`Instance::metadata`] key under which an announced server with an admin port gives
+/// its address (`host:port`): where a dashboard scrapes its metrics.
+pub const ADMIN_METADATA: &str = "admin";
 /// Longest pause between tries to register.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// How long [`RegistryClient::register`] keeps trying before it gives up.
@@ -260,7 +262,7 @@ impl RegistryClient {
     /// drains: `Server::builder().announce(registry.announce(Instance::new("orders", "")))`.
     /// An empty address is filled in with the one the server listens on.
     pub fn announce(&self, instance: Instance) -> Announcer {
-        Announcer { client: self.clone(), instance, registration: Arc::new(Mutex::new(None)) }
+        Announcer { client: self.clone(), instance, ttl: DEFAULT_TTL, registration: Arc::new(Mutex::new(None)) }
     }
 }
 
@@ -269,13 +271,28 @@ impl RegistryClient {
 pub struct Announcer {
     client: RegistryClient,
     instance: Instance,
+    ttl: u64,
     registration: Arc<Mutex<Option<Registration>>>,
 }
 
+impl Announcer {
+    /// Registers under a lease of `ttl` seconds (default [`DEFAULT_TTL`]): how long the
+    /// instance stays listed after its process dies without deregistering.
+    pub fn ttl(mut self, ttl: u64) -> Announcer {
+        self.ttl = ttl;
+        self
+    }
+}
+
 impl Announce for Announcer {
-    fn up(&self, addr: SocketAddr) -> AnnounceFuture<std::io::Result<()>> {
-        let (client, registration) = (self.client.clone(), self.registration.clone());
+    fn up(&self, listening: Listening) -> AnnounceFuture<std::io::Result<()>> {
+        let (client, registration, ttl) = (self.client.clone(), self.registration.clone(), self.ttl);
         let mut instance = self.instance.clone();
+        let addr = listening.addr;
+        if let Some(admin) = listening.admin {
+            // Where dashboards and scrapers find its metrics.
+            instance.metadata.entry(ADMIN_METADATA.to_owned()).or_insert_with(|| admin.to_string());
+        }
         Box::pin(async move {
             if instance.addr.is_empty() {
                 if addr.ip().is_unspecified() {
@@ -286,7 +303,7 @@ impl Announce for Announcer {
                 }
                 instance.addr = addr.to_string();
             }
-            let registered = client.register(instance).await.map_err(std::io::Error::other)?;
+            let registered = client.register_with_ttl(instance, ttl).await.map_err(std::io::Error::other)?;
             *registration.lock().unwrap_or_else(|e| e.into_inner()) = Some(registered);
             Ok(())
         })

@@ -31,7 +31,7 @@ pub mod store;
 pub use auth::AuthConfig;
 pub use client::{ClientError, RegistryClient, RegistryClientBuilder, Watch};
 pub use config::Config;
-pub use discovery::{Announcer, Instance, Registration, RegistryDiscover};
+pub use discovery::{Announcer, Instance, Registration, RegistryDiscover, ADMIN_METADATA};
 pub use lock::{Election, Leadership, LockGuard};
 #[cfg(feature = "tls")]
 pub use member::MemberTls;

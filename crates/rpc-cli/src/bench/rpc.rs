@@ -68,8 +68,9 @@ pub(crate) struct RpcBenchArgs {
     /// directory), against plain TCP in the same run.
     #[arg(long)]
     tls: bool,
-    /// Also measure a server that records call metrics (with an admin port), against plain
-    /// `rpc` in the same run.
+    /// Also measure a server that records call metrics (with an admin port) and traces every
+    /// call (a `TraceLayer`, its spans left to the default log filter, which drops them),
+    /// against plain `rpc` in the same run.
     #[arg(long)]
     metrics: bool,
 }
@@ -307,7 +308,10 @@ pub(crate) async fn serve_child(kind: &str) -> CliResult {
         }
         "rpc" => Some(Server::builder().add_service(BenchServer::new(Echo)).start_on(listener)),
         "rpc-metrics" => {
-            let server = Server::builder().admin("127.0.0.1:0").add_service(BenchServer::new(Echo));
+            let server = Server::builder()
+                .layer(rpc_core::trace::TraceLayer::new())
+                .admin("127.0.0.1:0")
+                .add_service(BenchServer::new(Echo));
             Some(server.start_on(listener))
         }
         tls if tls.starts_with("rpc-tls=") => {

@@ -1,10 +1,12 @@
 //! The admin port of a server ([`ServerBuilder::admin`](super::ServerBuilder::admin)): plain
 //! HTTP/1.1 `GET` of `/metrics` (Prometheus text), `/health` (the process serves) and `/ready`
-//! (it takes calls: 503 once it is shutting down). Small on purpose: one request per
-//! connection, bounded in size, time and number of connections.
+//! (it takes calls: 503 once it is shutting down).
+//!
+//! [`serve_get`] is its HTTP side, public for other small admin pages (`rpc dashboard` serves
+//! with it): one request per connection, bounded in size, time and number of connections.
 
 use crate::metrics::Metrics;
-use std::{sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -19,34 +21,74 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 /// Admin connections served at once.
 const MAX_CONNECTIONS: usize = 64;
 
-/// Serves the admin port until the server it belongs to is gone.
-pub(crate) async fn serve(listener: TcpListener, metrics: Metrics, mut shutdown: watch::Receiver<Option<Instant>>) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+/// An answer to a `GET`.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    /// Status line after the version, e.g. `200 OK`.
+    pub status: &'static str,
+    /// The `Content-Type`.
+    pub content_type: &'static str,
+    /// The body.
+    pub body: String,
+}
+
+impl Reply {
+    /// `200 OK` with `body` as `content_type`.
+    pub fn ok(content_type: &'static str, body: impl Into<String>) -> Reply {
+        Reply { status: "200 OK", content_type, body: body.into() }
+    }
+
+    /// `404 Not Found`, saying what is served instead.
+    pub fn not_found(hint: &str) -> Reply {
+        Reply { status: "404 Not Found", content_type: "text/plain", body: format!("{hint}\n") }
+    }
+}
+
+/// Answers `GET`s on `listener` with `handler(path)` (the path without its query) until `stop`
+/// resolves.
+pub async fn serve_get<H>(listener: TcpListener, handler: H, stop: impl Future<Output = ()>)
+where
+    H: Fn(&str) -> Reply + Send + Sync + 'static,
+{
+    let (slots, handler) = (Arc::new(Semaphore::new(MAX_CONNECTIONS)), Arc::new(handler));
+    let mut stop = std::pin::pin!(stop);
     loop {
-        let (stream, _) = tokio::select! {
+        let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
+                Ok((stream, _)) => stream,
                 Err(e) => {
                     tracing::debug!(error = %e, "admin accept failed");
                     continue;
                 }
             },
-            changed = shutdown.changed() => match changed {
-                Ok(()) => continue,
-                // The server is gone.
-                Err(_) => return,
-            },
+            () = &mut stop => return,
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else { continue };
-        let (metrics, ready) = (metrics.clone(), shutdown.borrow().is_none());
+        let handler = handler.clone();
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(TIMEOUT, answer(stream, &metrics, ready)).await;
+            let _ = tokio::time::timeout(TIMEOUT, answer(stream, &*handler)).await;
             drop(slot);
         });
     }
 }
 
-async fn answer(mut stream: TcpStream, metrics: &Metrics, ready: bool) -> std::io::Result<()> {
+/// Serves the admin port until the server it belongs to is gone.
+pub(crate) async fn serve(listener: TcpListener, metrics: Metrics, shutdown: watch::Receiver<Option<Instant>>) {
+    let mut gone = shutdown.clone();
+    let handler = move |path: &str| match path {
+        "/metrics" => Reply::ok("text/plain; version=0.0.4", metrics.render()),
+        "/health" => Reply::ok("text/plain", "ok\n"),
+        "/ready" if shutdown.borrow().is_none() => Reply::ok("text/plain", "ready\n"),
+        "/ready" => {
+            Reply { status: "503 Service Unavailable", content_type: "text/plain", body: "shutting down\n".into() }
+        }
+        _ => Reply::not_found("try /metrics, /health or /ready"),
+    };
+    // The sender goes with the server.
+    serve_get(listener, handler, async move { while gone.changed().await.is_ok() {} }).await;
+}
+
+async fn answer(mut stream: TcpStream, handler: &(dyn Fn(&str) -> Reply + Send + Sync)) -> std::io::Result<()> {
     let mut request = Vec::with_capacity(512);
     while !request.windows(4).any(|w| w == b"\r\n\r\n") {
         if request.len() >= MAX_REQUEST {
@@ -66,13 +108,8 @@ async fn answer(mut stream: TcpStream, metrics: &Metrics, ready: bool) -> std::i
     if method != "GET" {
         return respond(&mut stream, "405 Method Not Allowed", "text/plain", "only GET is served here\n").await;
     }
-    match path.split('?').next().unwrap_or("") {
-        "/metrics" => respond(&mut stream, "200 OK", "text/plain; version=0.0.4", &metrics.render()).await,
-        "/health" => respond(&mut stream, "200 OK", "text/plain", "ok\n").await,
-        "/ready" if ready => respond(&mut stream, "200 OK", "text/plain", "ready\n").await,
-        "/ready" => respond(&mut stream, "503 Service Unavailable", "text/plain", "shutting down\n").await,
-        _ => respond(&mut stream, "404 Not Found", "text/plain", "try /metrics, /health or /ready\n").await,
-    }
+    let reply = handler(path.split('?').next().unwrap_or(""));
+    respond(&mut stream, reply.status, reply.content_type, &reply.body).await
 }
 
 async fn respond(stream: &mut TcpStream, status: &str, content_type: &str, body: &str) -> std::io::Result<()> {

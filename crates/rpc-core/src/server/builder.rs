@@ -62,6 +62,7 @@ impl Server {
             router: Router::default(),
             announcers: Vec::new(),
             admin: None,
+            metrics: None,
         }
     }
 }
@@ -73,12 +74,22 @@ pub type AnnounceFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 /// calls: a service registry, a load balancer's target list. Added with
 /// [`ServerBuilder::announce`]; the registry's is `RegistryClient::announce`.
 pub trait Announce: Send + Sync + 'static {
-    /// The server listens on `addr`. [`ServerBuilder::start`] waits for this, and fails (and
-    /// stops the server) if it fails.
-    fn up(&self, addr: SocketAddr) -> AnnounceFuture<io::Result<()>>;
+    /// The server listens as `listening` says. [`ServerBuilder::start`] waits for this, and
+    /// fails (and stops the server) if it fails.
+    fn up(&self, listening: Listening) -> AnnounceFuture<io::Result<()>>;
     /// The server is about to drain: [`RunningServer::shutdown`] waits for this first, so
     /// clients stop choosing the server before it stops taking calls.
     fn down(&self) -> AnnounceFuture<()>;
+}
+
+/// Where a server listens, as told to its [`Announce`]rs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Listening {
+    /// The address it takes calls on.
+    pub addr: SocketAddr,
+    /// Its admin port, if it has one (see [`ServerBuilder::admin`]).
+    pub admin: Option<SocketAddr>,
 }
 
 /// Configures a server: limits, layers, services.
@@ -89,6 +100,8 @@ pub struct ServerBuilder<L = Identity> {
     announcers: Vec<Arc<dyn Announce>>,
     /// Where to serve the admin port, if anywhere.
     admin: Option<String>,
+    /// Where to record call metrics, if anywhere.
+    metrics: Option<Metrics>,
 }
 
 impl<L: fmt::Debug> fmt::Debug for ServerBuilder<L> {
@@ -99,6 +112,7 @@ impl<L: fmt::Debug> fmt::Debug for ServerBuilder<L> {
             .field("router", &self.router)
             .field("announcers", &self.announcers.len())
             .field("admin", &self.admin)
+            .field("metrics", &self.metrics)
             .finish()
     }
 }
@@ -136,6 +150,15 @@ impl<L> ServerBuilder<L> {
     /// See [`crate::metrics`].
     pub fn admin(mut self, addr: impl Into<String>) -> Self {
         self.admin = Some(addr.into());
+        self
+    }
+
+    /// Records call metrics into `metrics` (served by the admin port, if there is one):
+    /// share it with the process's client layers
+    /// ([`MetricsLayer::client`](crate::metrics::MetricsLayer::client)) and balancers so one
+    /// scrape shows both sides.
+    pub fn metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
         self
     }
 
@@ -189,6 +212,7 @@ impl<L> ServerBuilder<L> {
             router: self.router,
             announcers: self.announcers,
             admin: self.admin,
+            metrics: self.metrics,
         }
     }
 
@@ -217,7 +241,7 @@ where
     pub async fn start(self, addr: impl ToSocketAddrs) -> io::Result<RunningServer> {
         let server = self.start_quietly(TcpListener::bind(addr).await?)?;
         for announcer in &server.announcers {
-            if let Err(e) = announcer.up(server.local_addr).await {
+            if let Err(e) = announcer.up(server.listening()).await {
                 let _ = server.shutdown(Duration::ZERO).await;
                 return Err(io::Error::new(e.kind(), format!("announcing the server failed: {e}")));
             }
@@ -238,9 +262,9 @@ where
             Err(e) => panic!("{e}"),
         };
         for announcer in &server.announcers {
-            let (announcer, addr) = (announcer.clone(), server.local_addr);
+            let (announcer, listening) = (announcer.clone(), server.listening());
             tokio::spawn(async move {
-                if let Err(e) = announcer.up(addr).await {
+                if let Err(e) = announcer.up(listening).await {
                     tracing::error!(error = %e, "announcing the server failed");
                 }
             });
@@ -251,23 +275,25 @@ where
     fn start_quietly(self, listener: TcpListener) -> io::Result<RunningServer> {
         let local_addr = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let (shutdown, signal) = watch::channel(None);
+        let metrics = match self.admin.is_some() {
+            true => Some(self.metrics.unwrap_or_default()),
+            false => self.metrics,
+        };
         let admin = match &self.admin {
             Some(addr) => {
                 let bound = std::net::TcpListener::bind(addr.as_str())
                     .and_then(|l| l.set_nonblocking(true).map(|()| l))
                     .and_then(TcpListener::from_std)
                     .map_err(|e| io::Error::new(e.kind(), format!("cannot serve the admin port on {addr}: {e}")))?;
-                let metrics = Metrics::new();
                 let admin_addr = bound.local_addr()?;
-                tokio::spawn(super::admin::serve(bound, metrics.clone(), signal.clone()));
-                Some((admin_addr, metrics))
+                tokio::spawn(super::admin::serve(bound, metrics.clone().unwrap_or_default(), signal.clone()));
+                Some(admin_addr)
             }
             None => None,
         };
-        let metrics = admin.as_ref().map(|(_, metrics)| metrics.clone());
-        let service = Metered::server(self.layer.layer(self.router), metrics);
+        let service = Metered::server(self.layer.layer(self.router), metrics.clone());
         let task = tokio::spawn(accept_loop(listener, service, Arc::new(self.config), signal));
-        Ok(RunningServer { local_addr, shutdown, task, announcers: self.announcers, admin })
+        Ok(RunningServer { local_addr, shutdown, task, announcers: self.announcers, admin, metrics })
     }
 
     /// Binds `addr` and serves until the process ends.
@@ -342,7 +368,8 @@ pub struct RunningServer {
     shutdown: watch::Sender<Option<Instant>>,
     task: tokio::task::JoinHandle<()>,
     announcers: Vec<Arc<dyn Announce>>,
-    admin: Option<(SocketAddr, Metrics)>,
+    admin: Option<SocketAddr>,
+    metrics: Option<Metrics>,
 }
 
 impl fmt::Debug for RunningServer {
@@ -357,14 +384,19 @@ impl RunningServer {
         self.local_addr
     }
 
-    /// The address of the admin port, if the server has one.
-    pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin.as_ref().map(|(addr, _)| *addr)
+    fn listening(&self) -> Listening {
+        Listening { addr: self.local_addr, admin: self.admin }
     }
 
-    /// The server's call metrics, if it has an admin port.
+    /// The address of the admin port, if the server has one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+    }
+
+    /// The server's call metrics, if it records them (it has an admin port or was given
+    /// [`ServerBuilder::metrics`]).
     pub fn metrics(&self) -> Option<&Metrics> {
-        self.admin.as_ref().map(|(_, metrics)| metrics)
+        self.metrics.as_ref()
     }
 
     /// Serves until `signal` resolves (Ctrl-C, say), then shuts down as

@@ -5,7 +5,7 @@
 //! wrapped in whatever layers the [`ServerBuilder`] was given, so rate limits, concurrency
 //! limits and metrics apply to every service on the listener.
 
-mod admin;
+pub mod admin;
 mod builder;
 mod catch_unwind;
 mod connection;
@@ -14,6 +14,6 @@ mod router;
 mod stream;
 mod thrift;
 
-pub use builder::{Announce, AnnounceFuture, RunningServer, Server, ServerBuilder};
+pub use builder::{Announce, AnnounceFuture, Listening, RunningServer, Server, ServerBuilder};
 pub use dispatch::{Dispatch, IncomingStream, MethodInfo, ServerRequest, ServerResponse, ServiceInfo};
 pub use router::Router;

@@ -21,7 +21,7 @@ use crate::{
     service::{RaftPeerServer, RegistryApiServer},
     store::{Limits, Store},
 };
-use rpc_core::{layer::auth::AuthenticateLayer, server::RunningServer, Server};
+use rpc_core::{layer::auth::AuthenticateLayer, metrics::Exposition, server::RunningServer, trace::TraceLayer, Server};
 use std::{
     io,
     net::SocketAddr,
@@ -67,6 +67,9 @@ pub struct MemberConfig {
     pub progress_interval: Duration,
     /// Users and roles; without them every caller may do anything.
     pub auth: Option<AuthConfig>,
+    /// Where to serve the admin port (`/metrics`, `/health`, `/ready`), if anywhere: call
+    /// metrics of every registry method, and this member's Raft state.
+    pub admin: Option<String>,
     /// TLS for clients and between members; see [`MemberTls`].
     #[cfg(feature = "tls")]
     pub tls: Option<MemberTls>,
@@ -103,6 +106,7 @@ impl MemberConfig {
             request_timeout: Duration::from_secs(5),
             progress_interval: Duration::from_secs(10),
             auth: None,
+            admin: None,
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -183,6 +187,30 @@ impl Shared {
         }
     }
 
+    /// This member's Raft and store state, as gauges.
+    fn report(&self, out: &mut Exposition<'_>) {
+        let state = self.lock();
+        let id = format!("{:x}", self.id);
+        let member = [("member", id.as_str()), ("name", self.config.name.as_str())];
+        let gauges = [
+            ("registry_raft_term", "The Raft term this member is in.", state.raft.term),
+            ("registry_raft_leader", "The leader's id as this member knows it (0: none).", state.raft.leader),
+            ("registry_raft_is_leader", "1 if this member leads.", u64::from(state.raft.leader == self.id)),
+            ("registry_raft_last_index", "The last index in this member's Raft log.", state.raft.last_index),
+            ("registry_raft_commit_index", "This member's commit index.", state.raft.commit),
+            ("registry_raft_applied_index", "The last index this member applied.", state.raft.applied),
+            ("registry_revision", "The store's revision.", state.store.revision()),
+            ("registry_db_size_bytes", "Bytes of keys and values held, all revisions counted.", state.store.db_size()),
+            ("registry_leases", "Leases alive.", state.store.leases().count() as u64),
+            ("registry_watchers", "Watches open on this member.", state.watchers.len() as u64),
+            ("registry_members", "Members in the cluster's configuration.", state.store.members().len() as u64),
+        ];
+        for (name, help, value) in gauges {
+            out.family(name, "gauge", help);
+            out.sample(name, &member, value as f64);
+        }
+    }
+
     fn addr_of(&self, id: u64) -> String {
         self.lock().store.members().iter().find(|m| m.id == id).map(|m| m.addr.clone()).unwrap_or_default()
     }
@@ -238,13 +266,17 @@ impl RunningMember {
             users: config.auth.as_ref().map(AuthConfig::authenticator),
             peers_need_certificate: tls.is_some(),
         };
-        let builder = Server::builder();
+        let builder = match &config.admin {
+            Some(addr) => Server::builder().admin(addr.clone()),
+            None => Server::builder(),
+        };
         #[cfg(feature = "tls")]
         let builder = match tls {
             Some(tls) => builder.tls(tls),
             None => builder,
         };
         let server = builder
+            .layer(TraceLayer::new())
             .layer(AuthenticateLayer::new(authenticator))
             // Room above the request limit, so a request somewhat over it gets a typed refusal
             // rather than a closed connection.
@@ -252,6 +284,14 @@ impl RunningMember {
             .add_service(RegistryApiServer::new(handler::Api::new(shared.clone())))
             .add_service(RaftPeerServer::new(handler::Peer::new(shared.clone())))
             .start_on(listener);
+        if let Some(metrics) = server.metrics() {
+            let shared = Arc::downgrade(&shared);
+            metrics.collect(move |out| {
+                if let Some(shared) = shared.upgrade() {
+                    shared.report(out);
+                }
+            });
+        }
         Ok(RunningMember { server, shared: shared.clone(), raft, _stop: StopOnDrop(shared) })
     }
 
@@ -269,6 +309,11 @@ impl RunningMember {
     /// The address it serves on.
     pub fn local_addr(&self) -> SocketAddr {
         self.server.local_addr()
+    }
+
+    /// The address of its admin port, if it serves one (see [`MemberConfig::admin`]).
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.server.admin_addr()
     }
 
     /// This member's Raft id.

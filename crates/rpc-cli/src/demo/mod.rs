@@ -1,4 +1,7 @@
-//! `rpc demo`: an order service that calls an inventory service, narrated step by step.
+//! `rpc demo`: an order service that calls an inventory service, narrated step by step; with
+//! `--dashboard`, a live system to watch in `rpc dashboard`'s page instead.
+
+pub(crate) mod live;
 
 use crate::CliResult;
 use rpc_core::{Channel, Code, Codec, Context, Server};
@@ -285,24 +288,10 @@ struct Discount {
 
 async fn registry() -> CliResult {
     use rpc_lb::LbChannel;
-    use rpc_registry::{Instance, MemberConfig, RegistryClient, RunningMember};
+    use rpc_registry::{Instance, RegistryClient};
 
     say("demo", "part three: a three-member registry; services find each other through it");
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos();
-    let dir = std::env::temp_dir().join(format!("rpc-demo-registry-{}-{nanos}", std::process::id()));
-    let listeners: Vec<_> = (0..3).map(|_| std::net::TcpListener::bind("127.0.0.1:0")).collect::<Result<_, _>>()?;
-    let peers: Vec<(String, String)> = listeners
-        .iter()
-        .enumerate()
-        .map(|(i, l)| Ok((format!("r{i}"), l.local_addr()?.to_string())))
-        .collect::<Result<_, std::io::Error>>()?;
-    drop(listeners);
-    let mut members = Vec::new();
-    for (name, addr) in &peers {
-        let mut config = MemberConfig::new(name.clone(), dir.join(name), addr.clone()).peers(peers.clone());
-        config.fsync = false;
-        members.push(Some(RunningMember::start(config).await?));
-    }
+    let (dir, peers, mut members) = start_registry().await?;
     let registry = RegistryClient::connect(peers.iter().map(|(_, addr)| addr.clone()));
     registry.set_config("checkout/discount", &Discount { percent: 0 }).await?;
     let leader = registry.status().await?.leader;
@@ -399,4 +388,32 @@ async fn registry() -> CliResult {
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// A running registry member, or `None` once the demo stopped it.
+type Members = Vec<Option<rpc_registry::RunningMember>>;
+
+/// Starts a three-member registry (r0, r1, r2) on free ports, its data in a fresh temporary
+/// directory: the directory, the members as `(name, address)`, and the running members.
+async fn start_registry(
+) -> Result<(std::path::PathBuf, Vec<(String, String)>, Members), Box<dyn std::error::Error + Send + Sync>> {
+    use rpc_registry::{MemberConfig, RunningMember};
+
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos();
+    let dir = std::env::temp_dir().join(format!("rpc-demo-registry-{}-{nanos}", std::process::id()));
+    let listeners: Vec<_> = (0..3).map(|_| std::net::TcpListener::bind("127.0.0.1:0")).collect::<Result<_, _>>()?;
+    let peers: Vec<(String, String)> = listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| Ok((format!("r{i}"), l.local_addr()?.to_string())))
+        .collect::<Result<_, std::io::Error>>()?;
+    drop(listeners);
+    let mut members = Vec::new();
+    for (name, addr) in &peers {
+        let mut config = MemberConfig::new(name.clone(), dir.join(name), addr.clone()).peers(peers.clone());
+        config.fsync = false;
+        config.admin = Some("127.0.0.1:0".into());
+        members.push(Some(RunningMember::start(config).await?));
+    }
+    Ok((dir, peers, members))
 }

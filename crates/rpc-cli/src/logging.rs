@@ -1,0 +1,40 @@
+//! Where `rpc` processes write their logs: stderr, as text for people or JSON lines for a log
+//! shipper, filtered like `RUST_LOG`.
+
+use clap::ValueEnum;
+use tracing_subscriber::EnvFilter;
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, ValueEnum)]
+pub(crate) enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Pretty,
+    /// One JSON object per line, with the current span's fields (a call's `trace_id` and
+    /// `span_id` included).
+    Json,
+}
+
+/// What is logged without `RUST_LOG`: warnings, the process's own milestones (the `rpc`
+/// binary, the registry, certificate reloads) and alerts. A line per call is
+/// `RUST_LOG=rpc_core::trace=debug`. Targets match by prefix, so `rpc=info` would also take
+/// in every `rpc_*` crate: those are set back to `warn` one by one.
+const DEFAULT_FILTER: &str =
+    "warn,rpc=info,rpc_core=warn,rpc_codecs=warn,rpc_lb=warn,rpc_raft=warn,rpc_registry=info,rpc_core::tls=info";
+
+/// Installs the process's subscriber; `RUST_LOG` (directives such as `info,rpc_lb=debug`)
+/// overrides the default filter.
+pub(crate) fn init(format: LogFormat) {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(directives) => EnvFilter::try_new(&directives).unwrap_or_else(|e| {
+            eprintln!("warning: ignoring RUST_LOG={directives:?} ({e}); using {DEFAULT_FILTER:?}");
+            EnvFilter::new(DEFAULT_FILTER)
+        }),
+        Err(_) => EnvFilter::new(DEFAULT_FILTER),
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Pretty => builder.init(),
+        LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).init(),
+    }
+}
