@@ -70,3 +70,41 @@ async fn the_admin_port_serves_call_metrics_health_and_readiness() {
     hanging.abort();
     shutdown.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn the_admin_port_serves_a_live_page_of_the_servers_own_calls() {
+    let server = Server::builder()
+        .add_service(LabServer::new(LabImpl::default()))
+        .admin("127.0.0.1:0")
+        .start("127.0.0.1:0")
+        .await
+        .unwrap();
+    let admin = server.admin_addr().unwrap();
+    let (status, page) = get(admin, "/").await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(page.contains("<title>rpc dashboard</title>"), "{page}");
+
+    let client = lab_client(&server, Codec::MsgPack).await;
+    let calling = tokio::spawn(async move {
+        for i in 0.. {
+            client.sleep_then(i, 0).await.unwrap();
+        }
+    });
+    // The page's data follows the calls once the dashboard has read the metrics twice.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let state: serde_json::Value = serde_json::from_str(&get(admin, "/api/state").await.1).unwrap();
+        let method = state["methods"].as_array().unwrap().iter().find(|m| m["method"] == "sleep_then").cloned();
+        let busy = method.as_ref().and_then(|m| m["points"].as_array()?.last()?["rate"].as_f64()).unwrap_or(0.0);
+        if busy > 0.0 {
+            let method = method.unwrap();
+            assert_eq!((&method["service"], &method["side"]), (&"Lab".into(), &"server".into()));
+            assert_eq!(method["points"].as_array().unwrap().last().unwrap()["success"], 1.0);
+            assert!(state["registry"].is_null(), "a lone server knows no registry");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no calls on the page: {state}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    calling.abort();
+}

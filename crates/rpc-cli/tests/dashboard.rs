@@ -1,8 +1,8 @@
 //! The dashboard in headless Chromium: `rpc demo --dashboard` runs a registry, three product
 //! instances (one broken) and a balanced client; the test loads the page as a person would and
 //! waits for what they would look at: a chart with points, the broken instance's circuit open,
-//! the registry's leader, an alert firing, and an instance killed with SIGKILL leaving the
-//! page. Needs Debian's `chromium` (`.ci/run` installs it); without it the test fails under CI
+//! the registry's leader, an alert firing, a server's own page on its admin port, and an
+//! instance killed with SIGKILL leaving the page. Needs Debian's `chromium` (`.ci/run` installs it); without it the test fails under CI
 //! and is skipped elsewhere.
 
 use std::{
@@ -161,6 +161,13 @@ fn the_dashboard_shows_live_charts_an_open_circuit_alerts_and_a_killed_instance_
     wait_for(browser, &operator_url, "a firing alert", |page| {
         // Serializers differ on escaping `>` in attributes: match the rule's unescaped part.
         page.contains(r#"data-firing="true""#) && page.contains("0.00001:1s")
+    });
+
+    // Any server's admin port has a page of its own calls, and of the circuits its clients keep.
+    let admin_url = format!("http://{}/", word_after(&lines, "[checkout]", "admin port "));
+    wait_for(browser, &admin_url, "checkout's own page with a chart and an open circuit", |page| {
+        number_after(page, r#"data-method="Checkout.quote" data-side="server""#, "data-points").is_some_and(|n| n >= 3)
+            && page.contains(&format!(r#"data-endpoint="{broken}" data-state="open""#))
     });
 
     assert!(Command::new("kill").args(["-9", killed_pid]).status().unwrap().success());

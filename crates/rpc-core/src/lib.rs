@@ -36,6 +36,7 @@ extern crate self as rpc_core;
 mod bytestr;
 pub mod client;
 mod context;
+pub mod dashboard;
 mod id_map;
 pub mod layer;
 mod metadata;

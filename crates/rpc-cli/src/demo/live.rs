@@ -5,7 +5,7 @@
 //! watch it leave the page.
 
 use super::{say, Checkout, CheckoutClient, CheckoutServer, ProductInstance, ProductsClient, ProductsServer, Quote};
-use crate::{dashboard::Dashboard, CliResult};
+use crate::{dashboard::Served, CliResult};
 use rpc_core::{
     metrics::{Metered, Metrics, MetricsLayer},
     trace::{TraceLayer, Traced},
@@ -67,14 +67,18 @@ pub(crate) async fn run(dashboard_addr: &str) -> CliResult {
         .announce(registry.announce(Instance::new("checkout", "")).ttl(INSTANCE_TTL))
         .start("127.0.0.1:0")
         .await?;
-    say("checkout", format!("listening on {}; calls products through a balancer", checkout.local_addr()));
+    let admin = checkout.admin_addr().map_or_else(String::new, |a| a.to_string());
+    say(
+        "checkout",
+        format!("listening on {}; calls products through a balancer; admin port {admin}", checkout.local_addr()),
+    );
 
     let traffic = tokio::spawn(traffic(checkout.local_addr()));
     let members_admin = members.iter().flatten().filter_map(|m| m.admin_addr()).map(|a| a.to_string()).collect();
     let listener = tokio::net::TcpListener::bind(dashboard_addr)
         .await
         .map_err(|e| format!("cannot serve the dashboard on {dashboard_addr}: {e}"))?;
-    let dashboard = Dashboard::start(listener, registry, members_admin, crate::dashboard::default_rules());
+    let dashboard = Served::start(listener, registry, members_admin, rpc_core::dashboard::default_rules());
     say("dashboard", format!("http://{}/ (Ctrl-C stops the demo)", dashboard.addr));
 
     crate::registry::shutdown_signal().await?;

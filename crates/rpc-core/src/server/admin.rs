@@ -1,12 +1,16 @@
 //! The admin port of a server ([`ServerBuilder::admin`](super::ServerBuilder::admin)): plain
-//! HTTP/1.1 `GET` of `/metrics` (Prometheus text), `/health` (the process serves) and `/ready`
-//! (it takes calls: 503 once it is shutting down).
+//! HTTP/1.1 `GET` of `/metrics` (Prometheus text), `/health` (the process serves), `/ready`
+//! (it takes calls: 503 once it is shutting down), and at `/` a live [`Dashboard`] of the
+//! server's own metrics.
 //!
 //! [`serve_get`] is its HTTP side, public for other small admin pages (`rpc dashboard` serves
 //! with it): one request per connection, bounded in size, time and number of connections.
 
-use crate::metrics::Metrics;
-use std::{future::Future, sync::Arc, time::Duration};
+use crate::{
+    dashboard::{Dashboard, Scrape},
+    metrics::Metrics,
+};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -72,20 +76,44 @@ where
     }
 }
 
-/// Serves the admin port until the server it belongs to is gone.
-pub(crate) async fn serve(listener: TcpListener, metrics: Metrics, shutdown: watch::Receiver<Option<Instant>>) {
+/// How often the admin port's dashboard reads the server's metrics.
+const DASHBOARD_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Serves the admin port of the server on `server` until the server is gone.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    server: SocketAddr,
+    metrics: Metrics,
+    shutdown: watch::Receiver<Option<Instant>>,
+) {
     let mut gone = shutdown.clone();
-    let handler = move |path: &str| match path {
-        "/metrics" => Reply::ok("text/plain; version=0.0.4", metrics.render()),
-        "/health" => Reply::ok("text/plain", "ok\n"),
-        "/ready" if shutdown.borrow().is_none() => Reply::ok("text/plain", "ready\n"),
-        "/ready" => {
-            Reply { status: "503 Service Unavailable", content_type: "text/plain", body: "shutting down\n".into() }
+    let dashboard = Dashboard::new(crate::dashboard::default_rules());
+    let handler = {
+        let (dashboard, metrics) = (dashboard.clone(), metrics.clone());
+        move |path: &str| match path {
+            "/metrics" => Reply::ok("text/plain; version=0.0.4", metrics.render()),
+            "/health" => Reply::ok("text/plain", "ok\n"),
+            "/ready" if shutdown.borrow().is_none() => Reply::ok("text/plain", "ready\n"),
+            "/ready" => {
+                Reply { status: "503 Service Unavailable", content_type: "text/plain", body: "shutting down\n".into() }
+            }
+            _ => dashboard.reply(path).unwrap_or_else(|| Reply::not_found("try /, /metrics, /health or /ready")),
         }
-        _ => Reply::not_found("try /metrics, /health or /ready"),
+    };
+    let feed = async move {
+        let mut ticker = tokio::time::interval(DASHBOARD_INTERVAL);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let source = server.to_string();
+            dashboard.observe(vec![Scrape { name: format!("server {source}"), source, text: Some(metrics.render()) }]);
+        }
     };
     // The sender goes with the server.
-    serve_get(listener, handler, async move { while gone.changed().await.is_ok() {} }).await;
+    tokio::select! {
+        () = serve_get(listener, handler, async move { while gone.changed().await.is_ok() {} }) => {}
+        () = feed => {}
+    }
 }
 
 async fn answer(mut stream: TcpStream, handler: &(dyn Fn(&str) -> Reply + Send + Sync)) -> std::io::Result<()> {

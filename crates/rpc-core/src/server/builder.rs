@@ -286,7 +286,12 @@ where
                     .and_then(TcpListener::from_std)
                     .map_err(|e| io::Error::new(e.kind(), format!("cannot serve the admin port on {addr}: {e}")))?;
                 let admin_addr = bound.local_addr()?;
-                tokio::spawn(super::admin::serve(bound, metrics.clone().unwrap_or_default(), signal.clone()));
+                tokio::spawn(super::admin::serve(
+                    bound,
+                    local_addr,
+                    metrics.clone().unwrap_or_default(),
+                    signal.clone(),
+                ));
                 Some(admin_addr)
             }
             None => None,

@@ -250,24 +250,36 @@ pub(crate) struct Edge {
 
 /// What an alert watches.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub(crate) enum Signal {
+enum Signal {
     /// Share of calls that failed.
     ErrorRate,
     /// 99th percentile latency, seconds.
     P99,
 }
 
-/// Fires when `signal` stays above `threshold` for `hold` seconds.
+/// An alert on one method's calls: it fires when a signal stays above a threshold for a while,
+/// and resolves when it drops below. Written `error_rate>0.05:10s` or `p99>0.25:30s` (seconds).
 #[derive(Clone, Debug, PartialEq)]
-pub(crate) struct Rule {
-    pub(crate) signal: Signal,
-    pub(crate) threshold: f64,
-    pub(crate) hold: f64,
+pub struct AlertRule {
+    signal: Signal,
+    threshold: f64,
+    /// Seconds the signal must stay above the threshold.
+    hold: f64,
 }
 
-impl Rule {
-    /// `error_rate>0.05:10s` or `p99>0.25:30s`.
-    pub(crate) fn parse(spec: &str) -> Result<Rule, String> {
+impl AlertRule {
+    /// Fires when more than `share` (0 to 1) of the calls fail for `hold`.
+    pub fn error_rate(share: f64, hold: std::time::Duration) -> AlertRule {
+        AlertRule { signal: Signal::ErrorRate, threshold: share, hold: hold.as_secs_f64() }
+    }
+
+    /// Fires when the 99th percentile latency exceeds `latency` for `hold`.
+    pub fn p99(latency: std::time::Duration, hold: std::time::Duration) -> AlertRule {
+        AlertRule { signal: Signal::P99, threshold: latency.as_secs_f64(), hold: hold.as_secs_f64() }
+    }
+
+    /// Reads `error_rate>0.05:10s` or `p99>0.25:30s` (the latency in seconds).
+    pub fn parse(spec: &str) -> Result<AlertRule, String> {
         let bad = || format!("{spec:?} is not a rule; write error_rate>0.05:10s or p99>0.25:30s (p99 in seconds)");
         let (signal, rest) = spec.split_once('>').ok_or_else(bad)?;
         let (threshold, hold) = rest.split_once(':').ok_or_else(bad)?;
@@ -278,7 +290,7 @@ impl Rule {
         };
         let threshold = threshold.trim().parse().map_err(|_| bad())?;
         let hold = hold.trim().strip_suffix('s').ok_or_else(bad)?.parse().map_err(|_| bad())?;
-        Ok(Rule { signal, threshold, hold })
+        Ok(AlertRule { signal, threshold, hold })
     }
 
     fn value(&self, point: &Point) -> Option<f64> {
@@ -289,7 +301,7 @@ impl Rule {
     }
 }
 
-impl fmt::Display for Rule {
+impl fmt::Display for AlertRule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let signal = match self.signal {
             Signal::ErrorRate => "error_rate",
@@ -327,7 +339,7 @@ const RECENT_ALERTS: usize = 50;
 
 /// Everything the dashboard has seen.
 pub(crate) struct Model {
-    rules: Vec<Rule>,
+    rules: Vec<AlertRule>,
     last: HashMap<(Target, MethodKey), Totals>,
     series: BTreeMap<MethodKey, VecDeque<Point>>,
     pub(crate) breakers: Vec<Breaker>,
@@ -345,7 +357,7 @@ pub(crate) struct Firing {
 }
 
 impl Model {
-    pub(crate) fn new(rules: Vec<Rule>) -> Model {
+    pub(crate) fn new(rules: Vec<AlertRule>) -> Model {
         Model {
             rules,
             last: HashMap::new(),
@@ -567,7 +579,7 @@ mod tests {
 
     #[test]
     fn an_alert_fires_after_its_hold_and_resolves() {
-        let rule = Rule::parse("error_rate>0.1:2s").unwrap();
+        let rule = AlertRule::parse("error_rate>0.1:2s").unwrap();
         assert_eq!(rule.to_string(), "error_rate>0.1:2s");
         let mut model = Model::new(vec![rule]);
         let (mut ok, mut failed) = (0, 0);
@@ -585,6 +597,6 @@ mod tests {
         let states: Vec<(f64, bool)> = fired.iter().map(|e| (e.t, e.firing)).collect();
         assert_eq!(states, [(3.0, true), (6.0, false)]);
         assert!(model.firing().is_empty());
-        assert!(Rule::parse("p99>0.5").is_err());
+        assert!(AlertRule::parse("p99>0.5").is_err());
     }
 }
