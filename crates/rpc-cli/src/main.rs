@@ -23,6 +23,10 @@ struct Cli {
     /// `RUST_LOG=info,rpc_core::trace=debug` to log every call.
     #[arg(long, global = true, value_enum, default_value_t)]
     log_format: logging::LogFormat,
+    /// Also send every call's span to an OpenTelemetry collector over OTLP/HTTP, e.g.
+    /// `http://127.0.0.1:4318` (spans are exported whatever RUST_LOG says).
+    #[arg(long, global = true, value_name = "URL")]
+    otlp_endpoint: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -104,7 +108,6 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init(cli.log_format);
     // Named threads tell the benchmark's processes apart in a profiler.
     let thread_name = match &cli.command {
         Command::BenchServer { kind } => format!("{kind}-server"),
@@ -117,6 +120,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The OTLP exporter runs on the runtime.
+    if let Err(e) = runtime.block_on(async { logging::init(cli.log_format, cli.otlp_endpoint.as_deref()) }) {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     let result = runtime.block_on(async {
         match cli.command {
             Command::Demo { dashboard: false, .. } => demo::run().await,

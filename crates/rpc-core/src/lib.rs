@@ -41,6 +41,8 @@ mod id_map;
 pub mod layer;
 mod metadata;
 pub mod metrics;
+#[cfg(feature = "otlp")]
+pub mod otlp;
 pub mod server;
 mod status;
 pub mod stream;
