@@ -45,6 +45,10 @@ async fn the_admin_port_serves_call_metrics_health_and_readiness() {
     let ok = format!(r#"{sleep},rpc_response_status_code="OK""#);
     assert_eq!(sample(&body, &format!("rpc_server_call_duration_seconds_count{{{ok}}}")), Some(3.0), "{body}");
     assert_eq!(sample(&body, &format!(r#"rpc_server_call_duration_seconds_bucket{{{ok},le="+Inf"}}"#)), Some(3.0));
+    let sizes = format!("rpc_server_request_size_bytes_count{{{sleep}}}");
+    assert_eq!(sample(&body, &sizes), Some(3.0), "{body}");
+    let replies = format!("rpc_server_response_size_bytes_bucket{{{sleep},le=\"64\"}}");
+    assert_eq!(sample(&body, &replies), Some(3.0), "small replies in the smallest bucket: {body}");
     let failed = format!(r#"{},rpc_response_status_code="INTERNAL""#, method("explode"));
     assert_eq!(sample(&body, &format!("rpc_server_call_duration_seconds_count{{{failed}}}")), Some(1.0), "{body}");
 

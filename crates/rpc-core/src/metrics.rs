@@ -1,14 +1,19 @@
 //! Call metrics in Prometheus' text format: per side (server, client), service, method and
-//! status code, the calls started, in flight and finished, and their duration as a histogram,
-//! under OpenTelemetry's RPC names (`rpc.server.call.duration` becomes
-//! `rpc_server_call_duration_seconds`).
+//! status code, the calls started, in flight and finished, and their duration as a histogram;
+//! per method, the sizes of encoded arguments (on the server) and results; all under
+//! OpenTelemetry's RPC names (`rpc.server.call.duration` becomes
+//! `rpc_server_call_duration_seconds`, `rpc.server.request.size` `rpc_server_request_size_bytes`).
 //!
 //! [`MetricsLayer`] records them around any service on either side;
 //! [`ServerBuilder::admin`](crate::ServerBuilder::admin) records a server's and serves them at
-//! `/metrics`. Recording a call costs two map lookups under read locks and a few atomic adds;
+//! `/metrics`. Recording a call costs one map lookup under a read lock (two if it failed) and a
+//! few atomic adds;
 //! `rpc bench rpc --metrics` measures it.
 
-use crate::{layer::CallInfo, ByteStr, Code, Status};
+use crate::{
+    layer::{CallInfo, ReplySize},
+    ByteStr, Code, Status,
+};
 use pin_project_lite::pin_project;
 use std::{
     collections::HashMap,
@@ -27,6 +32,10 @@ use tower::{Layer, Service};
 /// Upper bounds of the duration buckets, in seconds (OpenTelemetry's advice for RPC durations,
 /// from half a millisecond to ten seconds).
 const BUCKETS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 10.0];
+/// Upper bounds of the message size buckets, in bytes: 64 B to 16 MiB (the default frame
+/// limit), by powers of four.
+const SIZE_BUCKETS: [f64; 10] =
+    [64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262_144.0, 1_048_576.0, 4_194_304.0, 16_777_216.0];
 
 /// Which end of a call a series describes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -54,7 +63,11 @@ type StatusKey = (MethodKey, Option<Code>);
 struct Calls {
     started: AtomicU64,
     in_flight: AtomicI64,
-    ok: Histogram,
+    ok: Durations,
+    /// Encoded arguments, where the side knows them (the server).
+    request_size: Sizes,
+    /// Encoded results of calls that succeeded.
+    response_size: Sizes,
 }
 
 /// FNV-1a: method names are short and chosen by the program, not by peers flooding a table,
@@ -75,21 +88,54 @@ impl std::hash::Hasher for Fnv {
 
 type Map<K, V> = HashMap<K, Arc<V>, std::hash::BuildHasherDefault<Fnv>>;
 
-/// Durations of calls that ended with one status.
-#[derive(Default)]
-struct Histogram {
-    buckets: [AtomicU64; BUCKETS.len()],
+/// Counts of values by bucket (not cumulative: the text format's sums are made when rendered),
+/// with their sum in `1/UNIT`s of the value's unit.
+struct Histogram<const N: usize, const UNIT: u64> {
+    buckets: [AtomicU64; N],
     count: AtomicU64,
-    sum_ns: AtomicU64,
+    sum: AtomicU64,
 }
 
-impl Histogram {
-    fn record(&self, seconds: f64) {
-        if let Some(i) = BUCKETS.iter().position(|&le| seconds <= le) {
+/// Durations of calls that ended with one status, in seconds (summed in nanoseconds).
+type Durations = Histogram<{ BUCKETS.len() }, 1_000_000_000>;
+/// Message sizes, in bytes.
+type Sizes = Histogram<{ SIZE_BUCKETS.len() }, 1>;
+
+impl<const N: usize, const UNIT: u64> Default for Histogram<N, UNIT> {
+    fn default() -> Self {
+        Histogram {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            count: AtomicU64::new(0),
+            sum: AtomicU64::new(0),
+        }
+    }
+}
+
+impl<const N: usize, const UNIT: u64> Histogram<N, UNIT> {
+    fn record(&self, bounds: &[f64; N], value: f64) {
+        if let Some(i) = bounds.iter().position(|&le| value <= le) {
             self.buckets[i].fetch_add(1, Ordering::Relaxed);
         }
         self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_ns.fetch_add((seconds * 1e9) as u64, Ordering::Relaxed);
+        self.sum.fetch_add((value * UNIT as f64) as u64, Ordering::Relaxed);
+    }
+
+    fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Writes the `_bucket`, `_sum` and `_count` samples of `name`.
+    fn write(&self, out: &mut String, name: &str, labels: &str, bounds: &[f64; N]) {
+        let mut cumulative = 0;
+        for (bucket, le) in self.buckets.iter().zip(bounds) {
+            cumulative += bucket.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
+        }
+        let count = self.count();
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+        let sum = self.sum.load(Ordering::Relaxed) as f64 / UNIT as f64;
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
     }
 }
 
@@ -103,7 +149,7 @@ pub struct Metrics {
 struct Inner {
     calls: RwLock<Map<MethodKey, Calls>>,
     /// Durations of calls that failed, by status.
-    failed: RwLock<Map<StatusKey, Histogram>>,
+    failed: RwLock<Map<StatusKey, Durations>>,
     /// What else the process reports: balancers, breakers, a registry member.
     collectors: RwLock<Vec<Collector>>,
 }
@@ -160,18 +206,25 @@ impl Metrics {
         Metrics::default()
     }
 
-    fn start(&self, key: &MethodKey) -> Arc<Calls> {
+    fn start(&self, key: &MethodKey, request_size: Option<usize>) -> Arc<Calls> {
         let calls = series(&self.inner.calls, key);
         calls.started.fetch_add(1, Ordering::Relaxed);
         calls.in_flight.fetch_add(1, Ordering::Relaxed);
+        if let Some(size) = request_size {
+            calls.request_size.record(&SIZE_BUCKETS, size as f64);
+        }
         calls
     }
 
-    fn finish(&self, key: MethodKey, calls: &Calls, code: Option<Code>, seconds: f64) {
+    /// Records how a call ended: `Ok(reply size)` or the failure's code.
+    fn finish(&self, key: MethodKey, calls: &Calls, outcome: Result<usize, Code>, seconds: f64) {
         calls.in_flight.fetch_sub(1, Ordering::Relaxed);
-        match code {
-            None => calls.ok.record(seconds),
-            Some(_) => series(&self.inner.failed, &(key, code)).record(seconds),
+        match outcome {
+            Ok(size) => {
+                calls.ok.record(&BUCKETS, seconds);
+                calls.response_size.record(&SIZE_BUCKETS, size as f64);
+            }
+            Err(code) => series(&self.inner.failed, &(key, Some(code))).record(&BUCKETS, seconds),
         }
     }
 
@@ -197,11 +250,8 @@ impl Metrics {
         let mut calls: Vec<_> = calls.iter().collect();
         calls.sort_by(|a, b| a.0.cmp_key(b.0));
         let failed = self.inner.failed.read().unwrap_or_else(|e| e.into_inner());
-        let ok = calls
-            .iter()
-            .map(|(key, c)| ((*key).clone(), None, &c.ok))
-            .filter(|(_, _, h)| h.count.load(Ordering::Relaxed) > 0);
-        let mut durations: Vec<(StatusKey, &Histogram)> =
+        let ok = calls.iter().map(|(key, c)| ((*key).clone(), None, &c.ok)).filter(|(_, _, h)| h.count() > 0);
+        let mut durations: Vec<(StatusKey, &Durations)> =
             ok.map(|(key, code, h)| ((key, code), h)).chain(failed.iter().map(|(k, h)| (k.clone(), &**h))).collect();
         durations.sort_by(|a, b| a.0 .0.cmp_key(&b.0 .0).then_with(|| status(a.0 .1).cmp(status(b.0 .1))));
         for side in [Side::Server, Side::Client] {
@@ -221,19 +271,25 @@ impl Metrics {
             }
             let _ = writeln!(out, "# HELP rpc_{name}_call_duration_seconds Duration of finished calls, by status.");
             let _ = writeln!(out, "# TYPE rpc_{name}_call_duration_seconds histogram");
+            let family = format!("rpc_{name}_call_duration_seconds");
             for (((_, service, method), code), h) in durations.iter().filter(|(k, _)| k.0 .0 == side) {
                 let labels = format!("{},rpc_response_status_code=\"{}\"", labels(service, method), status(*code));
-                let mut cumulative = 0;
-                for (i, le) in BUCKETS.iter().enumerate() {
-                    cumulative += h.buckets[i].load(Ordering::Relaxed);
-                    let _ =
-                        writeln!(out, "rpc_{name}_call_duration_seconds_bucket{{{labels},le=\"{le}\"}} {cumulative}");
+                h.write(&mut out, &family, &labels, &BUCKETS);
+            }
+            for (which, help, size) in [
+                ("request", "Encoded arguments of calls.", (|c: &Calls| &c.request_size) as fn(&Calls) -> &Sizes),
+                ("response", "Encoded results of calls that succeeded.", |c: &Calls| &c.response_size),
+            ] {
+                let family = format!("rpc_{name}_{which}_size_bytes");
+                let mut sized = calls.iter().filter(|(k, c)| k.0 == side && size(c).count() > 0).peekable();
+                if sized.peek().is_none() {
+                    continue;
                 }
-                let count = h.count.load(Ordering::Relaxed);
-                let _ = writeln!(out, "rpc_{name}_call_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {count}");
-                let sum = h.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
-                let _ = writeln!(out, "rpc_{name}_call_duration_seconds_sum{{{labels}}} {sum}");
-                let _ = writeln!(out, "rpc_{name}_call_duration_seconds_count{{{labels}}} {count}");
+                let _ = writeln!(out, "# HELP {family} {help}");
+                let _ = writeln!(out, "# TYPE {family} histogram");
+                for ((_, service, method), c) in sized {
+                    size(c).write(&mut out, &family, &labels(service, method), &SIZE_BUCKETS);
+                }
             }
         }
         out
@@ -311,6 +367,7 @@ impl<S, R, T> Service<R> for Metered<S>
 where
     S: Service<R, Response = T, Error = Status>,
     R: CallInfo,
+    T: ReplySize,
 {
     type Response = T;
     type Error = Status;
@@ -323,7 +380,7 @@ where
     fn call(&mut self, request: R) -> Self::Future {
         let record = self.metrics.as_ref().map(|metrics| {
             let key = (self.side, request.service().clone(), request.method().clone());
-            let calls = metrics.start(&key);
+            let calls = metrics.start(&key, request.request_size());
             Record { metrics: metrics.clone(), key: Some(key), calls, started: Instant::now() }
         });
         MeteredFuture { inner: self.inner.call(request), record }
@@ -339,9 +396,9 @@ struct Record {
 }
 
 impl Record {
-    fn finish(&mut self, code: Option<Code>) {
+    fn finish(&mut self, outcome: Result<usize, Code>) {
         if let Some(key) = self.key.take() {
-            self.metrics.finish(key, &self.calls, code, self.started.elapsed().as_secs_f64());
+            self.metrics.finish(key, &self.calls, outcome, self.started.elapsed().as_secs_f64());
         }
     }
 }
@@ -349,7 +406,7 @@ impl Record {
 impl Drop for Record {
     fn drop(&mut self) {
         // Dropped unfinished: the caller gave up.
-        self.finish(Some(Code::Cancelled));
+        self.finish(Err(Code::Cancelled));
     }
 }
 
@@ -365,6 +422,7 @@ pin_project! {
 impl<F, T> Future for MeteredFuture<F>
 where
     F: Future<Output = Result<T, Status>>,
+    T: ReplySize,
 {
     type Output = Result<T, Status>;
 
@@ -377,13 +435,13 @@ where
             Ok(polled) => std::task::ready!(polled),
             Err(panic) => {
                 if let Some(record) = this.record {
-                    record.finish(Some(Code::Internal));
+                    record.finish(Err(Code::Internal));
                 }
                 std::panic::resume_unwind(panic)
             }
         };
         if let Some(record) = this.record {
-            record.finish(outcome.as_ref().err().map(Status::code));
+            record.finish(outcome.as_ref().map(ReplySize::reply_size).map_err(Status::code));
         }
         Poll::Ready(outcome)
     }
@@ -397,11 +455,11 @@ mod tests {
     fn the_text_format_has_counters_gauges_and_cumulative_buckets_by_status() {
         let metrics = Metrics::new();
         let key = (Side::Server, ByteStr::from("Orders"), ByteStr::from("get"));
-        for (code, seconds) in [(None, 0.0001), (None, 0.02), (Some(Code::Unavailable), 2.0)] {
-            let calls = metrics.start(&key);
-            metrics.finish(key.clone(), &calls, code, seconds);
+        for (outcome, seconds) in [(Ok(10), 0.0001), (Ok(5000), 0.02), (Err(Code::Unavailable), 2.0)] {
+            let calls = metrics.start(&key, Some(100));
+            metrics.finish(key.clone(), &calls, outcome, seconds);
         }
-        metrics.start(&key);
+        metrics.start(&key, Some(100));
         let text = metrics.render();
         let labels = r#"rpc_system="rpc",rpc_service="Orders",rpc_method="get""#;
         assert!(text.contains(&format!("rpc_server_calls_started_total{{{labels}}} 4")), "{text}");
@@ -411,5 +469,10 @@ mod tests {
         assert!(text.contains(&format!(r#"rpc_server_call_duration_seconds_bucket{{{ok},le="0.025"}} 2"#)), "{text}");
         assert!(text.contains(&format!(r#"rpc_server_call_duration_seconds_count{{{ok}}} 2"#)), "{text}");
         assert!(text.contains("# TYPE rpc_client_call_duration_seconds histogram"), "{text}");
+        assert!(text.contains(&format!(r#"rpc_server_request_size_bytes_bucket{{{labels},le="64"}} 0"#)), "{text}");
+        assert!(text.contains(&format!(r#"rpc_server_request_size_bytes_count{{{labels}}} 4"#)), "{text}");
+        assert!(text.contains(&format!(r#"rpc_server_response_size_bytes_bucket{{{labels},le="64"}} 1"#)), "{text}");
+        assert!(text.contains(&format!(r#"rpc_server_response_size_bytes_sum{{{labels}}} 5010"#)), "{text}");
+        assert!(!text.contains("rpc_client_request_size_bytes"), "a client does not know its encoded sizes: {text}");
     }
 }

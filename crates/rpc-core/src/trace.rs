@@ -8,7 +8,10 @@
 //! `trace_id`, `span_id` and `parent_id`, so a log line written inside a handler names its trace
 //! in any subscriber's output, JSON lines included.
 
-use crate::{client::Request, client::Response, server::ServerRequest, server::ServerResponse, Status, TRACEPARENT};
+use crate::{
+    client::Request, client::Response, layer::ReplySize, server::ServerRequest, server::ServerResponse, Status,
+    TRACEPARENT,
+};
 use pin_project_lite::pin_project;
 use std::{
     cell::Cell,
@@ -255,23 +258,6 @@ where
         request.options.metadata.insert(TRACEPARENT, trace.to_string());
         let inner = span.in_scope(|| self.inner.call(request));
         TracedFuture::new(inner, span)
-    }
-}
-
-/// How big a reply was, for the span.
-trait ReplySize {
-    fn reply_size(&self) -> usize;
-}
-
-impl ReplySize for ServerResponse {
-    fn reply_size(&self) -> usize {
-        self.body.len()
-    }
-}
-
-impl ReplySize for Response {
-    fn reply_size(&self) -> usize {
-        self.body.len()
     }
 }
 

@@ -103,6 +103,27 @@ pub trait CallInfo: Send + 'static {
     fn deadline(&self) -> Option<Instant>;
     /// Makes the call give up after `timeout` from now, if that is sooner than its deadline.
     fn limit_timeout(&mut self, timeout: Duration);
+    /// Bytes of encoded arguments, if they are encoded yet (on the server; a client encodes
+    /// them in the channel, below every layer).
+    fn request_size(&self) -> Option<usize>;
+}
+
+/// The size of a successful reply's encoded body, for metrics and spans.
+pub trait ReplySize {
+    /// Bytes of the encoded result.
+    fn reply_size(&self) -> usize;
+}
+
+impl ReplySize for crate::Response {
+    fn reply_size(&self) -> usize {
+        self.body.len()
+    }
+}
+
+impl ReplySize for crate::ServerResponse {
+    fn reply_size(&self) -> usize {
+        self.body.len()
+    }
 }
 
 impl CallInfo for Request {
@@ -132,6 +153,10 @@ impl CallInfo for Request {
     fn limit_timeout(&mut self, timeout: Duration) {
         self.options.timeout = Some(self.options.timeout.map_or(timeout, |t| t.min(timeout)));
     }
+
+    fn request_size(&self) -> Option<usize> {
+        None
+    }
 }
 
 impl CallInfo for ServerRequest {
@@ -156,6 +181,10 @@ impl CallInfo for ServerRequest {
     fn limit_timeout(&mut self, timeout: Duration) {
         let limit = Instant::now() + timeout;
         self.deadline = Some(self.deadline.map_or(limit, |d| d.min(limit)));
+    }
+
+    fn request_size(&self) -> Option<usize> {
+        Some(self.body.len())
     }
 }
 
