@@ -112,3 +112,30 @@ async fn the_admin_port_serves_a_live_page_of_the_servers_own_calls() {
     }
     calling.abort();
 }
+
+#[tokio::test]
+async fn a_registry_members_admin_port_reports_its_raft_state_and_disk_writes() {
+    let dir = tests::TempDir::new("member-metrics");
+    let mut config = rpc_registry::MemberConfig::new("solo", dir.0.join("solo"), "127.0.0.1:0");
+    config.admin = Some("127.0.0.1:0".into());
+    let member = rpc_registry::RunningMember::start(config).await.unwrap();
+    let admin = member.admin_addr().expect("an admin port");
+    let client = rpc_registry::RegistryClient::connect([member.local_addr().to_string()]);
+    let revision = client.put("config/limit", "1").await.unwrap().header.revision;
+
+    let body = get(admin, "/metrics").await.1;
+    let line =
+        |name: &str| body.lines().find(|line| line.starts_with(name)).unwrap_or_else(|| panic!("no {name} in {body}"));
+    let value = |name: &str| line(name).rsplit(' ').next().unwrap().parse::<f64>().unwrap();
+    assert!(line("registry_raft_term{").contains("name=\"solo\""), "samples name the member");
+    assert!(value("registry_raft_term{") >= 1.0);
+    assert_eq!(value("registry_raft_is_leader{"), 1.0, "a lone member leads");
+    assert!(value("registry_revision{") >= revision as f64);
+    assert!(value("registry_raft_applied_index{") >= 1.0);
+    // The put's entry was written (and synced) before the put was acknowledged.
+    assert!(value("registry_raft_persist_duration_seconds_count{") >= 1.0, "{body}");
+    assert!(value("registry_raft_persist_duration_seconds_sum{") > 0.0);
+    let put_calls =
+        "rpc_server_call_duration_seconds_count{rpc_system=\"rpc\",rpc_service=\"RegistryApi\",rpc_method=\"put\"";
+    assert!(body.contains(put_calls), "registry calls are measured like any other service's: {body}");
+}

@@ -173,14 +173,38 @@ impl Exposition<'_> {
     pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
         self.out.push_str(name);
         if !labels.is_empty() {
-            self.out.push('{');
-            for (i, (key, value)) in labels.iter().enumerate() {
-                let comma = if i == 0 { "" } else { "," };
-                let _ = write!(self.out, "{comma}{key}=\"{}\"", escape(value));
-            }
-            self.out.push('}');
+            let _ = write!(self.out, "{{{}}}", label_list(labels));
         }
         let _ = writeln!(self.out, " {value}");
+    }
+
+    /// The samples of a histogram of `latencies` (its family started as `histogram`).
+    pub fn histogram(&mut self, name: &str, labels: &[(&str, &str)], latencies: &Latencies) {
+        latencies.0.write(self.out, name, &label_list(labels), &BUCKETS);
+    }
+}
+
+/// `key="value",...`, values escaped.
+fn label_list(labels: &[(&str, &str)]) -> String {
+    let pairs: Vec<String> = labels.iter().map(|(key, value)| format!("{key}=\"{}\"", escape(value))).collect();
+    pairs.join(",")
+}
+
+/// Durations of something other than calls that a collector reports (a disk write, say), in
+/// the call duration buckets; see [`Exposition::histogram`].
+#[derive(Default)]
+pub struct Latencies(Durations);
+
+impl Latencies {
+    /// Records one duration.
+    pub fn record(&self, duration: std::time::Duration) {
+        self.0.record(&BUCKETS, duration.as_secs_f64());
+    }
+}
+
+impl std::fmt::Debug for Latencies {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Latencies").field("count", &self.0.count()).finish()
     }
 }
 

@@ -21,7 +21,13 @@ use crate::{
     service::{RaftPeerServer, RegistryApiServer},
     store::{Limits, Store},
 };
-use rpc_core::{layer::auth::AuthenticateLayer, metrics::Exposition, server::RunningServer, trace::TraceLayer, Server};
+use rpc_core::{
+    layer::auth::AuthenticateLayer,
+    metrics::{Exposition, Latencies},
+    server::RunningServer,
+    trace::TraceLayer,
+    Server,
+};
 use std::{
     io,
     net::SocketAddr,
@@ -152,6 +158,8 @@ struct Shared {
     removed: tokio::sync::watch::Sender<bool>,
     /// The permissions callers hold, if the member checks them.
     guard: Option<Guard>,
+    /// How long the Raft thread's writes to its log took (an fsync each, unless disabled).
+    persist: Latencies,
 }
 
 /// What the lock guards: the store and everything that must change with it atomically.
@@ -209,6 +217,9 @@ impl Shared {
             out.family(name, "gauge", help);
             out.sample(name, &member, value as f64);
         }
+        let name = "registry_raft_persist_duration_seconds";
+        out.family(name, "histogram", "Writes of the Raft log and state to disk, each synced unless --no-fsync.");
+        out.histogram(name, &member, &self.persist);
     }
 
     fn addr_of(&self, id: u64) -> String {
@@ -255,6 +266,7 @@ impl RunningMember {
             inputs,
             removed: tokio::sync::watch::Sender::new(false),
             guard: config.auth.as_ref().map(AuthConfig::guard),
+            persist: Latencies::default(),
         });
         let listener = tokio::net::TcpListener::bind(&config.listen).await?;
         let raft = raft::spawn(shared.clone(), node, queue, outbox)?;

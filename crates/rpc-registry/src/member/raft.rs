@@ -474,7 +474,11 @@ impl Driver {
             if ready.send_before_persist {
                 self.outbox.send(&ready.messages);
             }
+            let started = Instant::now();
             self.node.persist_ready(&ready)?;
+            if ready.must_persist() {
+                self.shared.persist.record(started.elapsed());
+            }
             if !ready.send_before_persist {
                 self.outbox.send(&ready.messages);
             }
