@@ -365,3 +365,36 @@ async fn a_client_that_only_pings_is_closed_as_idle() {
     assert_eq!(go_away.0, Code::Unavailable);
     assert!(go_away.1.contains("idle"), "{}", go_away.1);
 }
+
+#[tokio::test]
+async fn a_client_that_trickles_a_frame_is_cut_after_the_frame_timeout() {
+    let server = Server::builder()
+        .add_service(LabServer::new(LabImpl::default()))
+        .idle_timeout(Duration::from_secs(600))
+        .frame_timeout(Duration::from_millis(300))
+        .start("127.0.0.1:0")
+        .await
+        .unwrap();
+    let (mut read, mut write) = raw_connection(server.local_addr()).await.into_split();
+    let frame = call_frame(1, Codec::Json.id(), "echo", Bytes::from(vec![b' '; 10_000]));
+    // One byte every 20 ms: bytes keep arriving, but the frame would take over three minutes.
+    let trickler = tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(Duration::from_millis(20));
+        for byte in frame.iter() {
+            ticks.tick().await;
+            if write.write_all(&[*byte]).await.is_err() {
+                return;
+            }
+        }
+    });
+    let frames = tokio::time::timeout(Duration::from_secs(10), read_until_closed(&mut read))
+        .await
+        .expect("a trickled frame held the connection open past its frame timeout");
+    trickler.abort();
+    let go_away = go_away_of(&frames);
+    assert_eq!(go_away.0, Code::Protocol);
+    assert!(go_away.1.contains("incomplete"), "{}", go_away.1);
+
+    let client = lab_client(&server, Codec::Json).await;
+    assert_eq!(client.get(2).await.unwrap().unwrap().id, 2, "other clients are served");
+}

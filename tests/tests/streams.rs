@@ -54,7 +54,7 @@ pub trait Logs {
     /// Reads the client's lines and reports how their stream ended (`input:CODE`).
     async fn drain(&self, lines: Streaming<Line>) -> Summary;
     /// One line whose text is the request's `tenant` metadata; `rows` in the trailers.
-    async fn meta(&self) -> RpcStream<Line>;
+    async fn meta(&self, rows: String) -> RpcStream<Line>;
 }
 
 struct Shelf {
@@ -142,9 +142,9 @@ impl Logs for Shelf {
         Summary { count, last: 0 }
     }
 
-    async fn meta(&self) -> RpcStream<Line> {
+    async fn meta(&self, rows: String) -> RpcStream<Line> {
         let context = Context::current().expect("a handler has a context");
-        context.set_reply_metadata("rows", "1");
+        context.set_reply_metadata("rows", &rows);
         let tenant = context.metadata().get("tenant").unwrap_or_default().to_owned();
         RpcStream::iter([Line { seq: 0, text: tenant }])
     }
@@ -358,10 +358,29 @@ async fn many_streams_share_a_connection_with_unary_traffic() {
 async fn metadata_goes_with_the_opening_and_trailers_with_the_end() {
     let fixture = serve().await;
     let client = fixture.client(Codec::Protobuf).await;
-    let mut lines = client.meta().metadata("tenant", "acme").await.unwrap();
+    let mut lines = client.meta("1".into()).metadata("tenant", "acme").await.unwrap();
     assert_eq!(lines.next().await.unwrap().unwrap().text, "acme");
     assert!(lines.next().await.is_none());
     assert_eq!(lines.trailers().and_then(|t| t.get("rows")), Some("1"));
+}
+
+#[tokio::test]
+async fn trailers_the_wire_cannot_carry_fail_their_stream_alone() {
+    let fixture = serve().await;
+    let client = fixture.client(Codec::Protobuf).await;
+    let mut bystander = client.follow("bystander".into()).await.unwrap();
+    bystander.next().await.unwrap().unwrap();
+
+    let mut lines = client.meta("x".repeat(70_000)).await.unwrap();
+    assert_eq!(lines.next().await.unwrap().unwrap().seq, 0, "items before the end are delivered");
+    let failed = lines.next().await.expect("the stream ends with an error").unwrap_err();
+    assert_eq!(failed.code(), Code::Internal, "{failed}");
+    assert!(failed.message().contains("metadata"), "{failed}");
+
+    bystander.next().await.unwrap().expect("the other stream on the connection still flows");
+    let mut fine = client.meta("1".into()).await.unwrap();
+    while fine.next().await.is_some() {}
+    assert_eq!(fine.trailers().and_then(|t| t.get("rows")), Some("1"));
 }
 
 #[tokio::test]
@@ -372,6 +391,7 @@ async fn streams_past_the_limit_are_refused_and_items_past_the_size_limit_fail_t
     let _b = client.follow("b".into()).await.unwrap();
     let refused = client.follow("c".into()).await.unwrap_err();
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused}");
+    assert!(refused.not_started(), "a refused stream never started, so it may be retried: {refused}");
 
     let small = Channel::builder(fixture.addr.clone()).max_item_size(64).connect().await.unwrap();
     let mut lines = LogsClient::new(small).tail(0, 2, 1000).await.unwrap();

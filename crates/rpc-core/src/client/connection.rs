@@ -17,7 +17,7 @@ use crate::{
         io::{self, ReadIo},
         FrameBuilder, FrameCodec, FrameError, FrameReader, Head, PREFACE,
     },
-    Code, Codec, Items, Status, NOT_STARTED,
+    Code, Codec, Items, Metadata, Status, NOT_STARTED,
 };
 use bytes::{Bytes, BytesMut};
 use std::{
@@ -25,7 +25,7 @@ use std::{
     net::SocketAddr,
     pin::Pin,
     sync::{
-        atomic::{AtomicBool, AtomicU32, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
     },
     task::{ready, Context as TaskContext, Poll},
@@ -88,9 +88,8 @@ pub(crate) struct Connection {
     /// Frames for the writer task, and the write side a caller alone writes to directly.
     queue: Queue,
     shared: Arc<Shared>,
-    next_id: AtomicU32,
-    /// Set once ids have wrapped around: from then on each is checked against those in use.
-    wrapped: AtomicBool,
+    /// Ids drawn so far; an id is this count's low 32 bits, so past 2^32 ids have wrapped.
+    next_id: AtomicU64,
     max_frame_size: usize,
 }
 
@@ -151,13 +150,7 @@ impl Connection {
         });
         tokio::spawn(read_loop(FrameReader::new(read, codec), shared.clone(), queue.downgrade()));
         tokio::spawn(expire_loop(shared.clone(), queue.downgrade()));
-        Ok(Arc::new(Connection {
-            queue,
-            shared,
-            next_id: AtomicU32::new(1),
-            wrapped: AtomicBool::new(false),
-            max_frame_size: config.max_frame_size,
-        }))
+        Ok(Arc::new(Connection { queue, shared, next_id: AtomicU64::new(1), max_frame_size: config.max_frame_size }))
     }
 
     /// True while new calls may use this connection.
@@ -172,7 +165,7 @@ impl Connection {
 
     fn next_id(&self) -> u32 {
         let shared = &self.shared;
-        take_id(&self.next_id, &self.wrapped, |id| shared.pending.contains(id) || shared.streams.contains(id))
+        take_id(&self.next_id, |id| shared.pending.contains(id) || shared.streams.contains(id))
     }
 
     /// Sends the call in `frame` (itself if no other call is in flight, else through the writer
@@ -420,15 +413,22 @@ pub(crate) fn control_frame(id: u32, head: &Head, body: Bytes) -> BytesMut {
 /// The next request id from `counter`. Ids wrap after 2^32 calls; from then on an id still in
 /// use (`taken`: a call waiting for its reply, an open stream) is skipped, so a new call never
 /// takes another's reply. Until then no id can be in use twice, and the check costs nothing.
-fn take_id(counter: &AtomicU32, wrapped: &AtomicBool, taken: impl Fn(u32) -> bool) -> u32 {
+fn take_id(counter: &AtomicU64, taken: impl Fn(u32) -> bool) -> u32 {
     loop {
-        let id = counter.fetch_add(1, Ordering::Relaxed);
-        if id == u32::MAX {
-            wrapped.store(true, Ordering::Relaxed);
-        }
-        if id != 0 && !(wrapped.load(Ordering::Relaxed) && taken(id)) {
+        let drawn = counter.fetch_add(1, Ordering::Relaxed);
+        let id = drawn as u32;
+        let wrapped = drawn > u64::from(u32::MAX);
+        if id != 0 && !(wrapped && taken(id)) {
             return id;
         }
+    }
+}
+
+/// A call's or stream's failure as the server sent it, with whether it never started.
+fn call_status(code: Code, message: String, metadata: &Metadata) -> Status {
+    match metadata.get(NOT_STARTED) {
+        Some(_) => Status::new(code, message).with_not_started(),
+        None => Status::new(code, message),
     }
 }
 
@@ -482,10 +482,7 @@ async fn read_loop(mut reader: FrameReader<ReadIo>, shared: Arc<Shared>, queue: 
                     }
                 }
                 Head::Error { code, message, metadata } => {
-                    let status = match metadata.get(NOT_STARTED) {
-                        Some(_) => Status::new(code, message).with_not_started(),
-                        None => Status::new(code, message),
-                    };
+                    let status = call_status(code, message, &metadata);
                     if shared.streams.is_empty() || !shared.streams.fail(frame.id, status.clone()) {
                         replies.push((frame.id, Err(status)));
                     }
@@ -500,7 +497,7 @@ async fn read_loop(mut reader: FrameReader<ReadIo>, shared: Arc<Shared>, queue: 
                 Head::End { status, metadata } => {
                     let outcome = match status {
                         None => Ok(metadata),
-                        Some((code, message)) => Err(Status::new(code, message)),
+                        Some((code, message)) => Err(call_status(code, message, &metadata)),
                     };
                     shared.streams.end(frame.id, outcome);
                 }
@@ -546,13 +543,13 @@ mod tests {
 
     #[test]
     fn wrapped_ids_skip_zero_and_ids_still_in_use() {
-        let (counter, wrapped) = (AtomicU32::new(u32::MAX - 1), AtomicBool::new(false));
+        let counter = AtomicU64::new(u64::from(u32::MAX) - 1);
         let in_use = [1, 2, u32::MAX - 1];
         let taken = |id| in_use.contains(&id);
         // Before the wrap nothing is checked: no id can be in use twice yet.
-        assert_eq!(take_id(&counter, &wrapped, taken), u32::MAX - 1);
-        assert_eq!(take_id(&counter, &wrapped, taken), u32::MAX);
-        assert_eq!(take_id(&counter, &wrapped, taken), 3, "0 is skipped, and so are 1 and 2, still waiting");
-        assert_eq!(take_id(&counter, &wrapped, taken), 4);
+        assert_eq!(take_id(&counter, taken), u32::MAX - 1);
+        assert_eq!(take_id(&counter, taken), u32::MAX);
+        assert_eq!(take_id(&counter, taken), 3, "0 is skipped, and so are 1 and 2, still waiting");
+        assert_eq!(take_id(&counter, taken), 4);
     }
 }

@@ -27,6 +27,7 @@ pub(crate) struct ServerConfig {
     pub(crate) max_connections: usize,
     pub(crate) idle_timeout: Duration,
     pub(crate) handshake_timeout: Duration,
+    pub(crate) frame_timeout: Duration,
     pub(crate) write_queue: usize,
     pub(crate) streams: StreamConfig,
     #[cfg(feature = "tls")]
@@ -41,6 +42,7 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             idle_timeout: Duration::from_secs(300),
             handshake_timeout: Duration::from_secs(10),
+            frame_timeout: Duration::from_secs(30),
             write_queue: 1024,
             streams: StreamConfig::default(),
             #[cfg(feature = "tls")]
@@ -139,7 +141,8 @@ impl<L> ServerBuilder<L> {
     }
 
     /// Closes connections that carried no call or stream frame and ran no call for this long
-    /// (default 5 min); pings do not count.
+    /// (default 5 min); pings do not count. Checked once per period, so an idle connection
+    /// closes between one and two periods after its last call.
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
         self.config.idle_timeout = timeout;
         self
@@ -174,6 +177,14 @@ impl<L> ServerBuilder<L> {
     /// (default 10 s).
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.config.handshake_timeout = timeout;
+        self
+    }
+
+    /// How long one frame may take to arrive, from its first byte read to its last (default
+    /// 30 s, so a full 16 MiB frame needs about 550 KiB/s). A connection whose frame takes
+    /// longer is closed: a client trickling bytes cannot hold a connection slot.
+    pub fn frame_timeout(mut self, timeout: Duration) -> Self {
+        self.config.frame_timeout = timeout;
         self
     }
 

@@ -185,7 +185,7 @@ pub(crate) async fn serve<S>(
         last_id: 0,
         draining: false,
     };
-    let mut reader = FrameReader::new(read, codec);
+    let mut reader = FrameReader::new(read, codec).frame_timeout(config.frame_timeout);
     if let Some(refusal) = refusal {
         conn.go_away(Code::FailedPrecondition, refusal).await;
     } else if permit.is_none() {
@@ -643,10 +643,12 @@ where
         self.in_flight.streams().insert(id, StreamPeer { inbox: Some(inbox_tx), credit });
         let in_flight = self.in_flight.clone();
         let tx = self.tx.clone();
+        let max_frame_size = self.max_frame_size;
         let mut handlers = self.in_flight.lock();
         // The task's own `finish` takes this lock, so it cannot run before the insert below.
         let task = tokio::spawn(async move {
             let last = task.run::<S>(call_future).await;
+            let last = sendable(last, max_frame_size).unwrap_or_else(|status| end_frame(id, &status));
             // Out of the table first: client frames that still arrive for it are ignored.
             in_flight.streams().remove(&id);
             let _ = tx.send(last.into()).await;
@@ -726,35 +728,49 @@ where
 /// reply cannot be sent (over the frame limit, or metadata the wire cannot carry), so one bad
 /// reply never costs the connection.
 fn answer_frame(id: u32, codec: u8, outcome: Result<ServerResponse, Status>, max_frame_size: usize) -> Frame {
-    let response = match outcome {
-        Ok(response) => response,
-        Err(status) => return error_frame(id, &status),
-    };
-    if let Err(e) = check_metadata(&response.metadata) {
-        return error_frame(id, &Status::internal(format!("the handler's reply metadata cannot be sent: {e}")));
+    outcome
+        .and_then(|response| {
+            let frame = Frame { id, codec, head: Head::Reply { metadata: response.metadata }, body: response.body };
+            sendable(frame, max_frame_size)
+        })
+        .unwrap_or_else(|status| error_frame(id, &status))
+}
+
+/// `frame` if the wire can carry the handler's reply in it (its metadata within the wire's
+/// limits, its length within the frame limit); otherwise the error for that call alone.
+fn sendable(frame: Frame, max_frame_size: usize) -> Result<Frame, Status> {
+    if let Head::Reply { metadata } | Head::End { metadata, .. } = &frame.head {
+        check_metadata(metadata)
+            .map_err(|e| Status::internal(format!("the handler's reply metadata cannot be sent: {e}")))?;
     }
-    let frame = Frame { id, codec, head: Head::Reply { metadata: response.metadata }, body: response.body };
     let len = frame.encoded_len() - 4;
     if len > max_frame_size {
-        return error_frame(
-            id,
-            &Status::resource_exhausted(format!(
-                "the reply is {len} bytes, over the server's frame limit of {max_frame_size}; return less, or raise max_frame_size on server and client"
-            )),
-        );
+        return Err(Status::resource_exhausted(format!(
+            "the reply is {len} bytes, over the server's frame limit of {max_frame_size}; return less, or raise max_frame_size on server and client"
+        )));
     }
-    frame
+    Ok(frame)
 }
 
 fn error_frame(id: u32, status: &Status) -> Frame {
+    Frame {
+        id,
+        codec: 0,
+        head: Head::Error {
+            code: status.code(),
+            message: status.message().to_owned(),
+            metadata: status_metadata(status),
+        },
+        body: Bytes::new(),
+    }
+}
+
+/// What a failed call's frame carries besides code and message: whether it never started, so
+/// the client may retry it or try another server.
+pub(super) fn status_metadata(status: &Status) -> Metadata {
     let mut metadata = Metadata::new();
     if status.not_started() {
         metadata.insert(NOT_STARTED, "1");
     }
-    Frame {
-        id,
-        codec: 0,
-        head: Head::Error { code: status.code(), message: status.message().to_owned(), metadata },
-        body: Bytes::new(),
-    }
+    metadata
 }

@@ -199,7 +199,10 @@ pub(super) fn end_frame(id: u32, status: &Status) -> Frame {
     Frame {
         id,
         codec: 0,
-        head: Head::End { status: Some((status.code(), status.message().to_owned())), metadata: Metadata::new() },
+        head: Head::End {
+            status: Some((status.code(), status.message().to_owned())),
+            metadata: super::connection::status_metadata(status),
+        },
         body: Bytes::new(),
     }
 }

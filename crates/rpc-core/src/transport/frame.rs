@@ -149,6 +149,8 @@ pub enum FrameError {
     BadPreface(String),
     /// Reading from the socket failed.
     Io(std::io::Error),
+    /// A frame begun was not complete within the reader's frame timeout.
+    Stalled(std::time::Duration),
 }
 
 impl std::fmt::Display for FrameError {
@@ -162,6 +164,9 @@ impl std::fmt::Display for FrameError {
             FrameError::Malformed(m) => write!(f, "malformed frame: {m}"),
             FrameError::BadPreface(m) => write!(f, "bad connection preface: {m}"),
             FrameError::Io(e) => write!(f, "i/o error: {e}"),
+            FrameError::Stalled(after) => {
+                write!(f, "a frame begun {after:?} ago is still incomplete; send each frame whole and promptly")
+            }
         }
     }
 }

@@ -5,7 +5,11 @@
 
 use super::{Frame, FrameCodec, FrameError};
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use std::{pin::Pin, time::Duration};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    time::{Instant, Sleep},
+};
 use tokio_util::codec::{Decoder, Encoder};
 
 /// Most frames taken from a queue per wake-up.
@@ -69,25 +73,62 @@ pub(crate) struct FrameReader<R> {
     io: R,
     codec: FrameCodec,
     buf: BytesMut,
+    stall: Option<Stall>,
+}
+
+/// How long a frame may take from its first byte read to its last.
+struct Stall {
+    limit: Duration,
+    /// When the frame being read is due: set when a read first leaves part of one buffered.
+    due: Option<Instant>,
+    /// Created once and reset per frame, so frames that complete at once touch no timer.
+    timer: Pin<Box<Sleep>>,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub(crate) fn new(io: R, codec: FrameCodec) -> Self {
-        FrameReader { io, codec, buf: BytesMut::with_capacity(16 * 1024) }
+        FrameReader { io, codec, buf: BytesMut::with_capacity(16 * 1024), stall: None }
+    }
+
+    /// Fails [`next`](Self::next) with [`FrameError::Stalled`] when a frame's bytes take longer
+    /// than `limit` to arrive, so a peer cannot hold the connection by trickling one.
+    pub(crate) fn frame_timeout(mut self, limit: Duration) -> Self {
+        self.stall = Some(Stall { limit, due: None, timer: Box::pin(tokio::time::sleep(limit)) });
+        self
     }
 
     /// The next frame; `None` on a clean end of stream between frames.
     ///
-    /// Cancel safe: a frame partly read stays buffered for the next call.
+    /// Cancel safe: a frame partly read stays buffered for the next call, and its timeout runs on.
     pub(crate) async fn next(&mut self) -> Result<Option<Frame>, FrameError> {
         loop {
             if let Some(frame) = self.codec.decode(&mut self.buf)? {
+                if let Some(stall) = &mut self.stall {
+                    stall.due = None;
+                }
                 return Ok(Some(frame));
             }
             if self.buf.capacity() - self.buf.len() < 4096 {
                 self.buf.reserve(16 * 1024);
             }
-            if self.io.read_buf(&mut self.buf).await? == 0 {
+            let partial = !self.buf.is_empty();
+            let read = self.io.read_buf(&mut self.buf);
+            let read = match &mut self.stall {
+                Some(stall) if partial => {
+                    if stall.due.is_none() {
+                        let due = Instant::now() + stall.limit;
+                        stall.timer.as_mut().reset(due);
+                        stall.due = Some(due);
+                    }
+                    tokio::select! {
+                        biased;
+                        read = read => read,
+                        () = stall.timer.as_mut() => return Err(FrameError::Stalled(stall.limit)),
+                    }
+                }
+                _ => read.await,
+            };
+            if read? == 0 {
                 return match self.buf.len() {
                     0 => Ok(None),
                     n => Err(FrameError::Malformed(format!("connection closed inside a frame ({n} bytes pending)"))),
