@@ -4,9 +4,17 @@ use rpc_core::{Codec, Server, ThriftChannel};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// A note with a text.
+#[rpc_core::message]
+pub struct Note {
+    pub text: String,
+}
+
 /// Echoes.
 #[rpc_core::service]
 pub trait Echo {
+    /// Returns the note's text (a struct argument: Thrift has no default for it).
+    async fn read(&self, note: Note) -> String;
     /// Returns its argument.
     async fn echo(&self, text: String) -> String;
     /// Fails on purpose.
@@ -18,6 +26,9 @@ pub trait Echo {
 struct MyEcho;
 
 impl Echo for MyEcho {
+    async fn read(&self, note: Note) -> String {
+        note.text
+    }
     async fn echo(&self, text: String) -> String {
         text
     }
@@ -98,5 +109,37 @@ async fn a_thrift_channel_reconnects_when_the_server_closed_its_idle_connection(
     assert_eq!(client.echo("first".into()).await.unwrap(), "first");
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(client.echo("after idle".into()).await.unwrap(), "after idle", "not a call lost on a closed socket");
+    server.shutdown(Duration::from_secs(1)).await.unwrap();
+}
+
+/// Sends one framed Thrift binary call of `method` with no arguments; returns the reply's bytes.
+async fn call_without_arguments(stream: &mut tokio::net::TcpStream, method: &str) -> Vec<u8> {
+    let mut message = vec![0x80, 0x01, 0x00, 0x01];
+    message.extend_from_slice(&(method.len() as u32).to_be_bytes());
+    message.extend_from_slice(method.as_bytes());
+    message.extend_from_slice(&7u32.to_be_bytes());
+    message.push(0); // the arguments struct's stop field: no arguments at all
+    stream.write_all(&(message.len() as u32).to_be_bytes()).await.unwrap();
+    stream.write_all(&message).await.unwrap();
+    let len = tokio::time::timeout(Duration::from_secs(5), stream.read_u32()).await.expect("an answer").unwrap();
+    let mut reply = vec![0; len as usize];
+    stream.read_exact(&mut reply).await.unwrap();
+    reply
+}
+
+#[tokio::test]
+async fn thrift_errors_name_the_service_method_and_argument_as_written() {
+    let server = Server::builder().add_service(EchoServer::new(MyEcho)).start("127.0.0.1:0").await.unwrap();
+    let mut stream = tokio::net::TcpStream::connect(server.local_addr()).await.unwrap();
+
+    let reply = call_without_arguments(&mut stream, "read").await;
+    assert_eq!(reply[3], 3, "a Thrift exception: {reply:?}");
+    let reply = String::from_utf8_lossy(&reply).into_owned();
+    assert!(reply.contains("arguments of Echo.read could not be decoded"), "{reply:?}");
+    assert!(reply.contains("argument `note` is missing"), "{reply:?}");
+    assert!(!reply.contains("__"), "no generated names: {reply:?}");
+
+    let reply = String::from_utf8_lossy(&call_without_arguments(&mut stream, "nope").await).into_owned();
+    assert!(reply.contains("no service here has a method \"nope\""), "{reply:?}");
     server.shutdown(Duration::from_secs(1)).await.unwrap();
 }

@@ -23,6 +23,8 @@
 //! # let _ = note;
 //! ```
 
+#![forbid(unsafe_code)]
+
 mod budget;
 pub mod bytes_field;
 mod error;

@@ -94,8 +94,8 @@ pub(crate) fn bytes_value_len(bytes: &[u8]) -> usize {
 }
 
 /// The decoded value of a field, its absent value, or a "missing field" error.
-pub fn finish<T: Schema>(slot: Option<T>, ty: &str, field: &str) -> ProtoResult<T> {
-    slot.or_else(T::absent).ok_or_else(|| error(format!("{ty}.{field} is missing")))
+pub fn finish<T: Schema>(slot: Option<T>, field: &str) -> ProtoResult<T> {
+    slot.or_else(T::absent).ok_or_else(|| error(format!("{field} is missing")))
 }
 
 /// Decodes a wrapper message whose field 1 is the value.
@@ -107,7 +107,7 @@ pub(crate) fn decode_wrapper<T: Schema>(buf: &mut &[u8], depth: usize) -> ProtoR
             (tag, wire) => skip(wire, tag, buf)?,
         }
     }
-    finish(slot, "wrapper", "value")
+    finish(slot, "wrapper.value")
 }
 
 pub(crate) fn list<T: Single>(list: &[T], tag: u32, buf: &mut BytesMut) {
@@ -193,5 +193,5 @@ pub(crate) fn read_map_entry<K: Single, V: Single>(
             (tag, wire) => skip(wire, tag, &mut entry)?,
         }
     }
-    Ok((finish(k, "map entry", "key")?, finish(v, "map entry", "value")?))
+    Ok((finish(k, "map entry.key")?, finish(v, "map entry.value")?))
 }

@@ -975,7 +975,7 @@ impl<T: Schema, E: Single> Struct for Result<T, E> {
         }
         match err {
             Some(error) => Ok(Err(error)),
-            None => proto::finish(ok, "result", "success").map(Ok),
+            None => proto::finish(ok, "result.success").map(Ok),
         }
     }
     fn thrift_write_body<P: TOutputProtocol + ?Sized>(&self, o: &mut P) -> ThriftResult<()> {
@@ -1001,7 +1001,7 @@ impl<T: Schema, E: Single> Struct for Result<T, E> {
                 (TType::Stop, _) => break,
                 (t, Some(0)) if t == T::THRIFT_TYPE => T::thrift_merge(&mut ok, i, depth)?,
                 (TType::Struct, Some(1)) if !E::THRIFT_EXCEPTION => {
-                    err = Some(th::read_wrapped(i, th::deeper(depth)?, 1, "exception", "value")?)
+                    err = Some(th::read_wrapped(i, th::deeper(depth)?, 1, "exception.value")?)
                 }
                 // Bare: a struct error, or one from a peer that does not wrap (as this crate
                 // did not before it declared the wrapper in its .thrift).
@@ -1015,7 +1015,7 @@ impl<T: Schema, E: Single> Struct for Result<T, E> {
         i.read_struct_end()?;
         match err {
             Some(error) => Ok(Err(error)),
-            None => th::finish(ok, "result", "success").map(Ok),
+            None => th::finish(ok, "result.success").map(Ok),
         }
     }
 }
@@ -1088,7 +1088,7 @@ macro_rules! tuple {
                         (tag, wire) => proto::skip(wire, tag, buf)?,
                     }
                 }
-                Ok(($(proto::finish($slot, "tuple", stringify!($tag))?,)+))
+                Ok(($(proto::finish($slot, concat!("tuple.", stringify!($tag)))?,)+))
             }
             fn thrift_write_body<P: TOutputProtocol + ?Sized>(&self, o: &mut P) -> ThriftResult<()> {
                 let ($($slot,)+) = self;
@@ -1110,7 +1110,7 @@ macro_rules! tuple {
                     i.read_field_end()?;
                 }
                 i.read_struct_end()?;
-                Ok(($(th::finish($slot, "tuple", stringify!($tag))?,)+))
+                Ok(($(th::finish($slot, concat!("tuple.", stringify!($tag)))?,)+))
             }
         }
 

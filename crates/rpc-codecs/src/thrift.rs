@@ -56,8 +56,8 @@ pub fn field_header(ty: TType, id: i16) -> TFieldIdentifier {
 }
 
 /// The decoded value of a field, its absent value, or a "missing field" error.
-pub fn finish<T: Schema>(slot: Option<T>, ty: &str, field: &str) -> ThriftResult<T> {
-    slot.or_else(T::absent).ok_or_else(|| invalid(format!("{ty}.{field} is missing")))
+pub fn finish<T: Schema>(slot: Option<T>, field: &str) -> ThriftResult<T> {
+    slot.or_else(T::absent).ok_or_else(|| invalid(format!("{field} is missing")))
 }
 
 pub(crate) fn write_field<T: Schema, P: TOutputProtocol + ?Sized>(value: &T, id: i16, o: &mut P) -> ThriftResult<()> {
@@ -89,15 +89,14 @@ pub(crate) fn write_wrapped<T: Schema, P: TOutputProtocol + ?Sized>(value: &T, i
 }
 
 pub(crate) fn read_wrapper<T: Schema, P: TInputProtocol + ?Sized>(i: &mut P, depth: usize) -> ThriftResult<T> {
-    read_wrapped(i, depth, 0, "result", "success")
+    read_wrapped(i, depth, 0, "result.success")
 }
 
-/// Reads what [`write_wrapped`] wrote; `ty` and `field` name the field in errors.
+/// Reads what [`write_wrapped`] wrote; `field` names the field in errors.
 pub(crate) fn read_wrapped<T: Schema, P: TInputProtocol + ?Sized>(
     i: &mut P,
     depth: usize,
     id: i16,
-    ty: &str,
     field: &str,
 ) -> ThriftResult<T> {
     let mut slot = None;
@@ -112,7 +111,7 @@ pub(crate) fn read_wrapped<T: Schema, P: TInputProtocol + ?Sized>(
         i.read_field_end()?;
     }
     i.read_struct_end()?;
-    finish(slot, ty, field)
+    finish(slot, field)
 }
 
 fn size(n: usize) -> ThriftResult<i32> {

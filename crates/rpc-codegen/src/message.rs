@@ -12,9 +12,13 @@ use syn::spanned::Spanned;
 const MAX_TAG: u32 = i16::MAX as u32;
 
 pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
-    if !attr.is_empty() {
-        return Err(syn::Error::new_spanned(attr, "#[message] takes no arguments"));
-    }
+    // `#[message(arguments)]` is what `#[service]` puts on a method's arguments: errors then
+    // name a missing field as the argument it is, not as a field of a generated struct.
+    let arguments = match attr.to_string().as_str() {
+        "" => false,
+        "arguments" => true,
+        _ => return Err(syn::Error::new_spanned(attr, "#[message] takes no arguments")),
+    };
     let mut item: syn::DeriveInput = syn::parse2(item)?;
     if !item.generics.params.is_empty() {
         return Err(syn::Error::new_spanned(
@@ -23,7 +27,7 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
         ));
     }
     let schema = match &mut item.data {
-        syn::Data::Struct(s) => expand_struct(&item.ident, &item.attrs, &mut s.fields)?,
+        syn::Data::Struct(s) => expand_struct(&item.ident, &item.attrs, &mut s.fields, arguments)?,
         syn::Data::Enum(e) => expand_enum(&item.ident, &item.attrs, e)?,
         syn::Data::Union(u) => {
             return Err(syn::Error::new_spanned(u.union_token, "#[message] supports structs and enums, not unions"))
@@ -143,7 +147,12 @@ pub(crate) fn wire_name(ident: &syn::Ident) -> String {
     name.strip_prefix("r#").unwrap_or(&name).to_owned()
 }
 
-fn expand_struct(ident: &syn::Ident, attrs: &[syn::Attribute], fields: &mut syn::Fields) -> syn::Result<TokenStream> {
+fn expand_struct(
+    ident: &syn::Ident,
+    attrs: &[syn::Attribute],
+    fields: &mut syn::Fields,
+    arguments: bool,
+) -> syn::Result<TokenStream> {
     if let syn::Fields::Unnamed(u) = fields {
         return Err(syn::Error::new_spanned(
             u,
@@ -192,11 +201,19 @@ fn expand_struct(ident: &syn::Ident, attrs: &[syn::Attribute], fields: &mut syn:
     let idl_fields = tys.iter().zip(&name_strs).zip(&tags).map(
         |((ty, name), tag)| quote_spanned!(ty.span()=> #s::FieldDef::new(#name, #tag, <#ty as #s::Schema>::idl(idl))),
     );
-    let type_name_ref = &type_name;
-    let finish = |f: TokenStream| {
-        tys.iter().zip(&names).zip(&slots).zip(&name_strs).map(move |(((ty, name), slot), name_str)| {
-            quote_spanned!(ty.span()=> #name: #f::<#ty>(#slot, #type_name_ref, #name_str)?,)
+    let paths: Vec<String> = name_strs
+        .iter()
+        .map(|name| match arguments {
+            true => format!("argument `{name}`"),
+            false => format!("{type_name}.{name}"),
         })
+        .collect();
+    let finish = |f: TokenStream| {
+        tys.iter()
+            .zip(&names)
+            .zip(&slots)
+            .zip(&paths)
+            .map(move |(((ty, name), slot), path)| quote_spanned!(ty.span()=> #name: #f::<#ty>(#slot, #path)?,))
     };
     let proto_finish = finish(quote!(#s::proto_finish));
     let thrift_finish = finish(quote!(#s::thrift_finish));

@@ -319,7 +319,7 @@ fn generate(item: &ItemTrait, name: &str, methods: &[Method]) -> TokenStream {
         quote! {
             #[doc(hidden)]
             #[allow(non_camel_case_types)]
-            #[::rpc_core::message]
+            #[::rpc_core::message(arguments)]
             struct #s { #(#fields),* }
         }
     });

@@ -1,7 +1,7 @@
 //! Routing calls to the services on one listener by service name.
 
 use super::{Dispatch, ServerRequest, ServerResponse, ServiceInfo};
-use crate::Status;
+use crate::{ByteStr, Status};
 use std::{
     fmt,
     future::Future,
@@ -45,7 +45,7 @@ impl tower::Service<ServerRequest> for Router {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: ServerRequest) -> Self::Future {
+    fn call(&mut self, mut request: ServerRequest) -> Self::Future {
         // A handful of services per listener: a scan beats hashing.
         // An empty service name (a plain Apache Thrift client) means the service with the method.
         let by_method = request.service.is_empty();
@@ -53,14 +53,28 @@ impl tower::Service<ServerRequest> for Router {
             s.info().name.as_bytes() == request.service.as_bytes()
                 || (by_method && s.info().method(request.method.as_str()).is_some())
         });
+        let served = || self.services().map(|s| s.name).collect::<Vec<_>>().join(", ");
         match found {
-            Some(service) => service.dispatch(request),
+            Some(service) => {
+                if by_method {
+                    // Errors, logs and metrics then name the service the call reached.
+                    request.service = ByteStr::from_static(service.info().name);
+                }
+                service.dispatch(request)
+            }
             None => {
-                let status = Status::unimplemented(format!(
-                    "service {:?} is not served here (this server serves: {}); check the address and service name",
-                    request.service.as_str(),
-                    self.services().map(|s| s.name).collect::<Vec<_>>().join(", ")
-                ));
+                let status = match by_method {
+                    true => Status::unimplemented(format!(
+                        "no service here has a method {:?} (this server serves: {}); check the address and method name",
+                        request.method.as_str(),
+                        served()
+                    )),
+                    false => Status::unimplemented(format!(
+                        "service {:?} is not served here (this server serves: {}); check the address and service name",
+                        request.service.as_str(),
+                        served()
+                    )),
+                };
                 Box::pin(std::future::ready(Err(status)))
             }
         }
