@@ -85,23 +85,44 @@ async fn dropping_a_call_cancels_it_on_the_server() {
     let (server, lab) = start_lab().await;
     let mut events = lab.events.subscribe();
     let client = lab_client(&server, Codec::MsgPack).await;
-    let call = tokio::spawn(async move { client.hang("dropped".into()).await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let caller = client.clone();
+    let call = tokio::spawn(async move { caller.hang("dropped".into()).await });
+    expect_event(&mut events, "hanging:dropped").await;
     call.abort();
+    // The channel lives on in `client`: only the call's own cancel frame can stop the handler.
     expect_event(&mut events, "cancelled:dropped").await;
+    assert_eq!(client.get(2).await.unwrap().unwrap().id, 2, "the connection still serves");
 }
 
 #[tokio::test]
-async fn cancellation_and_deadlines_cascade_to_the_calls_a_handler_makes() {
+async fn cancelling_a_call_cancels_the_calls_its_handler_makes() {
     let (front, _front_lab) = start_lab().await;
     let (back, back_lab) = start_lab().await;
     let mut events = back_lab.events.subscribe();
     let client = lab_client(&front, Codec::MsgPack).await;
-    let reply =
-        client.relay_hang(back.local_addr().to_string(), "cascade".into()).timeout(Duration::from_millis(200)).await;
-    assert_eq!(reply.unwrap_err().code(), Code::DeadlineExceeded);
-    // The front handler's call inherited the deadline; both handlers are cancelled.
+    let caller = client.clone();
+    let back_addr = back.local_addr().to_string();
+    let call = tokio::spawn(async move { caller.relay_hang(back_addr, "cascade".into()).await });
+    expect_event(&mut events, "hanging:cascade").await;
+    call.abort();
+    // The front server keeps its connection to the back one open, and the call had no deadline.
     expect_event(&mut events, "cancelled:cascade").await;
+}
+
+#[tokio::test]
+async fn deadlines_cascade_to_the_calls_a_handler_makes() {
+    let (front, _front_lab) = start_lab().await;
+    let (back, back_lab) = start_lab().await;
+    let mut events = back_lab.events.subscribe();
+    let client = lab_client(&front, Codec::MsgPack).await;
+    let back_addr = back.local_addr().to_string();
+    assert_eq!(client.relay_remaining_ms(back_addr.clone()).await.unwrap(), None, "no deadline, none passed on");
+    let left = client.relay_remaining_ms(back_addr.clone()).timeout(Duration::from_secs(3)).await.unwrap();
+    assert!(left.is_some_and(|ms| ms <= 3000), "the back handler saw {left:?} ms of the caller's 3000");
+
+    let reply = client.relay_hang(back_addr, "deadline".into()).timeout(Duration::from_millis(200)).await;
+    assert_eq!(reply.unwrap_err().code(), Code::DeadlineExceeded);
+    expect_event(&mut events, "cancelled:deadline").await;
 }
 
 #[tokio::test]

@@ -4,6 +4,8 @@
 //! The macros only generate code; they perform no I/O and know nothing of sockets or codecs
 //! beyond the traits that `rpc-core` defines.
 
+#![forbid(unsafe_code)]
+
 use proc_macro::TokenStream;
 
 mod message;

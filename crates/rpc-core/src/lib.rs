@@ -30,6 +30,8 @@
 //! # Ok(()) }
 //! ```
 
+#![forbid(unsafe_code)]
+
 // Lets `#[message]`, whose code names `::rpc_core`, be used inside this crate.
 extern crate self as rpc_core;
 

@@ -72,6 +72,8 @@
 //! assert_eq!(applied.last().unwrap(), b"hello");
 //! ```
 
+#![forbid(unsafe_code)]
+
 pub mod bench;
 pub mod codec;
 pub mod config;

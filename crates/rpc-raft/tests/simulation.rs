@@ -3,7 +3,7 @@
 //!
 //! `RAFT_SEEDS=N` runs N seeds per scenario instead of the default. A failure prints
 //! the scenario, seed and a replayed trace; `RAFT_REPLAY=scenario:seed cargo test -p
-//! rpc-raft --test simulation replay -- --nocapture` reruns exactly that seed.
+//! rpc-raft --test simulation replay -- --ignored --nocapture` reruns exactly that seed.
 
 use rpc_raft::sim::{replay, run_seeds, seed_count, SimConfig};
 
@@ -195,12 +195,12 @@ fn lease_reads_beyond_the_drift_bound_are_caught() {
     }
 }
 
-/// Reruns one seed with a full trace: `RAFT_REPLAY=membership:3017`.
+/// Reruns one seed with a full trace:
+/// `RAFT_REPLAY=membership:3017 cargo test -p rpc-raft --test simulation replay_one_seed -- --ignored`.
 #[test]
+#[ignore = "a tool: set RAFT_REPLAY=scenario:seed and run with --ignored"]
 fn replay_one_seed() {
-    let Ok(spec) = std::env::var("RAFT_REPLAY") else {
-        return;
-    };
+    let spec = std::env::var("RAFT_REPLAY").expect("RAFT_REPLAY=scenario:seed");
     let (name, seed) = spec.split_once(':').expect("RAFT_REPLAY=scenario:seed");
     let (template, _) = scenario(name);
     let cfg = SimConfig { seed: seed.parse().expect("seed"), ..template };

@@ -14,6 +14,8 @@
 //! - [`lock`]: locks with fencing tokens, and leader elections.
 //! - `etcd` (Cargo feature `etcd`): the same client API on an etcd v3 cluster.
 
+#![forbid(unsafe_code)]
+
 pub mod api;
 pub mod auth;
 pub mod client;

@@ -6,6 +6,7 @@ pub mod messages;
 
 use rpc_core::{Context, Server};
 use std::{
+    collections::HashMap,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -50,6 +51,8 @@ pub trait Lab {
     async fn relay_hang(&self, addr: String, tag: String) -> String;
     /// Calls `whoami` on the server at `addr` and returns what that server saw.
     async fn relay_whoami(&self, addr: String) -> Vec<(String, String)>;
+    /// Asks the server at `addr` how long its handler has left (`remaining_ms` there).
+    async fn relay_remaining_ms(&self, addr: String) -> Option<u64>;
     /// Returns `n` bytes.
     async fn blob(&self, n: u32) -> Vec<u8>;
     /// Takes no arguments and returns nothing.
@@ -84,6 +87,19 @@ impl Events {
 #[derive(Clone, Default)]
 pub struct LabImpl {
     pub events: Arc<Events>,
+    /// One client per relayed-to address, kept across calls: a relay's connection outlives the
+    /// call that made it, so only the call's own cancellation can reach the server behind.
+    relays: Arc<Mutex<HashMap<String, LabClient>>>,
+}
+
+impl LabImpl {
+    fn relay(&self, addr: String) -> LabClient {
+        let mut relays = self.relays.lock().unwrap();
+        relays
+            .entry(addr.clone())
+            .or_insert_with(|| LabClient::new(rpc_core::Channel::builder(addr).connect_lazy()))
+            .clone()
+    }
 }
 
 struct CancelGuard {
@@ -148,8 +164,7 @@ impl Lab for LabImpl {
     }
 
     async fn relay_hang(&self, addr: String, tag: String) -> String {
-        let channel = rpc_core::Channel::builder(addr).connect_lazy();
-        match LabClient::new(channel).hang(tag).await {
+        match self.relay(addr).hang(tag).await {
             Ok(()) => "returned".into(),
             Err(status) => status.code().to_string(),
         }
@@ -158,6 +173,10 @@ impl Lab for LabImpl {
     async fn relay_whoami(&self, addr: String) -> Vec<(String, String)> {
         let channel = rpc_core::Channel::builder(addr).caller("lab-relay").connect_lazy();
         LabClient::new(channel).whoami().await.unwrap_or_default()
+    }
+
+    async fn relay_remaining_ms(&self, addr: String) -> Option<u64> {
+        self.relay(addr).remaining_ms().await.unwrap()
     }
 
     async fn blob(&self, n: u32) -> Vec<u8> {
