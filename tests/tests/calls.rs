@@ -205,6 +205,15 @@ async fn reply_metadata_reaches_a_tower_layer_on_the_client() {
 }
 
 #[tokio::test]
+async fn a_typed_client_reads_reply_metadata_with_the_value() {
+    let (server, _lab) = start_lab().await;
+    let client = lab_client(&server, Codec::Protobuf).await;
+    let (seen, metadata) = client.whoami().metadata("tenant", "acme").with_metadata().await.unwrap();
+    assert!(seen.contains(&("tenant".into(), "acme".into())), "{seen:?}");
+    assert_eq!(metadata.get("served-by"), Some("lab"));
+}
+
+#[tokio::test]
 async fn oneway_calls_return_at_once_and_run() {
     let (server, lab) = start_lab().await;
     let mut events = lab.events.subscribe();

@@ -1,7 +1,7 @@
 //! The typed call a generated client method returns.
 
 use super::{Request, Response};
-use crate::{Inbound, Items, Message, Status, Streaming};
+use crate::{Inbound, Items, Message, Metadata, Status, Streaming};
 use pin_project_lite::pin_project;
 use serde::de::IntoDeserializer;
 use std::{
@@ -47,6 +47,24 @@ impl<S, T> Call<S, T> {
     pub fn request(&self) -> &Request {
         &self.request
     }
+
+    /// Sends the call and returns the reply's metadata with its value (set last, after the
+    /// other options).
+    ///
+    /// ```ignore
+    /// let (product, metadata) = client.get(42).with_metadata().await?;
+    /// let served_by = metadata.get("served-by");
+    /// ```
+    pub fn with_metadata(self) -> CallWithMetadata<S, T>
+    where
+        S: Service<Request, Response = Response, Error = Status>,
+    {
+        CallWithMetadata {
+            oneway: self.request.options.oneway,
+            inner: Oneshot::new(self.service, self.request),
+            _reply: PhantomData,
+        }
+    }
 }
 
 impl<S, T> IntoFuture for Call<S, T>
@@ -88,19 +106,49 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let response = ready!(this.inner.poll(cx))?;
-        if *this.oneway {
-            // One-way methods return `()`; there is no reply body to decode.
-            return Poll::Ready(T::deserialize(().into_deserializer()).map_err(|e: serde::de::value::Error| {
-                Status::internal(format!("one-way method must return (): {e}"))
-            }));
-        }
-        Poll::Ready(response.codec.decode_reply(&response.body).map_err(|e| {
-            Status::internal(format!(
-                "the reply could not be decoded as {}: {e}; client and server may disagree on the method's type",
-                std::any::type_name::<T>()
-            ))
-        }))
+        Poll::Ready(decode(*this.oneway, &response))
     }
+}
+
+pin_project! {
+    /// The future of [`Call::with_metadata`]: the reply's value and its metadata.
+    ///
+    /// Dropping it before it completes cancels the call on the server.
+    pub struct CallWithMetadata<S: Service<Request>, T> {
+        #[pin]
+        inner: Oneshot<S, Request>,
+        oneway: bool,
+        _reply: PhantomData<fn() -> T>,
+    }
+}
+
+impl<S, T> Future for CallWithMetadata<S, T>
+where
+    S: Service<Request, Response = Response, Error = Status>,
+    T: Message,
+{
+    type Output = Result<(T, Metadata), Status>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = ready!(this.inner.poll(cx))?;
+        Poll::Ready(decode(*this.oneway, &response).map(|value| (value, response.metadata)))
+    }
+}
+
+/// The value of a reply.
+fn decode<T: Message>(oneway: bool, response: &Response) -> Result<T, Status> {
+    if oneway {
+        // One-way methods return `()`; there is no reply body to decode.
+        return T::deserialize(().into_deserializer())
+            .map_err(|e: serde::de::value::Error| Status::internal(format!("one-way method must return (): {e}")));
+    }
+    response.codec.decode_reply(&response.body).map_err(|e| {
+        Status::internal(format!(
+            "the reply could not be decoded as {}: {e}; client and server may disagree on the method's type",
+            std::any::type_name::<T>()
+        ))
+    })
 }
 
 /// What a generated client's streaming methods call through; a [`Channel`](crate::Channel)

@@ -19,7 +19,7 @@ mod stream;
 mod thrift;
 mod writer;
 
-pub use call::{Call, CallFuture, ClientStreamCall, OpenStream, StreamCall, StreamFuture};
+pub use call::{Call, CallFuture, CallWithMetadata, ClientStreamCall, OpenStream, StreamCall, StreamFuture};
 pub use channel::{Channel, ChannelBuilder, ChannelFuture};
 pub use request::{Body, CallOptions, Request, Response};
 pub use thrift::ThriftChannel;
