@@ -398,3 +398,57 @@ async fn a_client_that_trickles_a_frame_is_cut_after_the_frame_timeout() {
     let client = lab_client(&server, Codec::Json).await;
     assert_eq!(client.get(2).await.unwrap().unwrap().id, 2, "other clients are served");
 }
+
+#[tokio::test]
+async fn running_handlers_are_capped_across_connections_and_refusals_never_started() {
+    let lab = LabImpl::default();
+    let mut events = lab.events.subscribe();
+    let server =
+        Server::builder().add_service(LabServer::new(lab.clone())).max_handlers(4).start("127.0.0.1:0").await.unwrap();
+    let (a, b) = (lab_client(&server, Codec::MsgPack).await, lab_client(&server, Codec::Json).await);
+    let mut hanging = Vec::new();
+    for (i, client) in [&a, &a, &b, &b].into_iter().enumerate() {
+        let client = client.clone();
+        hanging.push(tokio::spawn(async move { client.hang(format!("h{i}")).await }));
+        expect_event(&mut events, &format!("hanging:h{i}")).await;
+    }
+
+    for client in [&a, &b] {
+        let refused = client.get(2).await.unwrap_err();
+        assert_eq!(refused.code(), Code::ResourceExhausted, "{refused}");
+        assert!(refused.not_started(), "refused before it ran, so safe to retry: {refused}");
+        assert!(refused.message().contains("4 handlers"), "{refused}");
+    }
+    assert!(lab.events.notes.lock().unwrap().is_empty());
+
+    hanging.remove(0).abort();
+    expect_event(&mut events, "cancelled:h0").await;
+    // The handler's permit goes with its task, dropped just after the event.
+    let mut reply = a.get(2).await;
+    for _ in 0..1000 {
+        if reply.is_ok() {
+            break;
+        }
+        tokio::task::yield_now().await;
+        reply = a.get(2).await;
+    }
+    assert_eq!(reply.unwrap().unwrap().id, 2, "a freed handler slot serves the next call");
+}
+
+#[tokio::test]
+async fn connections_past_the_per_address_limit_are_told_why_and_closed() {
+    let server = Server::builder()
+        .add_service(LabServer::new(LabImpl::default()))
+        .max_connections_per_peer(2)
+        .start("127.0.0.1:0")
+        .await
+        .unwrap();
+    let (a, b) = (lab_client(&server, Codec::MsgPack).await, lab_client(&server, Codec::MsgPack).await);
+    let mut third = raw_connection(server.local_addr()).await;
+    let go_away = go_away_of(&read_until_closed(&mut third).await);
+    assert_eq!(go_away.0, Code::ResourceExhausted);
+    assert!(go_away.1.contains("per client address"), "{}", go_away.1);
+    for client in [&a, &b] {
+        assert_eq!(client.get(2).await.unwrap().unwrap().id, 2, "the first two connections are served");
+    }
+}

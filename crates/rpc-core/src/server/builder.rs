@@ -1,6 +1,9 @@
 //! [`Server`]: binding a listener, accepting connections within limits, and shutting down.
 
-use super::{connection, Dispatch, Router, ServerRequest, ServerResponse};
+use super::{
+    connection::{self, HandlerBudget},
+    Dispatch, Router, ServerRequest, ServerResponse,
+};
 use crate::{
     metrics::{Metered, Metrics},
     stream::StreamConfig,
@@ -24,7 +27,9 @@ use tower::{
 pub(crate) struct ServerConfig {
     pub(crate) max_frame_size: usize,
     pub(crate) max_in_flight: usize,
+    pub(crate) max_handlers: usize,
     pub(crate) max_connections: usize,
+    pub(crate) max_connections_per_peer: usize,
     pub(crate) idle_timeout: Duration,
     pub(crate) handshake_timeout: Duration,
     pub(crate) frame_timeout: Duration,
@@ -39,7 +44,9 @@ impl Default for ServerConfig {
         ServerConfig {
             max_frame_size: DEFAULT_MAX_FRAME_SIZE,
             max_in_flight: 1024,
+            max_handlers: 65_536,
             max_connections: 10_000,
+            max_connections_per_peer: usize::MAX,
             idle_timeout: Duration::from_secs(300),
             handshake_timeout: Duration::from_secs(10),
             frame_timeout: Duration::from_secs(30),
@@ -131,6 +138,25 @@ impl<L> ServerBuilder<L> {
     /// `ResourceExhausted`.
     pub fn max_in_flight_per_connection(mut self, calls: usize) -> Self {
         self.config.max_in_flight = calls.max(1);
+        self
+    }
+
+    /// Most handlers running at once across all connections (default 65 536), counting
+    /// streams and calls still running after their first poll (one that finishes at once never
+    /// counts). Past it, calls get `ResourceExhausted` marked not started, so clients may
+    /// retry elsewhere. Connections check it without a lock, so it may be exceeded by at most
+    /// one call per connection being served at that instant.
+    pub fn max_handlers(mut self, handlers: usize) -> Self {
+        self.config.max_handlers = handlers.clamp(1, Semaphore::MAX_PERMITS);
+        self
+    }
+
+    /// Most connections open at once from one IP address (default: no limit beyond
+    /// [`max_connections`](Self::max_connections)); more are told why and closed. Calls
+    /// multiplex, so a well-behaved client needs few; leave it off when clients arrive through
+    /// a proxy or NAT that gives them one address.
+    pub fn max_connections_per_peer(mut self, connections: usize) -> Self {
+        self.config.max_connections_per_peer = connections.max(1);
         self
     }
 
@@ -329,6 +355,39 @@ where
     }
 }
 
+/// Connections open per client IP address, for [`ServerBuilder::max_connections_per_peer`].
+#[derive(Clone, Default)]
+struct PeerCounts(Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>);
+
+impl PeerCounts {
+    /// Counts a connection from `ip` until the returned seat is dropped; also returns how many
+    /// are open from `ip`, this one included.
+    fn seat(&self, ip: std::net::IpAddr) -> (Seat, usize) {
+        let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let open = counts.entry(ip).or_default();
+        *open += 1;
+        (Seat { counts: self.clone(), ip }, *open)
+    }
+}
+
+/// One connection counted in [`PeerCounts`].
+struct Seat {
+    counts: PeerCounts,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        let mut counts = self.counts.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(open) = counts.get_mut(&self.ip) {
+            *open -= 1;
+            if *open == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// How long past its grace period a shutdown waits for connections to write their last frames
 /// before it cuts them: a client that stops reading must not hold a shutdown up.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(1);
@@ -343,15 +402,33 @@ async fn accept_loop<S>(
     S::Future: Send + 'static,
 {
     let slots = Arc::new(Semaphore::new(config.max_connections));
+    let per_peer = PeerCounts::default();
+    let handlers = HandlerBudget::new(config.max_handlers);
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let permit = slots.clone().try_acquire_owned().ok();
-                    connections.spawn(connection::serve(
-                        stream, peer, service.clone(), config.clone(), shutdown.clone(), permit,
-                    ));
+                    let (seat, open) = per_peer.seat(peer.ip());
+                    let admission = if open > config.max_connections_per_peer {
+                        Err(format!(
+                            "{} already has {} connections open, the server's limit per client address; \
+                             calls multiplex, so reuse the open ones",
+                            peer.ip(), open - 1
+                        ))
+                    } else {
+                        slots.clone().try_acquire_owned().map_err(|_| format!(
+                            "server has reached its limit of {} connections; retry later or use another instance",
+                            config.max_connections
+                        ))
+                    };
+                    let serve = connection::serve(
+                        stream, peer, service.clone(), config.clone(), shutdown.clone(), admission, handlers.clone(),
+                    );
+                    connections.spawn(async move {
+                        serve.await;
+                        drop(seat);
+                    });
                 }
                 Err(e) => {
                     // Usually out of file descriptors: wait for connections to close.

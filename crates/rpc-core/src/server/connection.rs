@@ -60,6 +60,45 @@ struct InFlight {
     limit: u32,
 }
 
+/// The server-wide budget of running handlers ([`ServerBuilder::max_handlers`]), shared by
+/// every connection.
+///
+/// [`ServerBuilder::max_handlers`]: super::ServerBuilder::max_handlers
+#[derive(Clone)]
+pub(crate) struct HandlerBudget {
+    permits: Arc<Semaphore>,
+    limit: usize,
+}
+
+impl HandlerBudget {
+    pub(crate) fn new(limit: usize) -> Self {
+        HandlerBudget { permits: Arc::new(Semaphore::new(limit)), limit }
+    }
+
+    fn refusal(&self) -> Status {
+        Status::resource_exhausted(format!(
+            "the server is running {} handlers, its limit; retry shortly or call another instance",
+            self.limit
+        ))
+        .with_not_started()
+    }
+
+    /// Refuses a call while the budget is spent: a read, no write, so the hot path shares
+    /// no contended counter.
+    fn check(&self) -> Result<(), Status> {
+        match self.permits.available_permits() {
+            0 => Err(self.refusal()),
+            _ => Ok(()),
+        }
+    }
+
+    /// A permit for a handler that keeps running; `None` if another connection took the last
+    /// one since [`check`](Self::check) (the documented overshoot).
+    fn take(&self) -> Option<OwnedSemaphorePermit> {
+        self.permits.clone().try_acquire_owned().ok()
+    }
+}
+
 /// What the connection task keeps of an open stream: where the client's items go, and the
 /// client's credit for the items this side sends.
 struct StreamPeer {
@@ -140,6 +179,7 @@ struct ServerConnection<S> {
     tx: mpsc::Sender<Outbound>,
     rx: mpsc::Receiver<Outbound>,
     in_flight: Arc<InFlight>,
+    budget: HandlerBudget,
     /// Highest call id accepted, announced in a go-away.
     last_id: u32,
     /// Set once a go-away was sent: later calls are refused.
@@ -148,15 +188,16 @@ struct ServerConnection<S> {
 
 /// Serves one accepted TCP connection until it closes, fails or the server shuts down.
 ///
-/// `permit` is the connection's slot under the server's connection limit; without one the
-/// connection is told why and closed.
+/// `admission` is the connection's slot under the server's connection limit, or why it has
+/// none: then the connection is told so and closed.
 pub(crate) async fn serve<S>(
     stream: TcpStream,
     peer: SocketAddr,
     service: S,
     config: Arc<ServerConfig>,
     mut shutdown: watch::Receiver<Option<Instant>>,
-    permit: Option<OwnedSemaphorePermit>,
+    admission: Result<OwnedSemaphorePermit, String>,
+    budget: HandlerBudget,
 ) where
     S: Service<ServerRequest, Response = ServerResponse, Error = Status> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -182,21 +223,15 @@ pub(crate) async fn serve<S>(
             permits: Arc::new(Semaphore::new(limit as usize)),
             limit,
         }),
+        budget,
         last_id: 0,
         draining: false,
     };
     let mut reader = FrameReader::new(read, codec).frame_timeout(config.frame_timeout);
     if let Some(refusal) = refusal {
         conn.go_away(Code::FailedPrecondition, refusal).await;
-    } else if permit.is_none() {
-        conn.go_away(
-            Code::ResourceExhausted,
-            format!(
-                "server has reached its limit of {} connections; retry later or use another instance",
-                config.max_connections
-            ),
-        )
-        .await;
+    } else if let Err(refusal) = &admission {
+        conn.go_away(Code::ResourceExhausted, refusal.clone()).await;
     } else {
         match tokio::time::timeout(config.handshake_timeout, reader.preface()).await {
             Ok(Ok(preface)) => match (check_preface(&preface), crate::transport::thrift::detect(&preface)) {
@@ -225,7 +260,7 @@ pub(crate) async fn serve<S>(
     }
     conn.in_flight.abort_all();
     let _ = tokio::time::timeout(FINAL_FLUSH, conn.writer.shutdown()).await;
-    drop(permit);
+    drop(admission);
 }
 
 /// A connection ready to carry frames: plain TCP, or TLS once its handshake is done.
@@ -527,6 +562,7 @@ where
             ))
             .with_not_started());
         }
+        self.budget.check()?;
         let codec = Codec::from_id(call.codec).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let (deadline, context) = self.accept(&call);
         let svc_method = (call.service.clone(), call.method.clone());
@@ -555,6 +591,7 @@ where
             .clone()
             .try_acquire_owned()
             .map_err(|_| Status::internal("in-flight permit vanished; this is a bug in the connection task"))?;
+        let server_permit = self.budget.take();
         let tx = self.tx.clone();
         let in_flight = self.in_flight.clone();
         let max_frame_size = self.max_frame_size;
@@ -567,7 +604,7 @@ where
                 let _ = tx.send(frame.into()).await;
             }
             in_flight.finish(id);
-            drop(permit);
+            drop((permit, server_permit));
         });
         handlers.insert(id, task.abort_handle());
         Ok(None)
@@ -601,6 +638,7 @@ where
             ))
             .with_not_started()
         })?;
+        let server_permit = self.budget.take().ok_or_else(|| self.budget.refusal())?;
         let codec = Codec::from_id(call.codec).map_err(|e| Status::invalid_argument(e.to_string()))?;
         if self.in_flight.lock().contains_key(&id) {
             return Err(Status::invalid_argument(format!("request id {id} is already in flight on this connection")));
@@ -653,7 +691,7 @@ where
             in_flight.streams().remove(&id);
             let _ = tx.send(last.into()).await;
             in_flight.finish(id);
-            drop(permit);
+            drop((permit, server_permit));
         });
         handlers.insert(id, task.abort_handle());
         Ok(())
