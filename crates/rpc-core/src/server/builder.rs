@@ -208,7 +208,8 @@ impl<L> ServerBuilder<L> {
 
     /// How long one frame may take to arrive, from its first byte read to its last (default
     /// 30 s, so a full 16 MiB frame needs about 550 KiB/s). A connection whose frame takes
-    /// longer is closed: a client trickling bytes cannot hold a connection slot.
+    /// longer is closed, so a client trickling bytes cannot hold a connection slot. Checked
+    /// once per period: a stalled frame is cut between one and two periods after it began.
     pub fn frame_timeout(mut self, timeout: Duration) -> Self {
         self.config.frame_timeout = timeout;
         self

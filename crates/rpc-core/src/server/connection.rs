@@ -227,7 +227,7 @@ pub(crate) async fn serve<S>(
         last_id: 0,
         draining: false,
     };
-    let mut reader = FrameReader::new(read, codec).frame_timeout(config.frame_timeout);
+    let mut reader = FrameReader::new(read, codec);
     if let Some(refusal) = refusal {
         conn.go_away(Code::FailedPrecondition, refusal).await;
     } else if let Err(refusal) = &admission {
@@ -348,6 +348,10 @@ where
         tokio::pin!(idle);
         let mut frames_seen = 0u64;
         let mut frames_at_last_check = 0u64;
+        // A timer per connection, not per read: reads stay free of timer work under load.
+        let mut stall_check = tokio::time::interval_at(Instant::now() + config.frame_timeout, config.frame_timeout);
+        stall_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut partial_at_last_check = None;
         let mut replies = Vec::with_capacity(BATCH);
         loop {
             let step = tokio::select! {
@@ -381,6 +385,17 @@ where
                         let _ = self.writer.push(error_frame(id, &status)).await;
                     }
                     return;
+                }
+                _ = stall_check.tick() => {
+                    // Part of a frame buffered at two checks with no frame read between: that
+                    // frame has been arriving for over a period.
+                    let (frames, partial) = reader.progress();
+                    let stalled = partial && partial_at_last_check == Some(frames);
+                    partial_at_last_check = partial.then_some(frames);
+                    match stalled {
+                        true => Err(FrameError::Stalled(config.frame_timeout).into()),
+                        false => Ok(()),
+                    }
                 }
                 _ = &mut idle => {
                     if frames_seen == frames_at_last_check && self.in_flight.is_idle() {

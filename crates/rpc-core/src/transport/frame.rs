@@ -149,7 +149,7 @@ pub enum FrameError {
     BadPreface(String),
     /// Reading from the socket failed.
     Io(std::io::Error),
-    /// A frame begun was not complete within the reader's frame timeout.
+    /// A frame took longer than the frame timeout to arrive.
     Stalled(std::time::Duration),
 }
 
@@ -165,7 +165,7 @@ impl std::fmt::Display for FrameError {
             FrameError::BadPreface(m) => write!(f, "bad connection preface: {m}"),
             FrameError::Io(e) => write!(f, "i/o error: {e}"),
             FrameError::Stalled(after) => {
-                write!(f, "a frame begun {after:?} ago is still incomplete; send each frame whole and promptly")
+                write!(f, "a frame has been arriving for over {after:?} and is still incomplete; send each frame whole and promptly")
             }
         }
     }

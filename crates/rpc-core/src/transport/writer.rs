@@ -5,11 +5,7 @@
 
 use super::{Frame, FrameCodec, FrameError};
 use bytes::BytesMut;
-use std::{pin::Pin, time::Duration};
-use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
-    time::{Instant, Sleep},
-};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::codec::{Decoder, Encoder};
 
 /// Most frames taken from a queue per wake-up.
@@ -73,62 +69,34 @@ pub(crate) struct FrameReader<R> {
     io: R,
     codec: FrameCodec,
     buf: BytesMut,
-    stall: Option<Stall>,
-}
-
-/// How long a frame may take from its first byte read to its last.
-struct Stall {
-    limit: Duration,
-    /// When the frame being read is due: set when a read first leaves part of one buffered.
-    due: Option<Instant>,
-    /// Created once and reset per frame, so frames that complete at once touch no timer.
-    timer: Pin<Box<Sleep>>,
+    /// Frames decoded so far.
+    frames: u64,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub(crate) fn new(io: R, codec: FrameCodec) -> Self {
-        FrameReader { io, codec, buf: BytesMut::with_capacity(16 * 1024), stall: None }
+        FrameReader { io, codec, buf: BytesMut::with_capacity(16 * 1024), frames: 0 }
     }
 
-    /// Fails [`next`](Self::next) with [`FrameError::Stalled`] when a frame's bytes take longer
-    /// than `limit` to arrive, so a peer cannot hold the connection by trickling one.
-    pub(crate) fn frame_timeout(mut self, limit: Duration) -> Self {
-        self.stall = Some(Stall { limit, due: None, timer: Box::pin(tokio::time::sleep(limit)) });
-        self
+    /// Frames decoded so far, and whether part of the next one is buffered: two readings apart
+    /// in time with the same count and a part buffered in both mean one frame spanned them.
+    pub(crate) fn progress(&self) -> (u64, bool) {
+        (self.frames, !self.buf.is_empty())
     }
 
     /// The next frame; `None` on a clean end of stream between frames.
     ///
-    /// Cancel safe: a frame partly read stays buffered for the next call, and its timeout runs on.
+    /// Cancel safe: a frame partly read stays buffered for the next call.
     pub(crate) async fn next(&mut self) -> Result<Option<Frame>, FrameError> {
         loop {
             if let Some(frame) = self.codec.decode(&mut self.buf)? {
-                if let Some(stall) = &mut self.stall {
-                    stall.due = None;
-                }
+                self.frames += 1;
                 return Ok(Some(frame));
             }
             if self.buf.capacity() - self.buf.len() < 4096 {
                 self.buf.reserve(16 * 1024);
             }
-            let partial = !self.buf.is_empty();
-            let read = self.io.read_buf(&mut self.buf);
-            let read = match &mut self.stall {
-                Some(stall) if partial => {
-                    if stall.due.is_none() {
-                        let due = Instant::now() + stall.limit;
-                        stall.timer.as_mut().reset(due);
-                        stall.due = Some(due);
-                    }
-                    tokio::select! {
-                        biased;
-                        read = read => read,
-                        () = stall.timer.as_mut() => return Err(FrameError::Stalled(stall.limit)),
-                    }
-                }
-                _ => read.await,
-            };
-            if read? == 0 {
+            if self.io.read_buf(&mut self.buf).await? == 0 {
                 return match self.buf.len() {
                     0 => Ok(None),
                     n => Err(FrameError::Malformed(format!("connection closed inside a frame ({n} bytes pending)"))),
@@ -139,7 +107,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     /// A frame already buffered, without reading from the socket.
     pub(crate) fn try_next(&mut self) -> Result<Option<Frame>, FrameError> {
-        self.codec.decode(&mut self.buf)
+        let frame = self.codec.decode(&mut self.buf)?;
+        self.frames += u64::from(frame.is_some());
+        Ok(frame)
     }
 
     /// The socket and the bytes read from it but not yet decoded, to hand the connection to
