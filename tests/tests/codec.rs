@@ -416,3 +416,76 @@ fn a_json_value_body_is_refused_by_schema_codecs_with_a_clear_error() {
     let err = Codec::Protobuf.encode(&serde_json::json!({"id": 1}), &mut buf).unwrap_err();
     assert!(err.to_string().contains("no schema"), "{err}");
 }
+
+/// A message with messages inside, to see how a second occurrence merges.
+#[rpc_core::message]
+#[derive(Clone, Debug, PartialEq)]
+pub struct Route {
+    pub start: Point,
+    pub via: Option<Point>,
+    pub stops: Vec<Point>,
+    pub name: String,
+}
+
+#[test]
+fn protobuf_merges_a_message_field_that_appears_twice() {
+    let first = Route {
+        start: Point { x: 1.0, y: 0.0 },
+        via: Some(Point { x: 5.0, y: 0.0 }),
+        stops: vec![Point { x: 7.0, y: 7.0 }],
+        name: "first".into(),
+    };
+    let second = Route {
+        start: Point { x: 0.0, y: 2.0 },
+        via: Some(Point { x: 0.0, y: 6.0 }),
+        stops: vec![Point { x: 8.0, y: 8.0 }],
+        name: "second".into(),
+    };
+    // Concatenated encodings decode as one message, merged (the protobuf spec's rule).
+    let mut buf = BytesMut::new();
+    Codec::Protobuf.encode(&first, &mut buf).unwrap();
+    Codec::Protobuf.encode(&second, &mut buf).unwrap();
+    let merged: Route = Codec::Protobuf.decode(&buf).unwrap();
+    assert_eq!(merged.start, Point { x: 1.0, y: 2.0 }, "message fields merge field by field");
+    assert_eq!(merged.via, Some(Point { x: 5.0, y: 6.0 }), "so do optional ones");
+    assert_eq!(merged.stops, [Point { x: 7.0, y: 7.0 }, Point { x: 8.0, y: 8.0 }], "lists concatenate");
+    assert_eq!(merged.name, "second", "scalars: the last one wins");
+}
+
+/// Floats that JSON has no number for.
+#[rpc_core::message]
+#[derive(Clone, Debug)]
+pub struct Reading {
+    pub value: f64,
+    pub peak: f32,
+    pub floor: Option<f64>,
+    pub samples: Vec<f64>,
+}
+
+#[test]
+fn nan_and_infinities_survive_every_codec_and_json_spells_them_as_proto3_does() {
+    let reading = Reading {
+        value: f64::NAN,
+        peak: f32::INFINITY,
+        floor: Some(f64::NEG_INFINITY),
+        samples: vec![1.5, f64::NAN, -0.25],
+    };
+    for codec in [Codec::Protobuf, Codec::ThriftBinary, Codec::ThriftCompact, Codec::Json, Codec::MsgPack] {
+        let mut buf = BytesMut::new();
+        codec.encode(&reading, &mut buf).unwrap();
+        let back: Reading = codec.decode(&buf).unwrap_or_else(|e| panic!("{codec}: {e}"));
+        assert!(back.value.is_nan(), "{codec}: {back:?}");
+        assert_eq!((back.peak, back.floor), (f32::INFINITY, Some(f64::NEG_INFINITY)), "{codec}");
+        assert_eq!((back.samples[0], back.samples[2]), (1.5, -0.25), "{codec}");
+        assert!(back.samples[1].is_nan(), "{codec}: {back:?}");
+    }
+    let mut json = BytesMut::new();
+    Codec::Json.encode(&reading, &mut json).unwrap();
+    let text = std::str::from_utf8(&json).unwrap();
+    assert_eq!(
+        text, r#"{"value":"NaN","peak":"Infinity","floor":"-Infinity","samples":[1.5,"NaN",-0.25]}"#,
+        "proto3 JSON's spelling, not null"
+    );
+    let finite: Reading = Codec::Json.decode(br#"{"value":2,"peak":"3.5","floor":null,"samples":[]}"#).unwrap();
+    assert_eq!((finite.value, finite.peak, finite.floor), (2.0, 3.5, None), "numbers, numbers in strings, null");
+}

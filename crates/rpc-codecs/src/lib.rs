@@ -28,6 +28,7 @@
 mod budget;
 pub mod bytes_field;
 mod error;
+pub mod float_field;
 pub mod idl;
 mod proto;
 pub mod schema;

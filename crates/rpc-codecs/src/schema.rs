@@ -147,6 +147,13 @@ pub trait Single: Schema {
     fn proto_value_len(&self) -> usize;
     /// Reads one value written with `wire`.
     fn proto_read(wire: WireType, buf: &mut &[u8], depth: usize) -> ProtoResult<Self>;
+    /// Reads one value into `slot`: it replaces what was there, except that a message merges
+    /// into the one already read (protobuf's rule for a field that appears twice).
+    #[inline]
+    fn proto_merge_value(slot: &mut Option<Self>, wire: WireType, buf: &mut &[u8], depth: usize) -> ProtoResult<()> {
+        *slot = Some(Self::proto_read(wire, buf, depth)?);
+        Ok(())
+    }
     /// Whether proto3 leaves the value out as a field (zero, empty).
     #[inline]
     fn proto_is_default(&self) -> bool {
@@ -193,8 +200,15 @@ pub trait Struct: Sized {
     fn proto_body(&self, buf: &mut BytesMut);
     /// Bytes [`Struct::proto_body`] appends.
     fn proto_body_len(&self) -> usize;
+    /// Reads fields until `buf` is empty, on top of `start` if given: as protobuf merges a
+    /// message that appears twice, a field read replaces a scalar, extends a list and merges
+    /// into a message.
+    fn proto_merge_body(start: Option<Self>, buf: &mut &[u8], depth: usize) -> ProtoResult<Self>;
     /// Reads fields until `buf` is empty.
-    fn proto_read_body(buf: &mut &[u8], depth: usize) -> ProtoResult<Self>;
+    #[inline]
+    fn proto_read_body(buf: &mut &[u8], depth: usize) -> ProtoResult<Self> {
+        Self::proto_merge_body(None, buf, depth)
+    }
     /// Writes the struct.
     fn thrift_write_body<P: TOutputProtocol + ?Sized>(&self, o: &mut P) -> ThriftResult<()>;
     /// Reads the struct.
@@ -246,10 +260,9 @@ pub fn single_field_len<T: Single>(value: &T, tag: u32) -> usize {
     }
 }
 
-/// Reads one value into `slot`, replacing what was there (proto3's last-one-wins).
+/// Reads one value into `slot`: the last scalar wins, messages merge.
 pub fn single_merge<T: Single>(slot: &mut Option<T>, wire: WireType, buf: &mut &[u8], depth: usize) -> ProtoResult<()> {
-    *slot = Some(T::proto_read(wire, buf, depth)?);
-    Ok(())
+    T::proto_merge_value(slot, wire, buf, depth)
 }
 
 /// Reads one Thrift value into `slot`.
@@ -276,9 +289,14 @@ pub fn struct_value_len<T: Struct>(value: &T) -> usize {
 
 /// Reads a length-delimited message, one level deeper.
 pub fn struct_read<T: Struct>(wire: WireType, buf: &mut &[u8], depth: usize) -> ProtoResult<T> {
+    struct_merge(None, wire, buf, depth)
+}
+
+/// Reads a length-delimited message on top of `start`, one level deeper.
+pub fn struct_merge<T: Struct>(start: Option<T>, wire: WireType, buf: &mut &[u8], depth: usize) -> ProtoResult<T> {
     proto::check_wire(WireType::LengthDelimited, wire)?;
     let mut body = proto::read_len_delimited(buf)?;
-    T::proto_read_body(&mut body, proto::deeper(depth)?)
+    T::proto_merge_body(start, &mut body, proto::deeper(depth)?)
 }
 
 /// Reads a Thrift struct, one level deeper.
@@ -341,6 +359,17 @@ macro_rules! __struct_value_methods {
             depth: usize,
         ) -> $crate::schema::ProtoResult<Self> {
             $crate::schema::struct_read(wire, buf, depth)
+        }
+        #[inline]
+        fn proto_merge_value(
+            slot: &mut ::core::option::Option<Self>,
+            wire: $crate::schema::WireType,
+            buf: &mut &[u8],
+            depth: usize,
+        ) -> $crate::schema::ProtoResult<()> {
+            let start = slot.take();
+            *slot = ::core::option::Option::Some($crate::schema::struct_merge(start, wire, buf, depth)?);
+            ::core::result::Result::Ok(())
         }
         fn thrift_read<P: $crate::schema::TInputProtocol + ?Sized>(
             i: &mut P,
@@ -744,7 +773,9 @@ impl<T: Single> Schema for Option<T> {
     }
     #[inline]
     fn proto_merge(slot: &mut Option<Self>, wire: WireType, buf: &mut &[u8], depth: usize) -> ProtoResult<()> {
-        *slot = Some(Some(T::proto_read(wire, buf, depth)?));
+        let mut value = slot.take().flatten();
+        T::proto_merge_value(&mut value, wire, buf, depth)?;
+        *slot = Some(value);
         Ok(())
     }
     #[inline]
@@ -963,8 +994,9 @@ impl<T: Schema, E: Single> Struct for Result<T, E> {
             Err(error) => prost::encoding::key_len(2) + error.proto_value_len(),
         }
     }
+    /// A result is a oneof: the last one read wins whole.
     #[inline]
-    fn proto_read_body(buf: &mut &[u8], depth: usize) -> ProtoResult<Self> {
+    fn proto_merge_body(_: Option<Self>, buf: &mut &[u8], depth: usize) -> ProtoResult<Self> {
         let (mut ok, mut err) = (None, None);
         while !buf.is_empty() {
             match proto::read_key(buf)? {
@@ -1079,8 +1111,9 @@ macro_rules! tuple {
                 let ($($slot,)+) = self;
                 0 $(+ $slot.proto_field_len($tag))+
             }
+            /// Tuples carry arguments and replies, which arrive whole once.
             #[inline]
-            fn proto_read_body(buf: &mut &[u8], depth: usize) -> ProtoResult<Self> {
+            fn proto_merge_body(_: Option<Self>, buf: &mut &[u8], depth: usize) -> ProtoResult<Self> {
                 $(let mut $slot = None;)+
                 while !buf.is_empty() {
                     match proto::read_key(buf)? {

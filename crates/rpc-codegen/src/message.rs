@@ -20,6 +20,15 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
         _ => return Err(syn::Error::new_spanned(attr, "#[message] takes no arguments")),
     };
     let mut item: syn::DeriveInput = syn::parse2(item)?;
+    refuse_diverging_serde(&item.attrs)?;
+    match &item.data {
+        syn::Data::Struct(s) => s.fields.iter().try_for_each(|f| refuse_diverging_serde(&f.attrs))?,
+        syn::Data::Enum(e) => e.variants.iter().try_for_each(|v| {
+            refuse_diverging_serde(&v.attrs)?;
+            v.fields.iter().try_for_each(|f| refuse_diverging_serde(&f.attrs))
+        })?,
+        syn::Data::Union(_) => {}
+    }
     if !item.generics.params.is_empty() {
         return Err(syn::Error::new_spanned(
             &item.generics,
@@ -43,7 +52,16 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
         if serde_says(&field.attrs, &["with", "serialize_with", "deserialize_with"]) {
             continue;
         }
-        if is_byte_vec(&field.ty) {
+        if is_float(&field.ty) {
+            field.attrs.push(syn::parse_quote!(#[serde(with = "::rpc_core::__private::float_field")]));
+        } else if option_inner(&field.ty).is_some_and(is_float) {
+            field.attrs.push(syn::parse_quote!(#[serde(with = "::rpc_core::__private::float_field::option")]));
+            if field.ident.is_some() && !serde_says(&field.attrs, &["default"]) {
+                field.attrs.push(syn::parse_quote!(#[serde(default)]));
+            }
+        } else if vec_inner(&field.ty).is_some_and(is_float) {
+            field.attrs.push(syn::parse_quote!(#[serde(with = "::rpc_core::__private::float_field::list")]));
+        } else if is_byte_vec(&field.ty) {
             field.attrs.push(syn::parse_quote!(#[serde(with = "::rpc_core::__private::bytes_field")]));
         } else if option_inner(&field.ty).is_some_and(is_byte_vec) {
             field.attrs.push(syn::parse_quote!(#[serde(with = "::rpc_core::__private::bytes_field::option")]));
@@ -61,6 +79,53 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
     })
 }
 
+/// Serde options that JSON and MessagePack would obey and Protobuf and Thrift would not: each
+/// would make the codecs disagree about the same value.
+const DIVERGING_SERDE: &[&str] = &[
+    "rename",
+    "rename_all",
+    "rename_all_fields",
+    "alias",
+    "skip",
+    "skip_serializing",
+    "skip_deserializing",
+    "skip_serializing_if",
+    "flatten",
+    "tag",
+    "content",
+    "untagged",
+    "transparent",
+    "from",
+    "try_from",
+    "into",
+    "remote",
+    "other",
+];
+
+/// Refuses the serde options among `attrs` that only some codecs would obey.
+fn refuse_diverging_serde(attrs: &[syn::Attribute]) -> syn::Result<()> {
+    for attr in attrs.iter().filter(|a| a.path().is_ident("serde")) {
+        attr.parse_nested_meta(|meta| {
+            if let Some(word) = DIVERGING_SERDE.iter().find(|w| meta.path.is_ident(w)) {
+                return Err(meta.error(format!(
+                    "#[serde({word})] cannot be used on a #[message] type: JSON and MessagePack would obey it and \
+                     Protobuf and Thrift would not, so the codecs would disagree; name the Rust item as it \
+                     should travel, and use #[tag = N] to number a field"
+                )));
+            }
+            // Other options (`default`, `with`, `bound`, ...) are skipped with their values.
+            if meta.input.peek(syn::Token![=]) {
+                meta.value()?.parse::<syn::Expr>()?;
+            } else if meta.input.peek(syn::token::Paren) {
+                let _nested;
+                syn::parenthesized!(_nested in meta.input);
+            }
+            Ok(())
+        })?;
+    }
+    Ok(())
+}
+
 /// Whether a `#[serde(..)]` attribute among `attrs` names one of `words`.
 fn serde_says(attrs: &[syn::Attribute], words: &[&str]) -> bool {
     attrs.iter().filter(|a| a.path().is_ident("serde")).any(|a| {
@@ -71,13 +136,28 @@ fn serde_says(attrs: &[syn::Attribute], words: &[&str]) -> bool {
 
 /// `T` of an `Option<T>`.
 fn option_inner(ty: &syn::Type) -> Option<&syn::Type> {
+    generic_inner(ty, "Option")
+}
+
+/// `T` of a `Vec<T>`.
+fn vec_inner(ty: &syn::Type) -> Option<&syn::Type> {
+    generic_inner(ty, "Vec")
+}
+
+/// `T` of a `Wrapper<T>`.
+fn generic_inner<'a>(ty: &'a syn::Type, wrapper: &str) -> Option<&'a syn::Type> {
     let syn::Type::Path(p) = ty else { return None };
     let last = p.path.segments.last()?;
     let syn::PathArguments::AngleBracketed(args) = &last.arguments else { return None };
     match args.args.first() {
-        Some(syn::GenericArgument::Type(inner)) if last.ident == "Option" => Some(inner),
+        Some(syn::GenericArgument::Type(inner)) if last.ident == wrapper => Some(inner),
         _ => None,
     }
+}
+
+/// `f32` or `f64`: JSON needs them spelled out when they are not finite.
+fn is_float(ty: &syn::Type) -> bool {
+    matches!(ty, syn::Type::Path(p) if p.path.is_ident("f32") || p.path.is_ident("f64"))
 }
 
 /// `Vec<u8>` (alone or in an `Option`) travels as a byte string, not as a list of numbers.
@@ -226,8 +306,15 @@ fn expand_struct(
             fn proto_body_len(&self) -> usize {
                 0 #(#len)*
             }
-            fn proto_read_body(buf: &mut &[u8], depth: usize) -> #s::ProtoResult<Self> {
+            fn proto_merge_body(
+                start: ::core::option::Option<Self>,
+                buf: &mut &[u8],
+                depth: usize,
+            ) -> #s::ProtoResult<Self> {
                 #(let mut #slots = ::core::option::Option::None;)*
+                if let ::core::option::Option::Some(#ident { #(#names),* }) = start {
+                    #(#slots = ::core::option::Option::Some(#names);)*
+                }
                 while !buf.is_empty() {
                     match #s::proto_read_key(buf)? {
                         #(#proto_arms)*
@@ -324,7 +411,12 @@ fn expand_enum(ident: &syn::Ident, attrs: &[syn::Attribute], e: &mut syn::DataEn
             fn proto_body_len(&self) -> usize {
                 match self { #(#len)* }
             }
-            fn proto_read_body(buf: &mut &[u8], depth: usize) -> #s::ProtoResult<Self> {
+            // A oneof: the last member read wins whole.
+            fn proto_merge_body(
+                _: ::core::option::Option<Self>,
+                buf: &mut &[u8],
+                depth: usize,
+            ) -> #s::ProtoResult<Self> {
                 let mut out = ::core::option::Option::None;
                 while !buf.is_empty() {
                     match #s::proto_read_key(buf)? {

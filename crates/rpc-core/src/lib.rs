@@ -67,7 +67,7 @@ pub use stream::{Inbound, Items, RpcStream, Streaming};
 #[doc(hidden)]
 pub mod __private {
     pub use futures_core::Stream;
-    pub use rpc_codecs::{__single_field_methods, __struct_value_methods, bytes_field, schema};
+    pub use rpc_codecs::{__single_field_methods, __struct_value_methods, bytes_field, float_field, schema};
     pub use serde;
     pub use tower;
 
