@@ -30,6 +30,13 @@
 //! `bin` byte strings; a `Vec<u8>` deeper inside (`Vec<Vec<u8>>`, a map's value) is a list of
 //! numbers, as serde writes it: use `Bytes` there for `bin`.
 //!
+//! In JSON, a non-finite `f32` or `f64` field (alone, optional or in a list) is the string
+//! `"NaN"`, `"Infinity"` or `"-Infinity"`, as in proto3's JSON mapping; MessagePack keeps its
+//! native floats.
+//!
+//! Protobuf input may repeat a field, as concatenated encodings do: the last scalar wins, lists
+//! extend, and a message field merges into the one read before (a oneof is replaced whole).
+//!
 //! A method returning `Option<T>` declares `T` in the `.thrift`, which has no null result: a
 //! stock Thrift client reads `None` as a missing result (`MISSING_RESULT`).
 //!
