@@ -4,6 +4,7 @@
 mod common;
 mod lb_support;
 
+use futures_util::StreamExt;
 use lb_support::{start_node, start_node_with, NodeClient};
 use rpc_core::{
     layer::{ConcurrencyLimitLayer, RateLimitLayer, RetryLayer, RetryPolicy, TimeoutLayer},
@@ -123,21 +124,24 @@ async fn rate_limit_per_caller_keeps_a_noisy_caller_from_starving_a_quiet_one() 
 #[tokio::test]
 async fn concurrency_limit_sheds_calls_beyond_running_plus_queued() {
     let (server, ctl) = start_node_with(0, ConcurrencyLimitLayer::new(2).queue(2)).await;
+    ctl.held.store(true, Ordering::SeqCst);
     let client = NodeClient::new(Channel::connect(server.local_addr().to_string()).await.unwrap());
-    let calls: Vec<_> = (0..10)
+    let mut calls: futures_util::stream::FuturesUnordered<_> = (0..10)
         .map(|_| {
             let client = client.clone();
-            tokio::spawn(async move { client.work(100).await })
+            tokio::spawn(async move { client.work(0).await })
         })
         .collect();
-    let mut shed = 0;
-    for call in calls {
-        if let Err(status) = call.await.unwrap() {
-            assert_eq!(status.code(), Code::ResourceExhausted, "{status}");
-            shed += 1;
-        }
+    // While the admitted calls are held, the first six answers are the refusals.
+    for _ in 0..6 {
+        let status = calls.next().await.unwrap().unwrap().unwrap_err();
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status}");
     }
-    assert_eq!(shed, 6, "2 run, 2 wait, 6 are shed");
+    assert_eq!(ctl.served(), 0, "2 run, 2 wait, all held");
+    ctl.release();
+    while let Some(call) = calls.next().await {
+        call.unwrap().expect("the 4 admitted calls run once released");
+    }
     assert_eq!(ctl.served(), 4);
 }
 

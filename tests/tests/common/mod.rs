@@ -53,6 +53,8 @@ pub trait Lab {
     async fn relay_whoami(&self, addr: String) -> Vec<(String, String)>;
     /// Asks the server at `addr` how long its handler has left (`remaining_ms` there).
     async fn relay_remaining_ms(&self, addr: String) -> Option<u64>;
+    /// The port the caller's connection comes from, as this server sees it.
+    async fn peer_port(&self) -> u16;
     /// Returns `n` bytes.
     async fn blob(&self, n: u32) -> Vec<u8>;
     /// Takes no arguments and returns nothing.
@@ -177,6 +179,10 @@ impl Lab for LabImpl {
 
     async fn relay_remaining_ms(&self, addr: String) -> Option<u64> {
         self.relay(addr).remaining_ms().await.unwrap()
+    }
+
+    async fn peer_port(&self) -> u16 {
+        Context::current().and_then(|c| c.peer()).map_or(0, |peer| peer.port())
     }
 
     async fn blob(&self, n: u32) -> Vec<u8> {

@@ -38,11 +38,30 @@ pub struct Ctl {
     pub seen: AtomicU64,
     /// Calls the handler ran.
     pub served: AtomicU64,
+    /// While set, `work` waits for [`Ctl::release`] before it starts.
+    pub held: AtomicBool,
+    gate: tokio::sync::Notify,
 }
 
 impl Ctl {
     pub fn served(&self) -> u64 {
         self.served.load(Ordering::SeqCst)
+    }
+
+    /// Lets every held `work` call, and those after it, run.
+    pub fn release(&self) {
+        self.held.store(false, Ordering::SeqCst);
+        self.gate.notify_waiters();
+    }
+
+    async fn wait_if_held(&self) {
+        loop {
+            let released = self.gate.notified();
+            if !self.held.load(Ordering::SeqCst) {
+                return;
+            }
+            released.await;
+        }
     }
 }
 
@@ -51,6 +70,7 @@ pub struct Instance(pub Arc<Ctl>);
 
 impl Node for Instance {
     async fn work(&self, millis: u64) -> u32 {
+        self.0.wait_if_held().await;
         if millis > 0 {
             tokio::time::sleep(Duration::from_millis(millis)).await;
         }
