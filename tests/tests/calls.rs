@@ -233,7 +233,7 @@ async fn method_table_describes_the_service() {
     assert_eq!(remaining.returns, "Option<u64>");
     let sleep = info.method("sleep_then").unwrap();
     assert_eq!(sleep.args, &[("id", "u64"), ("millis", "u64")]);
-    assert_eq!(sleep.doc, "Sleeps, then returns `id`.");
+    assert_eq!(sleep.doc, "Reports `started:id`, sleeps, then returns `id`.");
 }
 
 /// A second service, to serve two on one listener.

@@ -8,14 +8,15 @@ use std::time::Duration;
 
 #[tokio::test]
 async fn graceful_shutdown_lets_running_calls_finish_and_refuses_new_ones() {
-    let (server, _lab) = start_lab().await;
+    let (server, lab) = start_lab().await;
+    let mut events = lab.events.subscribe();
     let addr = server.local_addr();
     let client = lab_client(&server, Codec::MsgPack).await;
     let running = {
         let client = client.clone();
         tokio::spawn(async move { client.sleep_then(1, 300).await })
     };
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    expect_event(&mut events, "started:1").await;
     let shutdown = tokio::spawn(server.shutdown(Duration::from_secs(5)));
     tokio::time::sleep(Duration::from_millis(50)).await;
     let refused = client.sleep_then(2, 0).await.unwrap_err();
@@ -36,7 +37,7 @@ async fn shutdown_cancels_what_outlives_the_grace_period() {
         let client = client.clone();
         tokio::spawn(async move { client.hang("grace".into()).await })
     };
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    expect_event(&mut events, "hanging:grace").await;
     let started = tokio::time::Instant::now();
     server.shutdown(Duration::from_millis(200)).await.unwrap();
     assert!(started.elapsed() < Duration::from_secs(3), "shutdown waits no longer than its grace period");

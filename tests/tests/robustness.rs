@@ -218,20 +218,27 @@ async fn a_client_that_never_reads_is_throttled_not_buffered() {
 
 #[tokio::test]
 async fn too_many_calls_in_flight_get_resource_exhausted() {
+    let lab = LabImpl::default();
     let server = Server::builder()
-        .add_service(LabServer::new(LabImpl::default()))
+        .add_service(LabServer::new(lab.clone()))
         .max_in_flight_per_connection(4)
         .start("127.0.0.1:0")
         .await
         .unwrap();
     let client = lab_client(&server, Codec::MsgPack).await;
+    let mut events = lab.events.subscribe();
     let slow: Vec<_> = (0..4)
         .map(|i| {
             let c = client.clone();
             tokio::spawn(async move { c.sleep_then(i, 500).await })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // All four are running, in whatever order they started.
+    let mut started = 0;
+    while started < 4 {
+        let event = tokio::time::timeout(Duration::from_secs(5), events.recv()).await.expect("calls start").unwrap();
+        started += usize::from(event.starts_with("started:"));
+    }
     let err = client.sleep_then(99, 0).await.unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
     assert!(err.not_started(), "the refusal says the call never ran, so it may go elsewhere");

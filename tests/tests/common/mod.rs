@@ -33,7 +33,7 @@ pub trait Lab {
     async fn echo(&self, item: Item) -> Item;
     /// Finds item `id` (only even ids exist).
     async fn get(&self, id: u64) -> Result<Item, NotFound>;
-    /// Sleeps, then returns `id`.
+    /// Reports `started:id`, sleeps, then returns `id`.
     async fn sleep_then(&self, id: u64, millis: u64) -> u64;
     /// Never returns; reports `hanging:tag` when it starts and `tag` as cancelled when dropped.
     async fn hang(&self, tag: String);
@@ -130,6 +130,7 @@ impl Lab for LabImpl {
     }
 
     async fn sleep_then(&self, id: u64, millis: u64) -> u64 {
+        self.events.emit(format!("started:{id}"));
         tokio::time::sleep(Duration::from_millis(millis)).await;
         self.events.finished.lock().unwrap().push(id);
         id
