@@ -76,11 +76,7 @@ where
     type IntoFuture = CallFuture<S, T>;
 
     fn into_future(self) -> CallFuture<S, T> {
-        CallFuture {
-            oneway: self.request.options.oneway,
-            inner: Oneshot::new(self.service, self.request),
-            _reply: PhantomData,
-        }
+        CallFuture { inner: self.with_metadata() }
     }
 }
 
@@ -90,9 +86,7 @@ pin_project! {
     /// Dropping it before it completes cancels the call on the server.
     pub struct CallFuture<S: Service<Request>, T> {
         #[pin]
-        inner: Oneshot<S, Request>,
-        oneway: bool,
-        _reply: PhantomData<fn() -> T>,
+        inner: CallWithMetadata<S, T>,
     }
 }
 
@@ -104,9 +98,7 @@ where
     type Output = Result<T, Status>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let response = ready!(this.inner.poll(cx))?;
-        Poll::Ready(decode(*this.oneway, &response))
+        self.project().inner.poll(cx).map(|reply| reply.map(|(value, _)| value))
     }
 }
 
