@@ -459,3 +459,104 @@ async fn connections_past_the_per_address_limit_are_told_why_and_closed() {
         assert_eq!(client.get(2).await.unwrap().unwrap().id, 2, "the first two connections are served");
     }
 }
+
+#[tokio::test]
+async fn replies_clients_leave_unread_are_capped_across_the_server() {
+    let server = Server::builder()
+        .add_service(LabServer::new(LabImpl::default()))
+        .max_reply_bytes(1 << 20)
+        .start("127.0.0.1:0")
+        .await
+        .unwrap();
+    // A client asks for 50 MiB of replies that come from handler tasks, and never reads.
+    let mut stalled = raw_connection(server.local_addr()).await;
+    let mut calls = BytesMut::new();
+    for id in 1..=100 {
+        calls.extend_from_slice(&call_frame(
+            id,
+            Codec::Json.id(),
+            "blob_later",
+            Bytes::from_static(br#"{"n":262144}"#),
+        ));
+    }
+    stalled.write_all(&calls).await.unwrap();
+
+    let healthy = lab_client(&server, Codec::MsgPack).await;
+    let refused = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Err(status) = healthy.get(2).await {
+                return status;
+            }
+        }
+    })
+    .await
+    .expect("unread replies past the server's budget refuse new calls");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused}");
+    assert!(refused.not_started(), "refused before it ran, so safe to retry elsewhere: {refused}");
+    assert!(refused.message().contains("not read"), "{refused}");
+
+    // Once the stalled client goes, its replies are dropped and calls are taken again.
+    drop(stalled);
+    let served = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Ok(item) = healthy.get(2).await {
+                return item;
+            }
+        }
+    })
+    .await
+    .expect("the budget is freed when the stalled connection closes");
+    assert_eq!(served.unwrap().id, 2);
+}
+
+#[tokio::test]
+async fn large_requests_wait_for_the_servers_request_byte_budget() {
+    let metrics = rpc_core::metrics::Metrics::new();
+    let server = Server::builder()
+        .add_service(LabServer::new(LabImpl::default()))
+        .max_request_bytes(1 << 20)
+        .metrics(metrics.clone())
+        .start("127.0.0.1:0")
+        .await
+        .unwrap();
+    let echo = |id: u32, name_len: usize| {
+        let body = format!(r#"{{"item":{{"id":{id},"name":"{}","data":[]}}}}"#, "x".repeat(name_len));
+        call_frame(id, Codec::Json.id(), "echo", Bytes::from(body))
+    };
+    // A's frame declares 900 KiB and arrives in part: the server takes its bytes from the budget.
+    let a_frame = echo(1, 900 * 1024);
+    let (mut a, mut b) = (raw_connection(server.local_addr()).await, raw_connection(server.local_addr()).await);
+    a.write_all(&a_frame[..100 * 1024]).await.unwrap();
+    wait_for_series(&metrics, "rpc_server_request_bytes", |bytes| bytes >= 900.0 * 1024.0).await;
+    // B's whole 600 KiB frame does not fit beside it: B is not read until A's call is done.
+    b.write_all(&echo(2, 600 * 1024)).await.unwrap();
+    wait_for_series(&metrics, "rpc_server_reads_paused", |paused| paused == 1.0).await;
+    assert!(
+        matches!(b.try_read(&mut [0; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "B's call was not answered while it waited"
+    );
+
+    a.write_all(&a_frame[100 * 1024..]).await.unwrap();
+    let a_reply = read_frames(&mut a, 1).await;
+    assert!(matches!(a_reply[0].head, Head::Reply { .. }), "{:?}", a_reply[0].head);
+    let b_reply = read_frames(&mut b, 1).await;
+    assert!(matches!(b_reply[0].head, Head::Reply { .. }), "{:?}", b_reply[0].head);
+    assert_eq!(b_reply[0].id, 2);
+    wait_for_series(&metrics, "rpc_server_request_bytes", |bytes| bytes == 0.0).await;
+}
+
+/// Waits until the unlabelled series `name` in `metrics` satisfies `ok`.
+async fn wait_for_series(metrics: &rpc_core::metrics::Metrics, name: &str, ok: impl Fn(f64) -> bool) {
+    let read = || {
+        let text = metrics.render();
+        let line = text.lines().find(|line| line.split(' ').next() == Some(name)).map(str::to_owned);
+        line.and_then(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+    };
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !read().is_some_and(&ok) {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{name} never reached the expected value; last {:?}", read()));
+}

@@ -57,6 +57,8 @@ pub trait Lab {
     async fn peer_port(&self) -> u16;
     /// Returns `n` bytes.
     async fn blob(&self, n: u32) -> Vec<u8>;
+    /// `n` bytes, a millisecond later: the reply comes from a task of its own.
+    async fn blob_later(&self, n: u32) -> Vec<u8>;
     /// Takes no arguments and returns nothing.
     async fn nothing(&self);
     /// Sets reply metadata `tag` to `len` bytes.
@@ -187,6 +189,11 @@ impl Lab for LabImpl {
     }
 
     async fn blob(&self, n: u32) -> Vec<u8> {
+        vec![7; n as usize]
+    }
+
+    async fn blob_later(&self, n: u32) -> Vec<u8> {
+        tokio::time::sleep(Duration::from_millis(1)).await;
         vec![7; n as usize]
     }
 

@@ -1,9 +1,6 @@
 //! [`Server`]: binding a listener, accepting connections within limits, and shutting down.
 
-use super::{
-    connection::{self, HandlerBudget},
-    Dispatch, Router, ServerRequest, ServerResponse,
-};
+use super::{budget::Budget, connection, Dispatch, Router, ServerRequest, ServerResponse};
 use crate::{
     metrics::{Metered, Metrics},
     stream::StreamConfig,
@@ -28,6 +25,8 @@ pub(crate) struct ServerConfig {
     pub(crate) max_frame_size: usize,
     pub(crate) max_in_flight: usize,
     pub(crate) max_handlers: usize,
+    pub(crate) max_request_bytes: usize,
+    pub(crate) max_reply_bytes: usize,
     pub(crate) max_connections: usize,
     pub(crate) max_connections_per_peer: usize,
     pub(crate) idle_timeout: Duration,
@@ -45,6 +44,8 @@ impl Default for ServerConfig {
             max_frame_size: DEFAULT_MAX_FRAME_SIZE,
             max_in_flight: 1024,
             max_handlers: 65_536,
+            max_request_bytes: 256 * 1024 * 1024,
+            max_reply_bytes: 256 * 1024 * 1024,
             max_connections: 10_000,
             max_connections_per_peer: usize::MAX,
             idle_timeout: Duration::from_secs(300),
@@ -148,6 +149,26 @@ impl<L> ServerBuilder<L> {
     /// one call per connection being served at that instant.
     pub fn max_handlers(mut self, handlers: usize) -> Self {
         self.config.max_handlers = handlers.clamp(1, Semaphore::MAX_PERMITS);
+        self
+    }
+
+    /// Bytes of large requests (frames over 64 KiB) the server holds at once across its
+    /// connections, from the moment their length is read until their call is done (default
+    /// 256 MiB). Past it, connections wait to read their next large frame until bytes are
+    /// freed; calls already read run on. One frame may always take the whole budget.
+    pub fn max_request_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_request_bytes = bytes;
+        self
+    }
+
+    /// Bytes of replies the server holds for clients that have not read them yet, across its
+    /// connections (default 256 MiB). Past it, new calls get `ResourceExhausted` marked not
+    /// started until clients read, so one slow reader cannot make the server hold its replies
+    /// without bound. Counted are replies of handlers that waited (ones that finish at once
+    /// go straight to their connection's writer); running handlers may each add one reply
+    /// past the limit.
+    pub fn max_reply_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_reply_bytes = bytes.max(1);
         self
     }
 
@@ -335,7 +356,12 @@ where
             None => None,
         };
         let service = Metered::server(self.layer.layer(self.router), metrics.clone());
-        let task = tokio::spawn(accept_loop(listener, service, Arc::new(self.config), signal));
+        let config = self.config;
+        let budget = Budget::new(config.max_handlers, config.max_request_bytes, config.max_reply_bytes);
+        if let Some(metrics) = &metrics {
+            budget.report_to(metrics);
+        }
+        let task = tokio::spawn(accept_loop(listener, service, Arc::new(config), budget, signal));
         Ok(RunningServer { local_addr, shutdown, task, announcers: self.announcers, admin, metrics })
     }
 
@@ -397,6 +423,7 @@ async fn accept_loop<S>(
     listener: TcpListener,
     service: S,
     config: Arc<ServerConfig>,
+    budget: Budget,
     mut shutdown: watch::Receiver<Option<Instant>>,
 ) where
     S: Service<ServerRequest, Response = ServerResponse, Error = Status> + Clone + Send + 'static,
@@ -404,7 +431,6 @@ async fn accept_loop<S>(
 {
     let slots = Arc::new(Semaphore::new(config.max_connections));
     let per_peer = PeerCounts::default();
-    let handlers = HandlerBudget::new(config.max_handlers);
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
@@ -424,7 +450,7 @@ async fn accept_loop<S>(
                         ))
                     };
                     let serve = connection::serve(
-                        stream, peer, service.clone(), config.clone(), shutdown.clone(), admission, handlers.clone(),
+                        stream, peer, service.clone(), config.clone(), shutdown.clone(), admission, budget.clone(),
                     );
                     connections.spawn(async move {
                         serve.await;

@@ -10,6 +10,7 @@
 //! which bounds the memory it can make the server hold.
 
 use super::{
+    budget::Budget,
     builder::ServerConfig,
     catch_unwind::{panicked, CatchUnwind},
     dispatch::Opened,
@@ -58,45 +59,6 @@ struct InFlight {
     streams: Mutex<IdMap<StreamPeer>>,
     permits: Arc<Semaphore>,
     limit: u32,
-}
-
-/// The server-wide budget of running handlers ([`ServerBuilder::max_handlers`]), shared by
-/// every connection.
-///
-/// [`ServerBuilder::max_handlers`]: super::ServerBuilder::max_handlers
-#[derive(Clone)]
-pub(crate) struct HandlerBudget {
-    permits: Arc<Semaphore>,
-    limit: usize,
-}
-
-impl HandlerBudget {
-    pub(crate) fn new(limit: usize) -> Self {
-        HandlerBudget { permits: Arc::new(Semaphore::new(limit)), limit }
-    }
-
-    fn refusal(&self) -> Status {
-        Status::resource_exhausted(format!(
-            "the server is running {} handlers, its limit; retry shortly or call another instance",
-            self.limit
-        ))
-        .with_not_started()
-    }
-
-    /// Refuses a call while the budget is spent: a read, no write, so the hot path shares
-    /// no contended counter.
-    fn check(&self) -> Result<(), Status> {
-        match self.permits.available_permits() {
-            0 => Err(self.refusal()),
-            _ => Ok(()),
-        }
-    }
-
-    /// A permit for a handler that keeps running; `None` if another connection took the last
-    /// one since [`check`](Self::check) (the documented overshoot).
-    fn take(&self) -> Option<OwnedSemaphorePermit> {
-        self.permits.clone().try_acquire_owned().ok()
-    }
 }
 
 /// What the connection task keeps of an open stream: where the client's items go, and the
@@ -179,7 +141,7 @@ struct ServerConnection<S> {
     tx: mpsc::Sender<Outbound>,
     rx: mpsc::Receiver<Outbound>,
     in_flight: Arc<InFlight>,
-    budget: HandlerBudget,
+    budget: Budget,
     /// Highest call id accepted, announced in a go-away.
     last_id: u32,
     /// Set once a go-away was sent: later calls are refused.
@@ -197,7 +159,7 @@ pub(crate) async fn serve<S>(
     config: Arc<ServerConfig>,
     mut shutdown: watch::Receiver<Option<Instant>>,
     admission: Result<OwnedSemaphorePermit, String>,
-    budget: HandlerBudget,
+    budget: Budget,
 ) where
     S: Service<ServerRequest, Response = ServerResponse, Error = Status> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -227,7 +189,7 @@ pub(crate) async fn serve<S>(
         last_id: 0,
         draining: false,
     };
-    let mut reader = FrameReader::new(read, codec);
+    let mut reader = FrameReader::new(read, codec).with_budget(conn.budget.requests.clone());
     if let Some(refusal) = refusal {
         conn.go_away(Code::FailedPrecondition, refusal).await;
     } else if let Err(refusal) = &admission {
@@ -363,7 +325,8 @@ where
                         if !matches!(frame.head, Head::Ping | Head::Pong) {
                             frames_seen += 1;
                         }
-                        self.handle(frame, config).await
+                        let bytes = reader.take_permit();
+                        self.handle(frame, bytes, config).await
                     }
                     Ok(None) => {
                         tracing::debug!(%peer, "client closed the connection");
@@ -426,7 +389,8 @@ where
         config: &ServerConfig,
     ) -> Result<(), ConnectionError> {
         while let Some(frame) = reader.try_next()? {
-            self.handle(frame, config).await?;
+            let bytes = reader.take_permit();
+            self.handle(frame, bytes, config).await?;
         }
         while let Ok(frame) = self.rx.try_recv() {
             replies.push(frame);
@@ -439,6 +403,11 @@ where
         for outbound in replies.drain(..) {
             match outbound {
                 Outbound::Frame(frame) => self.writer.push(frame).await?,
+                Outbound::Reply(frame, charge) => {
+                    // In the writer's buffer, a reply is bounded by the connection's flush.
+                    self.writer.push(frame).await?;
+                    drop(charge);
+                }
                 Outbound::Encoded(frames) => self.writer.push_encoded(&frames).await?,
             }
         }
@@ -461,13 +430,19 @@ where
         }
     }
 
-    /// Handles one frame from the client.
-    async fn handle(&mut self, frame: Frame, config: &ServerConfig) -> Result<(), ConnectionError> {
+    /// Handles one frame from the client; `bytes`, the request budget its body holds, is kept
+    /// while the call it starts runs.
+    async fn handle(
+        &mut self,
+        frame: Frame,
+        bytes: Option<OwnedSemaphorePermit>,
+        config: &ServerConfig,
+    ) -> Result<(), ConnectionError> {
         match frame.head {
             Head::Call { service, method, timeout, metadata, oneway } => {
                 let call =
                     IncomingCall { id: frame.id, codec: frame.codec, service, method, timeout, metadata, oneway };
-                let reply = match self.start(call, frame.body).await {
+                let reply = match self.start(call, frame.body, bytes).await {
                     Ok(Some(outcome)) => Some(answer_frame(frame.id, frame.codec, outcome, self.max_frame_size)),
                     Err(status) => Some(error_frame(frame.id, &status)),
                     Ok(None) => None,
@@ -492,7 +467,7 @@ where
                     metadata,
                     oneway: false,
                 };
-                if let Err(status) = self.open_stream(call, window, frame.body, config).await {
+                if let Err(status) = self.open_stream(call, window, frame.body, bytes, config).await {
                     self.writer.push(end_frame(frame.id, &status)).await?;
                 }
             }
@@ -558,6 +533,7 @@ where
         &mut self,
         call: IncomingCall,
         body: Bytes,
+        bytes: Option<OwnedSemaphorePermit>,
     ) -> Result<Option<Result<ServerResponse, Status>>, Status> {
         if self.draining {
             return Err(Status::unavailable("server is shutting down; the call was not started").with_not_started());
@@ -606,17 +582,21 @@ where
             .clone()
             .try_acquire_owned()
             .map_err(|_| Status::internal("in-flight permit vanished; this is a bug in the connection task"))?;
-        let server_permit = self.budget.take();
-        let tx = self.tx.clone();
+        let server_permit = self.budget.take_handler();
+        let (tx, replies) = (self.tx.clone(), self.budget.replies());
         let in_flight = self.in_flight.clone();
         let max_frame_size = self.max_frame_size;
         let mut handlers = self.in_flight.lock();
         // The task's own `finish` takes this lock, so it cannot run before the insert below.
         let task = tokio::spawn(async move {
             let outcome = handler.await;
+            drop(bytes);
             if !oneway {
                 let frame = answer_frame(id, codec.id(), outcome, max_frame_size);
-                let _ = tx.send(frame.into()).await;
+                // Counted from now until the writer takes it: a client that does not read
+                // makes replies wait here, and past the server's budget new calls are refused.
+                let charge = replies.charge(frame.encoded_len());
+                let _ = tx.send(Outbound::Reply(frame, charge)).await;
             }
             in_flight.finish(id);
             drop((permit, server_permit));
@@ -631,6 +611,7 @@ where
         call: IncomingCall,
         window: u32,
         body: Bytes,
+        bytes: Option<OwnedSemaphorePermit>,
         config: &ServerConfig,
     ) -> Result<(), Status> {
         let id = call.id;
@@ -653,7 +634,8 @@ where
             ))
             .with_not_started()
         })?;
-        let server_permit = self.budget.take().ok_or_else(|| self.budget.refusal())?;
+        self.budget.check()?;
+        let server_permit = self.budget.take_handler().ok_or_else(|| self.budget.handler_refusal())?;
         let codec = Codec::from_id(call.codec).map_err(|e| Status::invalid_argument(e.to_string()))?;
         if self.in_flight.lock().contains_key(&id) {
             return Err(Status::invalid_argument(format!("request id {id} is already in flight on this connection")));
@@ -701,6 +683,7 @@ where
         // The task's own `finish` takes this lock, so it cannot run before the insert below.
         let task = tokio::spawn(async move {
             let last = task.run::<S>(call_future).await;
+            drop(bytes);
             let last = sendable(last, max_frame_size).unwrap_or_else(|status| end_frame(id, &status));
             // Out of the table first: client frames that still arrive for it are ignored.
             in_flight.streams().remove(&id);

@@ -6,6 +6,7 @@
 //! limits and metrics apply to every service on the listener.
 
 pub mod admin;
+mod budget;
 mod builder;
 mod catch_unwind;
 mod connection;

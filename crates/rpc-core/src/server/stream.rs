@@ -7,6 +7,7 @@
 //! producing an item fails that stream alone.
 
 use super::{
+    budget::ReplyCharge,
     catch_unwind::{panic_message, panicked, CatchUnwind},
     IncomingStream, ServerRequest, ServerResponse,
 };
@@ -33,6 +34,8 @@ pub(super) enum Outbound {
     Frame(Frame),
     /// Frames already encoded: a batch of stream items.
     Encoded(Bytes),
+    /// A reply, counted in the server's reply budget until written.
+    Reply(Frame, ReplyCharge),
 }
 
 impl From<Frame> for Outbound {

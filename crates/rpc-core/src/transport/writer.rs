@@ -5,7 +5,14 @@
 
 use super::{Frame, FrameCodec, FrameError};
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use std::sync::{
+    atomic::{AtomicUsize, Ordering},
+    Arc,
+};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    sync::{OwnedSemaphorePermit, Semaphore},
+};
 use tokio_util::codec::{Decoder, Encoder};
 
 /// Most frames taken from a queue per wake-up.
@@ -64,6 +71,60 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     }
 }
 
+/// Frames longer than this take their length from a reader's [`RequestBytes`] before their
+/// body is read; shorter ones are bounded by the per-connection buffer and in-flight limit.
+pub(crate) const LARGE_FRAME: usize = 64 * 1024;
+
+/// A budget of bytes for large incoming frames, shared by the connections of a server: a
+/// reader takes a large frame's declared length from it before reading the frame's body, and
+/// gives it back when the permit it hands out with the frame is dropped (once the call that
+/// frame carried is done).
+#[derive(Clone)]
+pub(crate) struct RequestBytes {
+    permits: Arc<Semaphore>,
+    max: usize,
+    /// Readers waiting for bytes right now.
+    waiting: Arc<AtomicUsize>,
+}
+
+impl RequestBytes {
+    pub(crate) fn new(max: usize) -> Self {
+        let max = max.clamp(LARGE_FRAME, Semaphore::MAX_PERMITS);
+        RequestBytes { permits: Arc::new(Semaphore::new(max)), max, waiting: Arc::default() }
+    }
+
+    /// Bytes taken now.
+    pub(crate) fn held(&self) -> usize {
+        self.max - self.permits.available_permits()
+    }
+
+    /// Readers waiting for bytes now.
+    pub(crate) fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Takes `len` bytes (at most the whole budget, so one frame can always be read), waiting
+    /// until they are free.
+    async fn take(&self, len: usize) -> Option<OwnedSemaphorePermit> {
+        let n = u32::try_from(len.min(self.max)).unwrap_or(u32::MAX);
+        if let Ok(permit) = self.permits.clone().try_acquire_many_owned(n) {
+            return Some(permit);
+        }
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        // Counted out again even if the read is cancelled while waiting.
+        let _waiting = Waiting(&self.waiting);
+        self.permits.clone().acquire_many_owned(n).await.ok()
+    }
+}
+
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Reads frames from a socket through [`FrameCodec`].
 pub(crate) struct FrameReader<R> {
     io: R,
@@ -71,17 +132,47 @@ pub(crate) struct FrameReader<R> {
     buf: BytesMut,
     /// Frames decoded so far.
     frames: u64,
+    /// Where large frames take their bytes from, on a server.
+    budget: Option<RequestBytes>,
+    /// The bytes taken for the frame being read, and how many bytes of the buffer they cover.
+    held: Option<(OwnedSemaphorePermit, usize)>,
+    /// The bytes taken for the frame returned last, until its caller takes them.
+    last: Option<OwnedSemaphorePermit>,
+    /// Whether the reader waits for budget rather than for the peer.
+    paused: bool,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub(crate) fn new(io: R, codec: FrameCodec) -> Self {
-        FrameReader { io, codec, buf: BytesMut::with_capacity(16 * 1024), frames: 0 }
+        FrameReader {
+            io,
+            codec,
+            buf: BytesMut::with_capacity(16 * 1024),
+            frames: 0,
+            budget: None,
+            held: None,
+            last: None,
+            paused: false,
+        }
+    }
+
+    /// Makes large frames wait for bytes from `budget` before their body is read.
+    pub(crate) fn with_budget(mut self, budget: RequestBytes) -> Self {
+        self.budget = Some(budget);
+        self
     }
 
     /// Frames decoded so far, and whether part of the next one is buffered: two readings apart
-    /// in time with the same count and a part buffered in both mean one frame spanned them.
+    /// in time with the same count and a part buffered in both mean one frame spanned them. A
+    /// reader waiting for the server's byte budget has no part pending: the wait is not the
+    /// peer's.
     pub(crate) fn progress(&self) -> (u64, bool) {
-        (self.frames, !self.buf.is_empty())
+        (self.frames, !self.buf.is_empty() && !self.paused)
+    }
+
+    /// The budget bytes the frame returned last holds: keep them while its call runs.
+    pub(crate) fn take_permit(&mut self) -> Option<OwnedSemaphorePermit> {
+        self.last.take()
     }
 
     /// The next frame; `None` on a clean end of stream between frames.
@@ -89,14 +180,32 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// Cancel safe: a frame partly read stays buffered for the next call.
     pub(crate) async fn next(&mut self) -> Result<Option<Frame>, FrameError> {
         loop {
-            if let Some(frame) = self.codec.decode(&mut self.buf)? {
-                self.frames += 1;
+            if let Some(frame) = self.try_next()? {
                 return Ok(Some(frame));
+            }
+            let mut limit = usize::MAX;
+            if let Some(budget) = &self.budget {
+                if self.held.is_none() {
+                    if let Some(len) = large_frame_len(&self.buf) {
+                        self.paused = true;
+                        let permit = budget.take(len).await;
+                        self.paused = false;
+                        self.held = permit.map(|permit| (permit, 4 + len));
+                    }
+                }
+                // Read no further than the frame the budget covers, plus a step: a large
+                // frame behind it must be seen whole in the buffer only after its bytes were taken.
+                limit =
+                    self.held.as_ref().map_or(0, |(_, covered)| covered.saturating_sub(self.buf.len())) + LARGE_FRAME;
             }
             if self.buf.capacity() - self.buf.len() < 4096 {
                 self.buf.reserve(16 * 1024);
             }
-            if self.io.read_buf(&mut self.buf).await? == 0 {
+            let read = match limit {
+                usize::MAX => self.io.read_buf(&mut self.buf).await?,
+                limit => (&mut self.io).take(limit as u64).read_buf(&mut self.buf).await?,
+            };
+            if read == 0 {
                 return match self.buf.len() {
                     0 => Ok(None),
                     n => Err(FrameError::Malformed(format!("connection closed inside a frame ({n} bytes pending)"))),
@@ -108,7 +217,10 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// A frame already buffered, without reading from the socket.
     pub(crate) fn try_next(&mut self) -> Result<Option<Frame>, FrameError> {
         let frame = self.codec.decode(&mut self.buf)?;
-        self.frames += u64::from(frame.is_some());
+        if frame.is_some() {
+            self.frames += 1;
+            self.last = self.held.take().map(|(permit, _)| permit);
+        }
         Ok(frame)
     }
 
@@ -129,4 +241,10 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         preface.copy_from_slice(&self.buf.split_to(8));
         Ok(preface)
     }
+}
+
+/// The declared length of the frame at the front of `buf`, if it is a large one.
+fn large_frame_len(buf: &[u8]) -> Option<usize> {
+    let len = u32::from_be_bytes(buf.get(..4)?.try_into().ok()?) as usize;
+    (len > LARGE_FRAME).then_some(len)
 }
