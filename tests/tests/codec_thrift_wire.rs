@@ -143,3 +143,59 @@ async fn thrift_errors_name_the_service_method_and_argument_as_written() {
     assert!(reply.contains("no service here has a method \"nope\""), "{reply:?}");
     server.shutdown(Duration::from_secs(1)).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_thrift_client_that_trickles_a_frame_is_cut_after_the_frame_timeout() {
+    let server = Server::builder()
+        .add_service(EchoServer::new(MyEcho))
+        .idle_timeout(Duration::from_secs(600))
+        .frame_timeout(Duration::from_millis(300))
+        .start("127.0.0.1:0")
+        .await
+        .unwrap();
+    let (mut read, mut write) = tokio::net::TcpStream::connect(server.local_addr()).await.unwrap().into_split();
+    // A 10 000-byte frame, one byte every 20 ms: it would take over three minutes.
+    let trickler = tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(Duration::from_millis(20));
+        for byte in 10_000u32.to_be_bytes().into_iter().chain([0x80, 0x01, 0x00, 0x01]).chain(std::iter::repeat(0)) {
+            ticks.tick().await;
+            if write.write_all(&[byte]).await.is_err() {
+                return;
+            }
+        }
+    });
+    let closed = tokio::time::timeout(Duration::from_secs(10), read.read(&mut [0; 16]))
+        .await
+        .expect("a trickled Thrift frame held the connection open past its frame timeout");
+    trickler.abort();
+    assert_eq!(closed.unwrap_or(0), 0, "closed without an answer");
+    let client = EchoClient::new(ThriftChannel::connect(server.local_addr(), Codec::ThriftBinary).await.unwrap());
+    assert_eq!(client.echo("served".into()).await.unwrap(), "served", "other clients are served");
+}
+
+#[tokio::test]
+async fn a_running_thrift_call_holds_a_handler_slot_and_ends_with_the_grace_period() {
+    let server =
+        Server::builder().add_service(EchoServer::new(MyEcho)).max_handlers(1).start("127.0.0.1:0").await.unwrap();
+    let addr = server.local_addr();
+    let slow = EchoClient::new(ThriftChannel::connect(addr, Codec::ThriftBinary).await.unwrap());
+    let running = tokio::spawn(async move { slow.slow(600_000).await });
+    let other = EchoClient::new(ThriftChannel::connect(addr, Codec::ThriftCompact).await.unwrap());
+    // Refused once the slow call holds the server's one handler slot.
+    let refused = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Err(status) = other.echo("x".into()).await {
+                return status;
+            }
+        }
+    })
+    .await
+    .expect("a running Thrift handler counts against the server's handler limit");
+    assert!(refused.message().contains("1 handlers"), "{refused}");
+
+    let shutdown = tokio::time::timeout(Duration::from_secs(10), server.shutdown(Duration::from_millis(100)));
+    shutdown.await.expect("a running Thrift call does not hold the shutdown past its grace").unwrap();
+    let cut = running.await.unwrap().unwrap_err();
+    assert_eq!(cut.code(), rpc_core::Code::Unavailable, "{cut}");
+    assert!(cut.message().contains("grace period ended"), "{cut}");
+}

@@ -97,6 +97,28 @@ impl Code {
     }
 }
 
+impl Code {
+    /// The code named `name` as [`Code::name`] spells it.
+    pub fn from_name(name: &str) -> Option<Code> {
+        const ALL: [Code; 13] = [
+            Code::Cancelled,
+            Code::Unknown,
+            Code::InvalidArgument,
+            Code::DeadlineExceeded,
+            Code::PermissionDenied,
+            Code::ResourceExhausted,
+            Code::FailedPrecondition,
+            Code::Aborted,
+            Code::Unimplemented,
+            Code::Internal,
+            Code::Unavailable,
+            Code::Unauthenticated,
+            Code::Protocol,
+        ];
+        ALL.into_iter().find(|code| code.name() == name)
+    }
+}
+
 impl fmt::Display for Code {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())

@@ -211,8 +211,19 @@ pub(crate) async fn serve<S>(
                     buffered.extend_from_slice(&rest);
                     let (service, writer, identity) = (conn.service.clone(), &mut conn.writer, conn.identity.clone());
                     let shutdown = &mut shutdown;
-                    super::thrift::serve(read, buffered, writer, service, peer, identity, thrift, &config, shutdown)
-                        .await
+                    super::thrift::serve(
+                        read,
+                        buffered,
+                        writer,
+                        service,
+                        peer,
+                        identity,
+                        thrift,
+                        &config,
+                        &conn.budget,
+                        shutdown,
+                    )
+                    .await
                 }
                 (Err(e), None) => conn.go_away(Code::Protocol, e.to_string()).await,
             },

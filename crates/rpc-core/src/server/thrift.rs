@@ -6,7 +6,7 @@
 //! `Service:method` (Thrift's multiplexed protocol) names the service; a plain name goes to the
 //! service that has that method.
 
-use super::{builder::ServerConfig, catch_unwind::CatchUnwind, ServerRequest, ServerResponse};
+use super::{budget::Budget, builder::ServerConfig, catch_unwind::CatchUnwind, ServerRequest, ServerResponse};
 use crate::transport::thrift::{self as wire, MessageHead};
 use crate::transport::{
     io::{ReadIo, WriteIo},
@@ -15,13 +15,16 @@ use crate::transport::{
 use crate::{ByteStr, Codec, Context, Metadata, PeerIdentity, Status};
 use bytes::BytesMut;
 use std::{net::SocketAddr, sync::Arc};
-use tokio::sync::watch;
 use tokio::time::Instant;
+use tokio::{io::AsyncReadExt, sync::watch};
 use tower::{Service, ServiceExt};
 
 /// Serves Thrift calls on a connection whose first bytes (`buffered`) were already read, until
-/// it closes, breaks the protocol, stays idle past the server's idle timeout, or the server
-/// shuts down.
+/// it closes, breaks the protocol, stays idle past the server's idle timeout, takes longer than
+/// the frame timeout to send a frame, or the server shuts down.
+///
+/// Each handler counts against the server's handler budget while it runs, and one still running
+/// when the shutdown's grace period ends is answered with an exception.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn serve<S>(
     mut read: ReadIo,
@@ -32,19 +35,40 @@ pub(crate) async fn serve<S>(
     identity: Option<Arc<PeerIdentity>>,
     codec: Codec,
     config: &ServerConfig,
+    budget: &Budget,
     shutdown: &mut watch::Receiver<Option<Instant>>,
 ) where
     S: Service<ServerRequest, Response = ServerResponse, Error = Status> + Send,
     S::Future: Send,
 {
     loop {
-        let frame = tokio::select! {
-            frame = wire::read_frame(&mut read, &mut buffered, config.max_frame_size) => frame,
-            _ = shutdown.changed() => return,
-            _ = tokio::time::sleep(config.idle_timeout) => {
-                tracing::debug!(%peer, "idle Thrift connection closed");
+        // Thrift has no go-away: a draining server closes between calls.
+        if shutdown.borrow().is_some() {
+            return;
+        }
+        if buffered.is_empty() {
+            let first = tokio::select! {
+                read = read.read_buf(&mut buffered) => read,
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(config.idle_timeout) => {
+                    tracing::debug!(%peer, "idle Thrift connection closed");
+                    return;
+                }
+            };
+            if !matches!(first, Ok(n) if n > 0) {
                 return;
             }
+        }
+        // From its first byte, a frame has the frame timeout to arrive whole.
+        let frame = tokio::select! {
+            frame = tokio::time::timeout(config.frame_timeout, wire::read_frame(&mut read, &mut buffered, config.max_frame_size)) => match frame {
+                Ok(frame) => frame,
+                Err(_) => {
+                    tracing::debug!(%peer, timeout = ?config.frame_timeout, "Thrift frame still incomplete after the frame timeout; connection closed");
+                    return;
+                }
+            },
+            _ = shutdown.changed() => return,
         };
         let frame = match frame {
             Ok(Some(frame)) => frame,
@@ -92,10 +116,18 @@ pub(crate) async fn serve<S>(
             identity: identity.clone(),
             stream: None,
         };
-        let result = match service.ready().await {
-            Ok(ready) => CatchUnwind::new(context.clone().scope(context.sync_scope(|| ready.call(request))))
-                .await
-                .unwrap_or_else(|panic| Err(Status::internal(format!("the handler panicked: {panic}")))),
+        let result = match budget.check().map(|()| budget.take_handler()) {
+            Ok(Some(_handler)) => match service.ready().await {
+                Ok(ready) => {
+                    let work = CatchUnwind::new(context.clone().scope(context.sync_scope(|| ready.call(request))));
+                    tokio::select! {
+                        outcome = work => outcome.unwrap_or_else(|panic| Err(Status::internal(format!("the handler panicked: {panic}")))),
+                        () = grace_ended(shutdown) => Err(Status::unavailable("server shut down before the call finished (its grace period ended)")),
+                    }
+                }
+                Err(status) => Err(status),
+            },
+            Ok(None) => Err(budget.handler_refusal()),
             Err(status) => Err(status),
         };
         if head.kind == wire::ONEWAY {
@@ -114,6 +146,19 @@ pub(crate) async fn serve<S>(
         writer.push_raw(&reply);
         if let Err(e) = writer.flush().await {
             tracing::debug!(%peer, error = %e, "Thrift reply not written");
+            return;
+        }
+    }
+}
+
+/// Resolves when the server's shutdown grace period ends (at once if the server is dropped).
+async fn grace_ended(shutdown: &mut watch::Receiver<Option<Instant>>) {
+    loop {
+        let deadline = *shutdown.borrow_and_update();
+        if let Some(deadline) = deadline {
+            return tokio::time::sleep_until(deadline).await;
+        }
+        if shutdown.changed().await.is_err() {
             return;
         }
     }

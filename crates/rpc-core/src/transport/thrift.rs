@@ -195,7 +195,13 @@ pub(crate) fn exception_status(codec: Codec, body: &[u8]) -> Status {
     match codec.decode::<ApplicationException>(body) {
         Ok(e) if e.kind == UNKNOWN_METHOD => Status::unimplemented(e.message),
         Ok(e) if e.kind == PROTOCOL_ERROR => Status::invalid_argument(e.message),
-        Ok(e) => Status::internal(format!("Thrift application exception {}: {}", e.kind, e.message)),
+        Ok(e) => {
+            match e.message.split_once(": ").and_then(|(name, rest)| Some((crate::Code::from_name(name)?, rest))) {
+                // Our servers write "CODE: message" (see `exception_body`): keep the code.
+                Some((code, message)) => Status::new(code, message),
+                None => Status::internal(format!("Thrift application exception {}: {}", e.kind, e.message)),
+            }
+        }
         Err(e) => Status::protocol(format!("undecodable Thrift application exception: {e}")),
     }
 }
