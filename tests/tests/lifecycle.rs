@@ -18,8 +18,17 @@ async fn graceful_shutdown_lets_running_calls_finish_and_refuses_new_ones() {
     };
     expect_event(&mut events, "started:1").await;
     let shutdown = tokio::spawn(server.shutdown(Duration::from_secs(5)));
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let refused = client.sleep_then(2, 0).await.unwrap_err();
+    // Calls made before the server starts draining still run; the first refused one is the
+    // point where it stopped taking calls.
+    let refused = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Err(status) = client.sleep_then(2, 0).await {
+                return status;
+            }
+        }
+    })
+    .await
+    .expect("a draining server refuses new calls");
     assert_eq!(refused.code(), Code::Unavailable, "{refused}");
     assert!(refused.not_started(), "a refused call is known not to have run: {refused}");
     assert_eq!(running.await.unwrap().unwrap(), 1, "the running call finished");
@@ -44,6 +53,40 @@ async fn shutdown_cancels_what_outlives_the_grace_period() {
     expect_event(&mut events, "cancelled:grace").await;
     let err = hanging.await.unwrap().unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err}");
+}
+
+/// An announcer whose withdrawal never finishes: a registry that stopped answering.
+struct StuckRegistry;
+
+impl rpc_core::server::Announce for StuckRegistry {
+    fn up(&self, _: rpc_core::server::Listening) -> rpc_core::server::AnnounceFuture<std::io::Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn down(&self) -> rpc_core::server::AnnounceFuture<()> {
+        Box::pin(std::future::pending())
+    }
+}
+
+#[tokio::test]
+async fn the_grace_period_covers_withdrawing_announcements_and_draining_together() {
+    let lab = LabImpl::default();
+    let mut events = lab.events.subscribe();
+    let server =
+        Server::builder().add_service(LabServer::new(lab)).announce(StuckRegistry).start("127.0.0.1:0").await.unwrap();
+    let client = lab_client(&server, Codec::MsgPack).await;
+    let hanging = {
+        let client = client.clone();
+        tokio::spawn(async move { client.hang("both".into()).await })
+    };
+    expect_event(&mut events, "hanging:both").await;
+    let started = tokio::time::Instant::now();
+    server.shutdown(Duration::from_secs(2)).await.unwrap();
+    // Withdrawing takes the whole grace here; a drain that counted its grace from then on
+    // would take two more seconds.
+    assert!(started.elapsed() < Duration::from_millis(3500), "shutdown took {:?} for a 2 s grace", started.elapsed());
+    expect_event(&mut events, "cancelled:both").await;
+    assert_eq!(hanging.await.unwrap().unwrap_err().code(), Code::Unavailable);
 }
 
 #[tokio::test]

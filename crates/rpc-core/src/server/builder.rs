@@ -415,6 +415,9 @@ impl Drop for Seat {
     }
 }
 
+/// The least time a shutdown gives its announcers to withdraw, however short its grace.
+const WITHDRAW_AT_LEAST: Duration = Duration::from_secs(1);
+
 /// How long past its grace period a shutdown waits for connections to write their last frames
 /// before it cuts them: a client that stops reading must not hold a shutdown up.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(1);
@@ -526,21 +529,27 @@ impl RunningServer {
         self.shutdown(grace).await
     }
 
-    /// Withdraws the server's announcements (waiting at most `grace`, or a second), then stops accepting, tells clients to go away,
-    /// waits up to `grace` for running calls, then cancels what is left and closes every
-    /// connection.
+    /// Withdraws the server's announcements, then stops accepting, tells clients to go away,
+    /// lets running calls finish, and once `grace` has passed since the call cancels what is
+    /// left and closes every connection.
+    ///
+    /// The grace period covers the withdrawal too, which may take up to a second of it even when
+    /// `grace` is shorter (so a short grace can still deregister); calls then drain for what is
+    /// left. Whatever clients and registries do, it returns within `max(grace, 1 s)` plus one
+    /// second for connections to write their last frames.
     pub async fn shutdown(self, grace: Duration) -> io::Result<()> {
         let RunningServer { shutdown, task, announcers, .. } = self;
-        // Withdrawing must not hold up the shutdown past its grace (a registry may be down).
+        let deadline = Instant::now() + grace;
+        // A registry that does not answer must not hold the shutdown past its grace.
         let withdraw = async {
             for announcer in &announcers {
                 announcer.down().await;
             }
         };
-        if tokio::time::timeout(grace.max(Duration::from_secs(1)), withdraw).await.is_err() {
+        if tokio::time::timeout(grace.max(WITHDRAW_AT_LEAST), withdraw).await.is_err() {
             tracing::warn!("withdrawing the server's announcements timed out; draining anyway");
         }
-        let _ = shutdown.send(Some(Instant::now() + grace));
+        let _ = shutdown.send(Some(deadline));
         let result = task.await;
         drop(shutdown);
         result.map_err(io::Error::other)
