@@ -299,8 +299,9 @@ impl Idl {
         name.to_owned()
     }
 
-    /// The schema as a `.thrift` file. A field, argument or method named with a word Thrift
-    /// reserves (`class`, `list`, `from`, ...) gets a trailing `_` there (see [`thrift_name`]).
+    /// The schema as a `.thrift` file. A field, argument, enum value or method named with a
+    /// word Thrift or a language it generates reserves (`class`, `list`, `None`, `int`, ...)
+    /// gets a trailing `_` there (see [`thrift_name`]).
     pub fn to_thrift(&self) -> String {
         let mut out = format!("namespace py {0}\nnamespace rs {0}\n", self.package);
         for def in &self.defs {
@@ -322,12 +323,13 @@ impl Idl {
                 Kind::Enum(values) => {
                     let _ = writeln!(out, "enum {} {{", def.name);
                     for (name, value) in values {
-                        let _ = writeln!(out, "  {name} = {value},");
+                        let _ = writeln!(out, "  {} = {value},", thrift_name(name));
                     }
                     out.push_str("}\n");
                 }
                 Kind::Exception(f) => {
-                    let _ = writeln!(out, "exception {} {{\n  {}: {} {};\n}}", def.name, f.tag, f.ty.thrift, f.name);
+                    let name = thrift_name(&f.name);
+                    let _ = writeln!(out, "exception {} {{\n  {}: {} {name};\n}}", def.name, f.tag, f.ty.thrift);
                 }
             }
         }
@@ -509,12 +511,12 @@ const THRIFT_RESERVED: &[&str] = &[
     "yield",
 ];
 
-/// `name` as a Thrift field or argument name: a reserved word gets a trailing `_`. Only names
-/// that never travel on the wire are renamed (Thrift identifies fields and arguments by id).
-/// A field, argument or method name as the `.thrift` spells it: a word the Thrift compiler
-/// reserves gets a trailing `_` (`list` is `list_`), and so does a name that already is such a
-/// word plus underscores (`list_` is `list__`), so that every name has its own spelling. Calls
-/// name their method on the wire, so Thrift transports send and accept this spelling.
+/// A field, argument, enum value or method name as the `.thrift` spells it: a word the Thrift
+/// compiler reserves, or that its Python, Java, Go or C++ code would break on, gets a trailing
+/// `_` (`list` is `list_`, `None` is `None_`), and so does a name that already is such a word
+/// plus underscores (`list_` is `list__`), so that every name has its own spelling. Calls name
+/// their method on the wire, so Thrift transports send and accept this spelling (and a server
+/// accepts the bare name too).
 pub fn thrift_name(name: &str) -> std::borrow::Cow<'_, str> {
     if reserved_stem(name) {
         format!("{name}_").into()
@@ -531,9 +533,86 @@ pub fn from_thrift_name(name: &str) -> &str {
     }
 }
 
+/// Words the Thrift compiler accepts but that its generators copy into code where they are
+/// keywords, making code that does not compile: Python, Java, Go and C++ (each checked by
+/// compiling generated code, except Go's).
+const TARGET_RESERVED: &[&str] = &[
+    // Python
+    "False",
+    "None",
+    "True",
+    "await",
+    "nonlocal",
+    // Java
+    "boolean",
+    "char",
+    "false",
+    "final",
+    "int",
+    "long",
+    "null",
+    "short",
+    "strictfp",
+    "true",
+    // Go
+    "chan",
+    "defer",
+    "fallthrough",
+    "func",
+    "go",
+    "range",
+    "select",
+    "type",
+    // C++
+    "alignas",
+    "alignof",
+    "and_eq",
+    "asm",
+    "auto",
+    "bitand",
+    "bitor",
+    "char16_t",
+    "char32_t",
+    "char8_t",
+    "co_await",
+    "co_return",
+    "co_yield",
+    "compl",
+    "concept",
+    "const_cast",
+    "consteval",
+    "constexpr",
+    "constinit",
+    "decltype",
+    "dynamic_cast",
+    "explicit",
+    "export",
+    "extern",
+    "friend",
+    "mutable",
+    "noexcept",
+    "not_eq",
+    "nullptr",
+    "operator",
+    "or_eq",
+    "reinterpret_cast",
+    "requires",
+    "signed",
+    "static_assert",
+    "static_cast",
+    "template",
+    "thread_local",
+    "typeid",
+    "typename",
+    "using",
+    "wchar_t",
+    "xor_eq",
+];
+
 /// Whether `name` is a reserved word followed by any number of underscores.
 fn reserved_stem(name: &str) -> bool {
-    THRIFT_RESERVED.contains(&name.trim_end_matches('_'))
+    let stem = name.trim_end_matches('_');
+    THRIFT_RESERVED.contains(&stem) || TARGET_RESERVED.contains(&stem)
 }
 
 /// The fields of a method's protobuf result: `success = 1`, and `optional error = 2` for a
