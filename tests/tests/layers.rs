@@ -163,3 +163,54 @@ async fn method_breaker_on_a_client_fails_fast_once_open() {
         "other methods have their own breaker"
     );
 }
+
+#[tokio::test]
+async fn a_service_layer_wraps_its_service_alone_and_stock_tower_middleware_fits() {
+    let lab = common::LabImpl::default();
+    let mut events = lab.events.subscribe();
+    let ctl = std::sync::Arc::new(lb_support::Ctl::default());
+    let server = rpc_core::Server::builder()
+        .add_service_with(tower::timeout::TimeoutLayer::new(Duration::from_millis(100)), common::LabServer::new(lab))
+        .add_service(lb_support::NodeServer::new(lb_support::Instance(ctl)))
+        .start("127.0.0.1:0")
+        .await
+        .unwrap();
+    let channel = Channel::connect(server.local_addr().to_string()).await.unwrap();
+    let lab = common::LabClient::new(channel.clone());
+    let cut = tokio::time::timeout(Duration::from_secs(5), lab.hang("layered".into()))
+        .await
+        .expect("the service's own timeout layer cuts its call")
+        .unwrap_err();
+    assert_eq!(cut.code(), Code::DeadlineExceeded, "tower's Elapsed becomes a status: {cut}");
+    assert!(cut.message().contains("timeout layer"), "{cut}");
+    common::expect_event(&mut events, "cancelled:layered").await;
+    // The other service on the listener has no such timeout.
+    assert_eq!(NodeClient::new(channel).work(300).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn stock_tower_load_shedding_on_a_server_refuses_calls_as_not_started() {
+    let stack = ServiceBuilder::new()
+        .layer(tower::util::MapErrLayer::new(rpc_core::Status::from_box_error))
+        .layer(tower::load_shed::LoadShedLayer::new())
+        .layer(tower::limit::ConcurrencyLimitLayer::new(1));
+    let (server, ctl) = start_node_with(0, stack).await;
+    ctl.held.store(true, Ordering::SeqCst);
+    let client = NodeClient::new(Channel::connect(server.local_addr().to_string()).await.unwrap());
+    let held = tokio::spawn({
+        let client = client.clone();
+        async move { client.work(0).await }
+    });
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while ctl.seen.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the first call reaches the server");
+    let shed = client.work(0).await.unwrap_err();
+    assert_eq!(shed.code(), Code::ResourceExhausted, "tower's Overloaded becomes a status: {shed}");
+    assert!(shed.not_started(), "shed before it ran, so safe to retry elsewhere: {shed}");
+    ctl.release();
+    assert_eq!(held.await.unwrap().unwrap(), 0);
+}

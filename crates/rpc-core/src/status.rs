@@ -203,6 +203,27 @@ impl Status {
     }
 }
 
+impl Status {
+    /// The status a boxed error from stock tower middleware stands for, so such middleware fits
+    /// a server or client stack (with `tower::util::MapErrLayer::new(Status::from_box_error)`):
+    /// a `Status` stays itself, tower's timeout becomes `DEADLINE_EXCEEDED`, its load shedding
+    /// `RESOURCE_EXHAUSTED` (not started, so safe to retry elsewhere), and anything else
+    /// `INTERNAL` with the error's message.
+    pub fn from_box_error(error: tower::BoxError) -> Status {
+        let error = match error.downcast::<Status>() {
+            Ok(status) => return *status,
+            Err(error) => error,
+        };
+        if error.is::<tower::timeout::error::Elapsed>() {
+            Status::deadline_exceeded(format!("a timeout layer cut the call: {error}"))
+        } else if error.is::<tower::load_shed::error::Overloaded>() {
+            Status::resource_exhausted(format!("a load-shedding layer refused the call: {error}")).with_not_started()
+        } else {
+            Status::internal(format!("a layer failed the call: {error}"))
+        }
+    }
+}
+
 impl fmt::Display for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.code, self.message)

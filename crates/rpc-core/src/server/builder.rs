@@ -1,6 +1,11 @@
 //! [`Server`]: binding a listener, accepting connections within limits, and shutting down.
 
-use super::{budget::Budget, connection, Dispatch, Router, ServerRequest, ServerResponse};
+use super::{
+    budget::Budget,
+    connection,
+    dispatch::{Handlers, Layered},
+    Dispatch, Router, ServerRequest, ServerResponse,
+};
 use crate::{
     metrics::{Metered, Metrics},
     stream::StreamConfig,
@@ -285,6 +290,22 @@ impl<L> ServerBuilder<L> {
     /// Adds a service (a generated `FooServer`); one listener serves any number of them.
     pub fn add_service(mut self, service: impl Dispatch) -> Self {
         self.router.add(service);
+        self
+    }
+
+    /// Adds a service wrapped in tower layers of its own, inside the server-wide ones (see
+    /// [`layer`](Self::layer)): a timeout or limit for one service only. `layer` may be a
+    /// `tower::ServiceBuilder` stack; stock tower middleware fits as it is, its `BoxError`s
+    /// becoming a [`Status`] as [`Status::from_box_error`] says.
+    pub fn add_service_with<N, D>(mut self, layer: N, service: D) -> Self
+    where
+        D: Dispatch,
+        N: Layer<Handlers>,
+        N::Service: Service<ServerRequest, Response = ServerResponse> + Clone + Send + Sync + 'static,
+        <N::Service as Service<ServerRequest>>::Error: Into<tower::BoxError>,
+        <N::Service as Service<ServerRequest>>::Future: Send + 'static,
+    {
+        self.router.add(Layered::new(layer, service));
         self
     }
 }

@@ -194,3 +194,62 @@ pub trait Dispatch: Send + Sync + 'static {
     /// Handles one call addressed to this service.
     fn dispatch(&self, request: ServerRequest) -> Pin<Box<dyn Future<Output = Result<ServerResponse, Status>> + Send>>;
 }
+
+/// One service's handlers as a tower `Service`: what [`ServerBuilder::add_service_with`] wraps
+/// in the service's own layers.
+///
+/// [`ServerBuilder::add_service_with`]: super::ServerBuilder::add_service_with
+#[derive(Clone)]
+pub struct Handlers(Arc<dyn Dispatch>);
+
+impl fmt::Debug for Handlers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Handlers").field(&self.0.info().name).finish()
+    }
+}
+
+impl tower::Service<ServerRequest> for Handlers {
+    type Response = ServerResponse;
+    type Error = Status;
+    type Future = Pin<Box<dyn Future<Output = Result<ServerResponse, Status>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Status>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: ServerRequest) -> Self::Future {
+        self.0.dispatch(request)
+    }
+}
+
+/// A service inside tower layers of its own.
+pub(crate) struct Layered<S> {
+    info: &'static ServiceInfo,
+    service: S,
+}
+
+impl<S> Layered<S> {
+    /// `service` wrapped by `layer`.
+    pub(crate) fn new<L: tower::Layer<Handlers, Service = S>>(layer: L, service: impl Dispatch) -> Self {
+        let info = service.info();
+        Layered { info, service: layer.layer(Handlers(Arc::new(service))) }
+    }
+}
+
+impl<S> Dispatch for Layered<S>
+where
+    S: tower::Service<ServerRequest, Response = ServerResponse> + Clone + Send + Sync + 'static,
+    S::Error: Into<tower::BoxError>,
+    S::Future: Send + 'static,
+{
+    fn info(&self) -> &'static ServiceInfo {
+        self.info
+    }
+
+    fn dispatch(&self, request: ServerRequest) -> Pin<Box<dyn Future<Output = Result<ServerResponse, Status>> + Send>> {
+        let service = self.service.clone();
+        Box::pin(async move {
+            tower::ServiceExt::oneshot(service, request).await.map_err(|e| Status::from_box_error(e.into()))
+        })
+    }
+}

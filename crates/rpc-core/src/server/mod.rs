@@ -16,5 +16,5 @@ mod stream;
 mod thrift;
 
 pub use builder::{Announce, AnnounceFuture, Listening, RunningServer, Server, ServerBuilder};
-pub use dispatch::{Dispatch, IncomingStream, MethodInfo, ServerRequest, ServerResponse, ServiceInfo};
+pub use dispatch::{Dispatch, Handlers, IncomingStream, MethodInfo, ServerRequest, ServerResponse, ServiceInfo};
 pub use router::Router;
