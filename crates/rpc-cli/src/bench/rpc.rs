@@ -5,7 +5,6 @@ use super::{
     report::{print_rpc_rows, Latencies, RoundArgs, RpcRow},
 };
 use crate::CliResult;
-use bytes::BytesMut;
 use rpc_core::{
     tls::{ClientTls, ServerTls},
     Channel, Codec, Server,
@@ -141,7 +140,7 @@ pub(crate) async fn run(args: RpcBenchArgs) -> CliResult {
             return Err(format!("unknown scenario {name:?}; use latency, pipelined or multi").into());
         }
     }
-    let (mut raw_child, raw_addr) = spawn_server("raw").await?;
+    let (mut raw_child, raw_addr) = spawn_server(&format!("raw={}", args.codec)).await?;
     let (mut rpc_child, rpc_addr) = spawn_server("rpc").await?;
     // Variants of the rpc server, each measured against plain `rpc` in the same rounds.
     let mut variants = Vec::new();
@@ -163,9 +162,6 @@ pub(crate) async fn run(args: RpcBenchArgs) -> CliResult {
     let warmup = Duration::from_secs_f64(args.run.warmup);
     let measured = Duration::from_secs_f64(args.run.seconds);
     let request = BenchRequest::sample();
-    let mut payload = BytesMut::new();
-    args.codec.encode(&request, &mut payload)?;
-    let payload = payload.freeze();
 
     let mut rows = Vec::new();
     for scenario in SCENARIOS.iter().filter(|s| args.scenarios.iter().any(|n| n == s.name)) {
@@ -173,7 +169,7 @@ pub(crate) async fn run(args: RpcBenchArgs) -> CliResult {
         let mut rpc_clients = Vec::new();
         let mut variant_clients: Vec<Vec<BenchClient<Channel>>> = variants.iter().map(|_| Vec::new()).collect();
         for _ in 0..scenario.connections {
-            raw_clients.push(std::sync::Arc::new(RawClient::connect(raw_addr).await?));
+            raw_clients.push(std::sync::Arc::new(RawClient::connect(raw_addr, args.codec).await?));
             let channel = Channel::builder(rpc_addr).codec(args.codec).connect().await?;
             rpc_clients.push(BenchClient::new(channel));
             for (variant, clients) in variants.iter().zip(&mut variant_clients) {
@@ -188,11 +184,11 @@ pub(crate) async fn run(args: RpcBenchArgs) -> CliResult {
         let (mut raw, mut rpc) = (Rounds::default(), Rounds::default());
         let mut variant_rounds: Vec<Rounds> = variants.iter().map(|_| Rounds::default()).collect();
         for _ in 0..args.run.rounds.max(1) {
-            let payload = payload.clone();
+            let expected = std::sync::Arc::new(request.clone());
             raw.add(
                 drive(raw_clients.clone(), scenario.in_flight_per_connection, warmup, measured, move |c| {
-                    let payload = payload.clone();
-                    async move { c.call(&payload).await.is_some_and(|echo| echo == payload) }
+                    let expected = expected.clone();
+                    async move { c.call(&expected).await.is_some_and(|echo| echo == *expected) }
                 })
                 .await,
             );
@@ -302,8 +298,8 @@ pub(crate) async fn serve_child(kind: &str) -> CliResult {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     println!("{}", listener.local_addr()?);
     let server = match kind {
-        "raw" => {
-            tokio::spawn(raw::serve(listener));
+        raw if raw.starts_with("raw=") => {
+            tokio::spawn(raw::serve(listener, raw["raw=".len()..].parse()?));
             None
         }
         "rpc" => Some(Server::builder().add_service(BenchServer::new(Echo)).start_on(listener)),
