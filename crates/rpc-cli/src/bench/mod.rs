@@ -21,7 +21,7 @@ pub(crate) enum BenchCommand {
     Stream(stream::StreamBenchArgs),
     /// Encode and decode time and size of every codec, against the libraries called directly.
     Codecs(codecs::CodecBenchArgs),
-    /// Raft throughput and failover time, 1, 3 and 5 nodes in one process.
+    /// Raft throughput (1, 3 and 5 nodes in one process) and failover time (member processes).
     Raft(raft::RaftBenchArgs),
     /// A three-process registry against a three-process etcd (if installed), same load, same run.
     Registry(registry::RegistryBenchArgs),

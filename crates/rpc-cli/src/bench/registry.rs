@@ -131,11 +131,11 @@ pub(crate) async fn run(args: RegistryBenchArgs) -> CliResult {
         higher_is_better: true,
     });
 
-    let etcd_memory = etcd.as_ref().map(|e| rss_mib(&e.children));
+    let etcd_memory = etcd.as_ref().map(|e| rss_mib(&e.children.iter().collect::<Vec<_>>()));
     rows.push(Row {
         scenario: "memory per member",
         unit: "MiB",
-        ours: rss_mib(&ours.children),
+        ours: rss_mib(&ours.members.children()),
         etcd: etcd_memory,
         higher_is_better: false,
     });
@@ -204,30 +204,85 @@ fn key(i: u64) -> Vec<u8> {
     format!("bench/{:06}", i % 10_000).into_bytes()
 }
 
+/// `rpc registry serve` processes forming one cluster, each with its data directory under
+/// `dir`; a member can be killed and started again on the same directory.
+pub(super) struct Members {
+    dir: PathBuf,
+    addrs: Vec<String>,
+    fsync: bool,
+    /// `None` while killed.
+    children: Vec<Option<Child>>,
+}
+
+impl Members {
+    pub(super) fn start(dir: &Path, nodes: usize, fsync: bool) -> Result<Members, BoxError> {
+        let mut members = Members {
+            dir: dir.to_owned(),
+            addrs: free_ports(nodes)?,
+            fsync,
+            children: (0..nodes).map(|_| None).collect(),
+        };
+        for i in 0..nodes {
+            members.restart(i)?;
+        }
+        Ok(members)
+    }
+
+    pub(super) fn addrs(&self) -> &[String] {
+        &self.addrs
+    }
+
+    /// Starts member `i` (again, on its data directory).
+    pub(super) fn restart(&mut self, i: usize) -> Result<(), BoxError> {
+        let peers: Vec<String> = self.addrs.iter().enumerate().map(|(i, a)| format!("n{i}={a}")).collect();
+        let mut command = Command::new(std::env::current_exe()?);
+        command
+            .args([
+                "registry",
+                "serve",
+                "--name",
+                &format!("n{i}"),
+                "--listen",
+                &self.addrs[i],
+                "--peers",
+                &peers.join(","),
+            ])
+            .arg("--data-dir")
+            .arg(self.dir.join(format!("n{i}")))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true);
+        if !self.fsync {
+            command.arg("--no-fsync");
+        }
+        self.children[i] = Some(command.spawn()?);
+        Ok(())
+    }
+
+    /// Kills member `i` with SIGKILL and waits for it to be gone.
+    pub(super) async fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.children[i].take() {
+            let _ = child.kill().await;
+        }
+    }
+
+    fn children(&self) -> Vec<&Child> {
+        self.children.iter().flatten().collect()
+    }
+}
+
 struct OurCluster {
-    children: Vec<Child>,
+    members: Members,
     client: RegistryClient,
 }
 
 impl OurCluster {
     async fn start(dir: &Path) -> Result<OurCluster, BoxError> {
-        let addrs = free_ports(3)?;
-        let peers: Vec<String> = addrs.iter().enumerate().map(|(i, a)| format!("n{i}={a}")).collect();
-        let mut children = Vec::new();
-        for (i, addr) in addrs.iter().enumerate() {
-            let child = Command::new(std::env::current_exe()?)
-                .args(["registry", "serve", "--name", &format!("n{i}"), "--listen", addr, "--peers", &peers.join(",")])
-                .arg("--data-dir")
-                .arg(dir.join(format!("n{i}")))
-                .stdout(Stdio::null())
-                .kill_on_drop(true)
-                .spawn()?;
-            children.push(child);
-        }
-        let client = RegistryClient::connect(addrs);
+        let members = Members::start(dir, 3, true)?;
+        let client = RegistryClient::connect(members.addrs().to_vec());
         // The first write finds the leader; the client stays with it.
         client.put("bench/ready", "1").await?;
-        Ok(OurCluster { children, client })
+        Ok(OurCluster { members, client })
     }
 
     async fn puts(&self, concurrency: usize, duration: Duration) -> Result<f64, BoxError> {
@@ -431,7 +486,7 @@ async fn next_event(responses: &mut GrpcStream) -> Result<(), BoxError> {
 }
 
 /// Mean resident memory of the processes, in MiB.
-fn rss_mib(children: &[Child]) -> f64 {
+fn rss_mib(children: &[&Child]) -> f64 {
     let kib: Vec<f64> = children
         .iter()
         .filter_map(|c| c.id())
@@ -453,10 +508,10 @@ fn which(program: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
 }
 
-struct TempDir(PathBuf);
+pub(super) struct TempDir(pub(super) PathBuf);
 
 impl TempDir {
-    fn new() -> std::io::Result<TempDir> {
+    pub(super) fn new() -> std::io::Result<TempDir> {
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         let dir = std::env::temp_dir().join(format!("rpc-bench-registry-{}-{nanos}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
