@@ -66,6 +66,13 @@ fn bench_raft_prints_throughput_and_failover_per_configuration() {
     assert!(rows[0]["failover_p50_ms"].is_null(), "no failover for one node: {out}");
     assert!(rows[1]["failover_p99_ms"].as_f64().unwrap() > 0.0, "{out}");
     assert!(rows.iter().all(|r| r["proposals_per_s"].as_f64().unwrap() > 0.0), "{out}");
+
+    let (ok, out, err) =
+        rpc(&["bench", "raft", "--openraft-harness", "--json", "--seconds", "0.1", "--proposers", "1,4"]);
+    assert!(ok, "bench failed: {err}");
+    let rows: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 2, "a row per proposer count: {out}");
+    assert!(rows.iter().all(|r| r["harness"] == "openraft" && r["proposals_per_s"].as_f64().unwrap() > 0.0), "{out}");
 }
 
 #[test]

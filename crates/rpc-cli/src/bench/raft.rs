@@ -32,6 +32,12 @@ pub(crate) struct RaftBenchArgs {
     /// fsync settings to measure: on, off.
     #[arg(long, value_delimiter = ',', default_value = "on,off")]
     fsync: Vec<String>,
+    /// Measure throughput the way `bench/openraft` measures openraft instead: 3 nodes, each
+    /// a task on this process's tokio runtime with its log in memory, messages passed over
+    /// channels, and proposers as tasks that each await their write's commit and apply on
+    /// the leader before the next. Takes --proposers and --seconds (after a 1 s warm-up).
+    #[arg(long)]
+    openraft_harness: bool,
 }
 
 pub(crate) async fn run_bench(args: RaftBenchArgs) -> CliResult {
@@ -45,6 +51,9 @@ pub(crate) async fn run_bench(args: RaftBenchArgs) -> CliResult {
         })
         .collect::<Result<Vec<bool>, _>>()?;
     let duration = Duration::from_secs_f64(args.seconds);
+    if args.openraft_harness {
+        return openraft_harness(&args.proposers, duration, args.json).await;
+    }
     let mut rows = Vec::new();
     for &nodes in &args.nodes {
         for &fsync in &fsyncs {
@@ -160,5 +169,174 @@ fn print_table(rows: &[BenchResult]) {
             ms(r.failover_p50_ms),
             ms(r.failover_p99_ms)
         );
+    }
+}
+
+/// `--openraft-harness`: proposals per second for each proposer count, printed as rows.
+async fn openraft_harness(proposers: &[usize], measure: Duration, json: bool) -> CliResult {
+    if !json {
+        println!("{:>9} {:>14}", "proposers", "proposals/s");
+    }
+    for &proposers in proposers {
+        let rate = harness::throughput(proposers, Duration::from_secs(1), measure, 64).await?;
+        match json {
+            true => println!(
+                "{{\"harness\":\"openraft\",\"nodes\":3,\"proposers\":{proposers},\"proposals_per_s\":{rate:.1}}}"
+            ),
+            false => println!("{proposers:>9} {rate:>14.0}"),
+        }
+    }
+    Ok(())
+}
+
+/// rpc-raft driven in the shape of `bench/openraft`'s driver of openraft, so the two compare
+/// like for like: async tasks on one runtime, real round trips through channels.
+mod harness {
+    use rpc_raft::{ConfState, Config, MemStorage, Message, RawNode, Role};
+    use std::{
+        collections::{HashMap, VecDeque},
+        sync::{
+            atomic::{AtomicBool, AtomicU64, Ordering},
+            Arc,
+        },
+        time::Duration,
+    };
+    use tokio::sync::{mpsc, oneshot};
+
+    type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+    /// What a node's task is asked to do.
+    enum Input {
+        Peer(Message),
+        /// Append `data`; the sender hears once the leader applied it, or is dropped if this
+        /// node cannot take proposals.
+        Propose(Vec<u8>, oneshot::Sender<()>),
+    }
+
+    type Peers = Arc<HashMap<u64, mpsc::UnboundedSender<Input>>>;
+
+    /// Committed and leader-applied writes per second of `proposers` closed-loop writers of
+    /// `payload`-byte entries, counted over `measure` after `warmup`.
+    pub(super) async fn throughput(
+        proposers: usize,
+        warmup: Duration,
+        measure: Duration,
+        payload: usize,
+    ) -> Result<f64, BoxError> {
+        let ids = [1u64, 2, 3];
+        let conf = ConfState::with_voters(ids);
+        let mut inputs = Vec::new();
+        let mut senders = HashMap::new();
+        for id in ids {
+            let (tx, rx) = mpsc::unbounded_channel();
+            senders.insert(id, tx);
+            inputs.push(rx);
+        }
+        let peers: Peers = Arc::new(senders);
+        let (leader_tx, leader_rx) = oneshot::channel();
+        let mut leader_tx = Some(leader_tx);
+        let mut tasks = Vec::new();
+        for (id, rx) in ids.into_iter().zip(inputs) {
+            let mut config = Config::new(id);
+            config.max_inflight_msgs = 256;
+            config.max_entries_per_msg = 8192;
+            let mut node = RawNode::new(config, MemStorage::new_with_conf(conf.clone()))?;
+            if id == 1 {
+                node.campaign();
+            }
+            let elected = if id == 1 { leader_tx.take() } else { None };
+            tasks.push(tokio::spawn(drive(node, rx, peers.clone(), elected)));
+        }
+        leader_rx.await.map_err(|_| "node 1 stopped before it was elected")?;
+
+        let (done, stop) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
+        let leader = peers[&1].clone();
+        let mut writers = Vec::new();
+        for _ in 0..proposers {
+            let (leader, done, stop) = (leader.clone(), done.clone(), stop.clone());
+            writers.push(tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let (tx, rx) = oneshot::channel();
+                    if leader.send(Input::Propose(vec![0xAB; payload], tx)).is_err() || rx.await.is_err() {
+                        return;
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            }));
+        }
+        tokio::time::sleep(warmup).await;
+        let (before, started) = (done.load(Ordering::Relaxed), tokio::time::Instant::now());
+        tokio::time::sleep(measure).await;
+        let rate = (done.load(Ordering::Relaxed) - before) as f64 / started.elapsed().as_secs_f64();
+        stop.store(true, Ordering::Relaxed);
+        for task in tasks {
+            task.abort();
+        }
+        for writer in writers {
+            let _ = writer.await;
+        }
+        Ok(rate)
+    }
+
+    /// One node's task: takes every input waiting, then handles the node's readies (persist,
+    /// send, apply), as openraft's core task does with its own.
+    async fn drive(
+        mut node: RawNode<MemStorage>,
+        mut inputs: mpsc::UnboundedReceiver<Input>,
+        peers: Peers,
+        mut elected: Option<oneshot::Sender<()>>,
+    ) {
+        let mut waiting: VecDeque<(u64, oneshot::Sender<()>)> = VecDeque::new();
+        let mut ticks = tokio::time::interval(Duration::from_millis(node_tick_ms()));
+        loop {
+            tokio::select! {
+                input = inputs.recv() => {
+                    let Some(input) = input else { return };
+                    handle(&mut node, input, &mut waiting);
+                    while let Ok(input) = inputs.try_recv() {
+                        handle(&mut node, input, &mut waiting);
+                    }
+                }
+                _ = ticks.tick() => node.tick(),
+            }
+            while node.has_ready() {
+                let ready = node.ready();
+                // Memory storage cannot fail.
+                let _ = node.persist_ready(&ready);
+                for message in ready.messages {
+                    if let Some(peer) = peers.get(&message.to) {
+                        let _ = peer.send(Input::Peer(message));
+                    }
+                }
+                if let Some(last) = ready.committed_entries.last() {
+                    while waiting.front().is_some_and(|(index, _)| *index <= last.index) {
+                        if let Some((_, applied)) = waiting.pop_front() {
+                            let _ = applied.send(());
+                        }
+                    }
+                }
+                node.advance();
+            }
+            if node.role() == Role::Leader {
+                if let Some(elected) = elected.take() {
+                    let _ = elected.send(());
+                }
+            }
+        }
+    }
+
+    fn handle(node: &mut RawNode<MemStorage>, input: Input, waiting: &mut VecDeque<(u64, oneshot::Sender<()>)>) {
+        match input {
+            Input::Peer(message) => node.step(message),
+            Input::Propose(data, applied) => {
+                if let Ok(index) = node.propose(data) {
+                    waiting.push_back((index, applied));
+                }
+            }
+        }
+    }
+
+    fn node_tick_ms() -> u64 {
+        Config::new(1).tick_ms
     }
 }
