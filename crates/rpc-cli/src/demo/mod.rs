@@ -73,20 +73,28 @@ impl Inventory for Warehouse {
     }
 
     async fn audit(&self, sku: String) -> u32 {
-        /// Says so when the audit is dropped before it finished: that is a cancellation.
-        struct Narrate(bool);
+        /// Says so when the audit is dropped before it finished, and whether the caller's
+        /// deadline is why.
+        struct Narrate {
+            finished: bool,
+            deadline: Option<tokio::time::Instant>,
+        }
         impl Drop for Narrate {
             fn drop(&mut self) {
-                if !self.0 {
-                    say("inventory", "audit cancelled: the caller's deadline passed, work stopped");
+                match (self.finished, self.deadline) {
+                    (true, _) => {}
+                    (false, Some(deadline)) if deadline <= tokio::time::Instant::now() => {
+                        say("inventory", "audit cancelled: the caller's deadline passed, work stopped")
+                    }
+                    (false, _) => say("inventory", "audit stopped before the caller's deadline"),
                 }
             }
         }
         let left = Context::current().and_then(|c| c.remaining()).map(|d| format!("{} ms", d.as_millis()));
         say("inventory", format!("audit {sku}: caller's deadline in {}", left.as_deref().unwrap_or("none")));
-        let mut narrate = Narrate(false);
+        let mut narrate = Narrate { finished: false, deadline: Context::current().and_then(|c| c.deadline()) };
         tokio::time::sleep(Duration::from_millis(500)).await;
-        narrate.0 = true;
+        narrate.finished = true;
         self.stock.lock().unwrap_or_else(|e| e.into_inner()).get(&sku).copied().unwrap_or(0)
     }
 }
