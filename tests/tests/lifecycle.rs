@@ -20,15 +20,7 @@ async fn graceful_shutdown_lets_running_calls_finish_and_refuses_new_ones() {
     let shutdown = tokio::spawn(server.shutdown(Duration::from_secs(5)));
     // Calls made before the server starts draining still run; the first refused one is the
     // point where it stopped taking calls.
-    let refused = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            if let Err(status) = client.sleep_then(2, 0).await {
-                return status;
-            }
-        }
-    })
-    .await
-    .expect("a draining server refuses new calls");
+    let refused = until_refused("a draining server refuses new calls", || client.sleep_then(2, 0)).await;
     assert_eq!(refused.code(), Code::Unavailable, "{refused}");
     assert!(refused.not_started(), "a refused call is known not to have run: {refused}");
     assert_eq!(running.await.unwrap().unwrap(), 1, "the running call finished");
@@ -42,11 +34,7 @@ async fn shutdown_cancels_what_outlives_the_grace_period() {
     let (server, lab) = start_lab().await;
     let mut events = lab.events.subscribe();
     let client = lab_client(&server, Codec::MsgPack).await;
-    let hanging = {
-        let client = client.clone();
-        tokio::spawn(async move { client.hang("grace".into()).await })
-    };
-    expect_event(&mut events, "hanging:grace").await;
+    let hanging = hanging_call(&client, &mut events, "grace").await;
     let started = tokio::time::Instant::now();
     server.shutdown(Duration::from_millis(200)).await.unwrap();
     assert!(started.elapsed() < Duration::from_secs(3), "shutdown waits no longer than its grace period");
@@ -75,11 +63,7 @@ async fn the_grace_period_covers_withdrawing_announcements_and_draining_together
     let server =
         Server::builder().add_service(LabServer::new(lab)).announce(StuckRegistry).start("127.0.0.1:0").await.unwrap();
     let client = lab_client(&server, Codec::MsgPack).await;
-    let hanging = {
-        let client = client.clone();
-        tokio::spawn(async move { client.hang("both".into()).await })
-    };
-    expect_event(&mut events, "hanging:both").await;
+    let hanging = hanging_call(&client, &mut events, "both").await;
     let started = tokio::time::Instant::now();
     server.shutdown(Duration::from_secs(2)).await.unwrap();
     // Withdrawing takes the whole grace here; a drain that counted its grace from then on
@@ -201,4 +185,18 @@ async fn shutdown_ends_soon_after_its_grace_even_when_a_client_stops_reading() {
     let shutdown = tokio::time::timeout(Duration::from_secs(30), server.shutdown(Duration::from_millis(100)));
     shutdown.await.expect("the shutdown waited on a client that does not read").unwrap();
     drop(stream);
+}
+
+/// Starts `hang(tag)` through `client` and returns once its handler runs.
+async fn hanging_call(
+    client: &LabClient,
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    tag: &str,
+) -> tokio::task::JoinHandle<Result<(), rpc_core::Status>> {
+    let hanging = {
+        let (client, tag) = (client.clone(), tag.to_owned());
+        tokio::spawn(async move { client.hang(tag).await })
+    };
+    expect_event(events, &format!("hanging:{tag}")).await;
+    hanging
 }

@@ -482,30 +482,14 @@ async fn replies_clients_leave_unread_are_capped_across_the_server() {
     stalled.write_all(&calls).await.unwrap();
 
     let healthy = lab_client(&server, Codec::MsgPack).await;
-    let refused = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            if let Err(status) = healthy.get(2).await {
-                return status;
-            }
-        }
-    })
-    .await
-    .expect("unread replies past the server's budget refuse new calls");
+    let refused = until_refused("unread replies past the server's budget refuse new calls", || healthy.get(2)).await;
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused}");
     assert!(refused.not_started(), "refused before it ran, so safe to retry elsewhere: {refused}");
     assert!(refused.message().contains("not read"), "{refused}");
 
     // Once the stalled client goes, its replies are dropped and calls are taken again.
     drop(stalled);
-    let served = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            if let Ok(item) = healthy.get(2).await {
-                return item;
-            }
-        }
-    })
-    .await
-    .expect("the budget is freed when the stalled connection closes");
+    let served = until_served("the budget is freed when the stalled connection closes", || healthy.get(2)).await;
     assert_eq!(served.unwrap().id, 2);
 }
 

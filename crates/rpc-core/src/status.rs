@@ -98,24 +98,26 @@ impl Code {
 }
 
 impl Code {
+    /// Every code, in the order of their wire values.
+    pub const ALL: [Code; 13] = [
+        Code::Cancelled,
+        Code::Unknown,
+        Code::InvalidArgument,
+        Code::DeadlineExceeded,
+        Code::PermissionDenied,
+        Code::ResourceExhausted,
+        Code::FailedPrecondition,
+        Code::Aborted,
+        Code::Unimplemented,
+        Code::Internal,
+        Code::Unavailable,
+        Code::Unauthenticated,
+        Code::Protocol,
+    ];
+
     /// The code named `name` as [`Code::name`] spells it.
     pub fn from_name(name: &str) -> Option<Code> {
-        const ALL: [Code; 13] = [
-            Code::Cancelled,
-            Code::Unknown,
-            Code::InvalidArgument,
-            Code::DeadlineExceeded,
-            Code::PermissionDenied,
-            Code::ResourceExhausted,
-            Code::FailedPrecondition,
-            Code::Aborted,
-            Code::Unimplemented,
-            Code::Internal,
-            Code::Unavailable,
-            Code::Unauthenticated,
-            Code::Protocol,
-        ];
-        ALL.into_iter().find(|code| code.name() == name)
+        Code::ALL.into_iter().find(|code| code.name() == name)
     }
 }
 
@@ -244,20 +246,9 @@ mod tests {
 
     #[test]
     fn codes_round_trip_through_the_wire_value() {
-        for code in [
-            Code::Cancelled,
-            Code::Unknown,
-            Code::InvalidArgument,
-            Code::DeadlineExceeded,
-            Code::ResourceExhausted,
-            Code::FailedPrecondition,
-            Code::Aborted,
-            Code::Unimplemented,
-            Code::Internal,
-            Code::Unavailable,
-            Code::Protocol,
-        ] {
+        for code in Code::ALL {
             assert_eq!(Code::from_u16(code.as_u16()), code);
+            assert_eq!(Code::from_name(code.name()), Some(code));
         }
         assert_eq!(Code::from_u16(9999), Code::Unknown);
     }
