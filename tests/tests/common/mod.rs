@@ -227,31 +227,31 @@ pub async fn expect_event(rx: &mut mpsc::UnboundedReceiver<String>, what: &str) 
 }
 
 /// Repeats `call` until it fails, and returns the failure; panics with `what` after 10 s.
-pub async fn until_refused<T, Fut>(what: &str, mut call: impl FnMut() -> Fut) -> rpc_core::Status
+pub async fn until_refused<T, Fut>(what: &str, call: impl FnMut() -> Fut) -> rpc_core::Status
 where
     Fut: std::future::IntoFuture<Output = Result<T, rpc_core::Status>>,
 {
-    let refused = async {
-        loop {
-            if let Err(status) = call().await {
-                return status;
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), refused).await.unwrap_or_else(|_| panic!("{what}: not within 10 s"))
+    until(what, call, Result::err).await
 }
 
 /// Repeats `call` until it succeeds, and returns its value; panics with `what` after 10 s.
-pub async fn until_served<T, Fut>(what: &str, mut call: impl FnMut() -> Fut) -> T
+pub async fn until_served<T, Fut>(what: &str, call: impl FnMut() -> Fut) -> T
 where
     Fut: std::future::IntoFuture<Output = Result<T, rpc_core::Status>>,
 {
-    let served = async {
+    until(what, call, Result::ok).await
+}
+
+async fn until<R, X, Fut>(what: &str, mut call: impl FnMut() -> Fut, pick: impl Fn(R) -> Option<X>) -> X
+where
+    Fut: std::future::IntoFuture<Output = R>,
+{
+    let picked = async {
         loop {
-            if let Ok(value) = call().await {
-                return value;
+            if let Some(x) = pick(call().await) {
+                return x;
             }
         }
     };
-    tokio::time::timeout(Duration::from_secs(10), served).await.unwrap_or_else(|_| panic!("{what}: not within 10 s"))
+    tokio::time::timeout(Duration::from_secs(10), picked).await.unwrap_or_else(|_| panic!("{what}: not within 10 s"))
 }
