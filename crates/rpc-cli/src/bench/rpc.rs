@@ -184,11 +184,15 @@ pub(crate) async fn run(args: RpcBenchArgs) -> CliResult {
         let (mut raw, mut rpc) = (Rounds::default(), Rounds::default());
         let mut variant_rounds: Vec<Rounds> = variants.iter().map(|_| Rounds::default()).collect();
         for _ in 0..args.run.rounds.max(1) {
+            // Each call builds its request, as a caller would (and as the rpc subject does below).
             let expected = std::sync::Arc::new(request.clone());
             raw.add(
                 drive(raw_clients.clone(), scenario.in_flight_per_connection, warmup, measured, move |c| {
                     let expected = expected.clone();
-                    async move { c.call(&expected).await.is_some_and(|echo| echo == *expected) }
+                    async move {
+                        let request = BenchRequest::clone(&expected);
+                        c.call(&request).await.is_some_and(|echo| echo == *expected)
+                    }
                 })
                 .await,
             );
