@@ -50,7 +50,9 @@ const FINAL_FLUSH: Duration = Duration::from_secs(5);
 /// the items they read, before they are aborted.
 const STREAM_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-type HandlerFuture = Pin<Box<dyn Future<Output = Result<ServerResponse, Status>> + Send>>;
+/// Where a handler's future lives while it is polled. One box per connection serves every
+/// handler that finishes at its first poll; a handler that must wait takes the box to its task.
+type Slot<F> = Pin<Box<Option<CatchUnwind<F>>>>;
 
 /// Calls whose handlers are running, by request id.
 struct InFlight {
@@ -130,8 +132,10 @@ impl InFlight {
     }
 }
 
-struct ServerConnection<S> {
+struct ServerConnection<S: Service<ServerRequest>> {
     service: S,
+    /// The box the next handler is polled in, kept from a handler that finished at once.
+    slot: Option<Slot<S::Future>>,
     peer: SocketAddr,
     identity: Option<Arc<PeerIdentity>>,
     /// The largest frame this server sends or takes.
@@ -173,6 +177,7 @@ pub(crate) async fn serve<S>(
     let limit = u32::try_from(config.max_in_flight).unwrap_or(u32::MAX).min(Semaphore::MAX_PERMITS as u32);
     let mut conn = ServerConnection {
         service,
+        slot: None,
         peer,
         identity,
         max_frame_size: config.max_frame_size,
@@ -283,7 +288,7 @@ async fn open(stream: TcpStream, peer: SocketAddr, config: &ServerConfig) -> Opt
     Some(Accepted { read, write, identity: None, refusal: None })
 }
 
-impl<S> Drop for ServerConnection<S> {
+impl<S: Service<ServerRequest>> Drop for ServerConnection<S> {
     fn drop(&mut self) {
         // Also when the connection's task is cut short (a shutdown past its grace): its
         // handlers run in tasks of their own and must not outlive it.
@@ -582,9 +587,14 @@ where
         std::future::poll_fn(|cx| self.service.poll_ready(cx)).await?;
         // Layers and dispatchers may read the context while building the call's future.
         let call_future = context.sync_scope(|| self.service.call(request));
-        let mut handler: HandlerFuture = Box::pin(run_handler::<S>(call_future, svc_method, context, deadline));
-        if let Poll::Ready(outcome) = std::future::poll_fn(|cx| Poll::Ready(handler.as_mut().poll(cx))).await {
-            return Ok(Some(outcome));
+        let mut slot = self.slot.take().unwrap_or_else(|| Box::pin(None));
+        slot.set(Some(CatchUnwind::new(call_future)));
+        // Most handlers finish when first polled: then no task, no timer, and the box is kept.
+        let first = std::future::poll_fn(|cx| Poll::Ready(context.sync_scope(|| poll_slot(slot.as_mut(), cx)))).await;
+        if let Poll::Ready(outcome) = first {
+            slot.set(None);
+            self.slot = Some(slot);
+            return Ok(Some(finish(outcome, &svc_method, &context)));
         }
         let (id, oneway) = (call.id, call.oneway);
         let permit = self
@@ -600,7 +610,7 @@ where
         let mut handlers = self.in_flight.lock();
         // The task's own `finish` takes this lock, so it cannot run before the insert below.
         let task = tokio::spawn(async move {
-            let outcome = handler.await;
+            let outcome = run_handler(slot, svc_method, context, deadline).await;
             drop(bytes);
             if !oneway {
                 let frame = answer_frame(id, codec.id(), outcome, max_frame_size);
@@ -737,37 +747,58 @@ struct IncomingCall {
     oneway: bool,
 }
 
-async fn run_handler<S>(
-    call: S::Future,
-    (svc, method): (ByteStr, ByteStr),
+/// Polls the handler in `slot`; an empty slot is a handler that already finished.
+fn poll_slot<F: Future>(
+    slot: Pin<&mut Option<CatchUnwind<F>>>,
+    cx: &mut std::task::Context<'_>,
+) -> Poll<Option<Result<F::Output, String>>> {
+    match slot.as_pin_mut() {
+        Some(handler) => handler.poll(cx).map(Some),
+        None => Poll::Ready(None),
+    }
+}
+
+/// Runs the rest of a handler that did not finish at its first poll, within its deadline.
+async fn run_handler<F>(
+    mut slot: Slot<F>,
+    svc_method: (ByteStr, ByteStr),
     context: Context,
     deadline: Option<Instant>,
 ) -> Result<ServerResponse, Status>
 where
-    S: Service<ServerRequest, Response = ServerResponse, Error = Status>,
+    F: Future<Output = Result<ServerResponse, Status>>,
 {
-    let mut work = std::pin::pin!(context.clone().scope(CatchUnwind::new(call)));
-    // Most handlers finish when first polled: their deadline needs no timer.
-    let first = std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await;
-    let outcome = match (first, deadline) {
-        (Poll::Ready(outcome), _) => outcome,
-        (Poll::Pending, None) => work.await,
-        (Poll::Pending, Some(deadline)) => tokio::time::timeout_at(deadline, work).await.map_err(|_| {
+    let work = context.clone().scope(std::future::poll_fn(|cx| poll_slot(slot.as_mut(), cx)));
+    let outcome = match deadline {
+        None => work.await,
+        Some(deadline) => tokio::time::timeout_at(deadline, work).await.map_err(|_| {
+            let (svc, method) = &svc_method;
             Status::deadline_exceeded(format!(
                 "{svc}.{method} did not finish before the caller's deadline; the handler was cancelled"
             ))
         })?,
     };
+    finish(outcome, &svc_method, &context)
+}
+
+/// What a finished handler's caller gets: its reply with the metadata it set on the context,
+/// its error, or INTERNAL for a panic.
+fn finish(
+    outcome: Option<Result<Result<ServerResponse, Status>, String>>,
+    (svc, method): &(ByteStr, ByteStr),
+    context: &Context,
+) -> Result<ServerResponse, Status> {
     match outcome {
-        Ok(Ok(mut response)) => {
+        Some(Ok(Ok(mut response))) => {
             let extra = context.take_reply_metadata();
             if !extra.is_empty() {
                 response.metadata.extend_from(&extra);
             }
             Ok(response)
         }
-        Ok(Err(status)) => Err(status),
-        Err(panic) => Err(panicked(&svc, &method, &panic)),
+        Some(Ok(Err(status))) => Err(status),
+        Some(Err(panic)) => Err(panicked(svc, method, &panic)),
+        None => Err(Status::internal("a handler was polled after it finished; this is a bug in the connection task")),
     }
 }
 
