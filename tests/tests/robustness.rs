@@ -84,6 +84,23 @@ async fn read_frames(stream: &mut TcpStream, n: usize) -> Vec<Frame> {
     frames
 }
 
+/// Writes `chunks` one per `period` until they run out or the server closes the connection.
+fn write_paced(
+    mut write: tokio::net::tcp::OwnedWriteHalf,
+    period: Duration,
+    chunks: impl Iterator<Item = Bytes> + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(period);
+        for chunk in chunks {
+            ticks.tick().await;
+            if write.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    })
+}
+
 /// A healthy client on another connection still gets answers.
 async fn assert_still_serving(server: &rpc_core::server::RunningServer) {
     let client = lab_client(server, Codec::MsgPack).await;
@@ -350,20 +367,12 @@ async fn a_client_that_only_pings_is_closed_as_idle() {
         .start("127.0.0.1:0")
         .await
         .unwrap();
-    let (mut read, mut write) = raw_connection(server.local_addr()).await.into_split();
+    let (mut read, write) = raw_connection(server.local_addr()).await.into_split();
     let ping = Frame { id: 0, codec: 0, head: Head::Ping, body: Bytes::from_static(b"hi") };
     let mut ping_bytes = BytesMut::new();
     FrameCodec::default().encode(&ping, &mut ping_bytes).unwrap();
     // The client pings steadily, and does nothing else, until the server closes the connection.
-    let pinger = tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(Duration::from_millis(50));
-        loop {
-            ticks.tick().await;
-            if write.write_all(&ping_bytes).await.is_err() {
-                return;
-            }
-        }
-    });
+    let pinger = write_paced(write, Duration::from_millis(50), std::iter::repeat(ping_bytes.freeze()));
     let frames = tokio::time::timeout(Duration::from_secs(10), read_until_closed(&mut read))
         .await
         .expect("pings kept the connection open past its idle timeout");
@@ -382,18 +391,11 @@ async fn a_client_that_trickles_a_frame_is_cut_after_the_frame_timeout() {
         .start("127.0.0.1:0")
         .await
         .unwrap();
-    let (mut read, mut write) = raw_connection(server.local_addr()).await.into_split();
+    let (mut read, write) = raw_connection(server.local_addr()).await.into_split();
     let frame = call_frame(1, Codec::Json.id(), "echo", Bytes::from(vec![b' '; 10_000]));
     // One byte every 20 ms: bytes keep arriving, but the frame would take over three minutes.
-    let trickler = tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(Duration::from_millis(20));
-        for byte in frame.iter() {
-            ticks.tick().await;
-            if write.write_all(&[*byte]).await.is_err() {
-                return;
-            }
-        }
-    });
+    let bytes: Vec<Bytes> = frame.iter().map(|byte| Bytes::copy_from_slice(&[*byte])).collect();
+    let trickler = write_paced(write, Duration::from_millis(20), bytes.into_iter());
     let frames = tokio::time::timeout(Duration::from_secs(10), read_until_closed(&mut read))
         .await
         .expect("a trickled frame held the connection open past its frame timeout");
