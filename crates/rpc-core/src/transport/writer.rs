@@ -138,8 +138,6 @@ pub(crate) struct FrameReader<R> {
     held: Option<(OwnedSemaphorePermit, usize)>,
     /// The bytes taken for the frame returned last, until its caller takes them.
     last: Option<OwnedSemaphorePermit>,
-    /// Whether the reader waits for budget rather than for the peer.
-    paused: bool,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -152,7 +150,6 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             budget: None,
             held: None,
             last: None,
-            paused: false,
         }
     }
 
@@ -167,7 +164,16 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// reader waiting for the server's byte budget has no part pending: the wait is not the
     /// peer's.
     pub(crate) fn progress(&self) -> (u64, bool) {
-        (self.frames, !self.buf.is_empty() && !self.paused)
+        (self.frames, !self.buf.is_empty() && self.awaited_len().is_none())
+    }
+
+    /// The length of the large frame whose bytes the reader must take from its budget before
+    /// reading on, if it waits for that.
+    fn awaited_len(&self) -> Option<usize> {
+        match (&self.budget, &self.held) {
+            (Some(_), None) => large_frame_len(&self.buf),
+            _ => None,
+        }
     }
 
     /// The budget bytes the frame returned last holds: keep them while its call runs.
@@ -183,27 +189,21 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             if let Some(frame) = self.try_next()? {
                 return Ok(Some(frame));
             }
-            let mut limit = usize::MAX;
-            if let Some(budget) = &self.budget {
-                if self.held.is_none() {
-                    if let Some(len) = large_frame_len(&self.buf) {
-                        self.paused = true;
-                        let permit = budget.take(len).await;
-                        self.paused = false;
-                        self.held = permit.map(|permit| (permit, 4 + len));
-                    }
-                }
-                // Read no further than the frame the budget covers, plus a step: a large
-                // frame behind it must be seen whole in the buffer only after its bytes were taken.
-                limit =
-                    self.held.as_ref().map_or(0, |(_, covered)| covered.saturating_sub(self.buf.len())) + LARGE_FRAME;
+            if let (Some(budget), Some(len)) = (&self.budget, self.awaited_len()) {
+                let permit = budget.take(len).await;
+                self.held = permit.map(|permit| (permit, 4 + len));
             }
+            // With a budget, read no further than the frame it covers, plus a step: a large
+            // frame behind it must be seen whole in the buffer only after its bytes were taken.
+            let limit = self.budget.as_ref().map(|_| {
+                self.held.as_ref().map_or(0, |(_, covered)| covered.saturating_sub(self.buf.len())) + LARGE_FRAME
+            });
             if self.buf.capacity() - self.buf.len() < 4096 {
                 self.buf.reserve(16 * 1024);
             }
             let read = match limit {
-                usize::MAX => self.io.read_buf(&mut self.buf).await?,
-                limit => (&mut self.io).take(limit as u64).read_buf(&mut self.buf).await?,
+                None => self.io.read_buf(&mut self.buf).await?,
+                Some(limit) => (&mut self.io).take(limit as u64).read_buf(&mut self.buf).await?,
             };
             if read == 0 {
                 return match self.buf.len() {
