@@ -104,12 +104,7 @@ async fn a_client_reconnects_by_itself_after_a_server_restart() {
 
 #[tokio::test]
 async fn idle_connections_are_closed_and_the_client_reconnects() {
-    let server = Server::builder()
-        .add_service(LabServer::new(LabImpl::default()))
-        .idle_timeout(Duration::from_millis(100))
-        .start("127.0.0.1:0")
-        .await
-        .unwrap();
+    let (server, _lab) = start_lab_with(|builder| builder.idle_timeout(Duration::from_millis(100))).await;
     let client = lab_client(&server, Codec::MsgPack).await;
     let first = client.peer_port().await.unwrap();
     // A call that runs longer than the idle timeout keeps the connection open: it is answered.

@@ -77,12 +77,7 @@ async fn the_admin_port_serves_call_metrics_health_and_readiness() {
 
 #[tokio::test]
 async fn the_admin_port_serves_a_live_page_of_the_servers_own_calls() {
-    let server = Server::builder()
-        .add_service(LabServer::new(LabImpl::default()))
-        .admin("127.0.0.1:0")
-        .start("127.0.0.1:0")
-        .await
-        .unwrap();
+    let (server, _lab) = start_lab_with(|builder| builder.admin("127.0.0.1:0")).await;
     let admin = server.admin_addr().unwrap();
     let (status, page) = get(admin, "/").await;
     assert_eq!(status, "HTTP/1.1 200 OK");

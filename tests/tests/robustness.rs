@@ -7,7 +7,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use common::*;
 use rpc_core::{
     transport::{Frame, FrameCodec, Head, PREFACE},
-    Code, Codec, Metadata, Server,
+    Code, Codec, Metadata,
 };
 use std::{net::SocketAddr, time::Duration};
 use tokio::{
@@ -195,13 +195,7 @@ async fn a_reply_frame_from_a_client_is_a_protocol_error() {
 
 #[tokio::test]
 async fn a_client_that_never_reads_is_throttled_not_buffered() {
-    let server = Server::builder()
-        .add_service(LabServer::new(LabImpl::default()))
-        .max_in_flight_per_connection(64)
-        .write_queue(64)
-        .start("127.0.0.1:0")
-        .await
-        .unwrap();
+    let (server, _lab) = start_lab_with(|builder| builder.max_in_flight_per_connection(64).write_queue(64)).await;
     let mut stream = raw_connection(server.local_addr()).await;
     // 2048 echo calls of 64 KiB each: 128 MiB, far more than socket buffers hold. Were the
     // server to read every call and keep the replies, all writes would complete; instead it
@@ -235,13 +229,7 @@ async fn a_client_that_never_reads_is_throttled_not_buffered() {
 
 #[tokio::test]
 async fn too_many_calls_in_flight_get_resource_exhausted() {
-    let lab = LabImpl::default();
-    let server = Server::builder()
-        .add_service(LabServer::new(lab.clone()))
-        .max_in_flight_per_connection(4)
-        .start("127.0.0.1:0")
-        .await
-        .unwrap();
+    let (server, lab) = start_lab_with(|builder| builder.max_in_flight_per_connection(4)).await;
     let client = lab_client(&server, Codec::MsgPack).await;
     let mut events = lab.events.subscribe();
     let slow: Vec<_> = (0..4)
@@ -267,12 +255,7 @@ async fn too_many_calls_in_flight_get_resource_exhausted() {
 
 #[tokio::test]
 async fn connections_over_the_limit_are_told_why() {
-    let server = Server::builder()
-        .add_service(LabServer::new(LabImpl::default()))
-        .max_connections(1)
-        .start("127.0.0.1:0")
-        .await
-        .unwrap();
+    let (server, _lab) = start_lab_with(|builder| builder.max_connections(1)).await;
     let first = lab_client(&server, Codec::MsgPack).await;
     assert_eq!(first.sleep_then(1, 0).await.unwrap(), 1);
     let second = LabClient::new(rpc_core::Channel::builder(server.local_addr().to_string()).connect_lazy());
@@ -319,12 +302,7 @@ async fn a_reply_larger_than_the_clients_limit_fails_that_connection_clearly() {
 
 #[tokio::test]
 async fn a_reply_the_wire_cannot_carry_fails_only_its_call() {
-    let server = Server::builder()
-        .add_service(LabServer::new(LabImpl::default()))
-        .max_frame_size(64 * 1024)
-        .start("127.0.0.1:0")
-        .await
-        .unwrap();
+    let (server, _lab) = start_lab_with(|builder| builder.max_frame_size(64 * 1024)).await;
     let client = lab_client(&server, Codec::MsgPack).await;
     // A call in flight on the same connection meanwhile: a torn-down connection would fail it.
     let bystander = tokio::spawn({
@@ -361,12 +339,7 @@ async fn a_second_call_under_a_running_calls_id_is_refused_before_it_runs() {
 
 #[tokio::test]
 async fn a_client_that_only_pings_is_closed_as_idle() {
-    let server = Server::builder()
-        .add_service(LabServer::new(LabImpl::default()))
-        .idle_timeout(Duration::from_millis(300))
-        .start("127.0.0.1:0")
-        .await
-        .unwrap();
+    let (server, _lab) = start_lab_with(|builder| builder.idle_timeout(Duration::from_millis(300))).await;
     let (mut read, write) = raw_connection(server.local_addr()).await.into_split();
     let ping = Frame { id: 0, codec: 0, head: Head::Ping, body: Bytes::from_static(b"hi") };
     let mut ping_bytes = BytesMut::new();
@@ -384,13 +357,10 @@ async fn a_client_that_only_pings_is_closed_as_idle() {
 
 #[tokio::test]
 async fn a_client_that_trickles_a_frame_is_cut_after_the_frame_timeout() {
-    let server = Server::builder()
-        .add_service(LabServer::new(LabImpl::default()))
-        .idle_timeout(Duration::from_secs(600))
-        .frame_timeout(Duration::from_millis(300))
-        .start("127.0.0.1:0")
-        .await
-        .unwrap();
+    let (server, _lab) = start_lab_with(|builder| {
+        builder.idle_timeout(Duration::from_secs(600)).frame_timeout(Duration::from_millis(300))
+    })
+    .await;
     let (mut read, write) = raw_connection(server.local_addr()).await.into_split();
     let frame = call_frame(1, Codec::Json.id(), "echo", Bytes::from(vec![b' '; 10_000]));
     // One byte every 20 ms: bytes keep arriving, but the frame would take over three minutes.
@@ -410,10 +380,8 @@ async fn a_client_that_trickles_a_frame_is_cut_after_the_frame_timeout() {
 
 #[tokio::test]
 async fn running_handlers_are_capped_across_connections_and_refusals_never_started() {
-    let lab = LabImpl::default();
+    let (server, lab) = start_lab_with(|builder| builder.max_handlers(4)).await;
     let mut events = lab.events.subscribe();
-    let server =
-        Server::builder().add_service(LabServer::new(lab.clone())).max_handlers(4).start("127.0.0.1:0").await.unwrap();
     let (a, b) = (lab_client(&server, Codec::MsgPack).await, lab_client(&server, Codec::Json).await);
     let mut hanging = Vec::new();
     for (i, client) in [&a, &a, &b, &b].into_iter().enumerate() {
@@ -446,12 +414,7 @@ async fn running_handlers_are_capped_across_connections_and_refusals_never_start
 
 #[tokio::test]
 async fn connections_past_the_per_address_limit_are_told_why_and_closed() {
-    let server = Server::builder()
-        .add_service(LabServer::new(LabImpl::default()))
-        .max_connections_per_peer(2)
-        .start("127.0.0.1:0")
-        .await
-        .unwrap();
+    let (server, _lab) = start_lab_with(|builder| builder.max_connections_per_peer(2)).await;
     let (a, b) = (lab_client(&server, Codec::MsgPack).await, lab_client(&server, Codec::MsgPack).await);
     let mut third = raw_connection(server.local_addr()).await;
     let go_away = go_away_of(&read_until_closed(&mut third).await);
@@ -464,12 +427,7 @@ async fn connections_past_the_per_address_limit_are_told_why_and_closed() {
 
 #[tokio::test]
 async fn replies_clients_leave_unread_are_capped_across_the_server() {
-    let server = Server::builder()
-        .add_service(LabServer::new(LabImpl::default()))
-        .max_reply_bytes(1 << 20)
-        .start("127.0.0.1:0")
-        .await
-        .unwrap();
+    let (server, _lab) = start_lab_with(|builder| builder.max_reply_bytes(1 << 20)).await;
     // A client asks for 50 MiB of replies that come from handler tasks, and never reads.
     let mut stalled = raw_connection(server.local_addr()).await;
     let mut calls = BytesMut::new();
@@ -498,13 +456,7 @@ async fn replies_clients_leave_unread_are_capped_across_the_server() {
 #[tokio::test]
 async fn large_requests_wait_for_the_servers_request_byte_budget() {
     let metrics = rpc_core::metrics::Metrics::new();
-    let server = Server::builder()
-        .add_service(LabServer::new(LabImpl::default()))
-        .max_request_bytes(1 << 20)
-        .metrics(metrics.clone())
-        .start("127.0.0.1:0")
-        .await
-        .unwrap();
+    let (server, _lab) = start_lab_with(|builder| builder.max_request_bytes(1 << 20).metrics(metrics.clone())).await;
     let echo = |id: u32, name_len: usize| {
         let body = format!(r#"{{"item":{{"id":{id},"name":"{}","data":[]}}}}"#, "x".repeat(name_len));
         call_frame(id, Codec::Json.id(), "echo", Bytes::from(body))

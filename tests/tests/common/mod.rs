@@ -202,9 +202,16 @@ impl Lab for LabImpl {
 
 /// Starts a server with `LabImpl` on a free port.
 pub async fn start_lab() -> (rpc_core::server::RunningServer, LabImpl) {
+    start_lab_with(|builder| builder).await
+}
+
+/// Starts a server with `LabImpl` on a free port, its builder set up by `configure`.
+pub async fn start_lab_with(
+    configure: impl FnOnce(rpc_core::server::ServerBuilder) -> rpc_core::server::ServerBuilder,
+) -> (rpc_core::server::RunningServer, LabImpl) {
     let lab = LabImpl::default();
-    let server = Server::builder().add_service(LabServer::new(lab.clone())).start("127.0.0.1:0").await.unwrap();
-    (server, lab)
+    let builder = configure(Server::builder().add_service(LabServer::new(lab.clone())));
+    (builder.start("127.0.0.1:0").await.unwrap(), lab)
 }
 
 /// A client of `server` with `codec`.
