@@ -46,7 +46,7 @@
 //! a `#[message]` struct.
 
 use crate::{proto, thrift as th, CodecError};
-use bytes::Bytes;
+use bytes::{BufMut, Bytes};
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
 
@@ -283,9 +283,20 @@ pub fn single_thrift_merge<T: Single, P: TInputProtocol + ?Sized>(
 }
 
 /// Appends a message as one length-delimited value.
+///
+/// The body is written once, after room for a one-byte length, and moved up only when its
+/// length takes more bytes: moving a body costs less than a pass over the value to size it.
 pub fn struct_value<T: Struct>(value: &T, buf: &mut BytesMut) {
-    prost::encoding::encode_varint(value.proto_body_len() as u64, buf);
+    let at = buf.len();
+    buf.put_u8(0);
     value.proto_body(buf);
+    let len = buf.len() - at - 1;
+    let width = prost::encoding::encoded_len_varint(len as u64);
+    if width > 1 {
+        buf.put_bytes(0, width - 1);
+        buf.copy_within(at + 1..at + 1 + len, at + width);
+    }
+    prost::encoding::encode_varint(len as u64, &mut &mut buf[at..at + width]);
 }
 
 /// Bytes [`struct_value`] appends.
@@ -1176,3 +1187,30 @@ macro_rules! tuple {
 tuple!(A a 1, B b 2);
 tuple!(A a 1, B b 2, C c 3);
 tuple!(A a 1, B b 2, C c 3, D d 4);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_value_is_written_as_a_sizing_pass_would_write_it_at_every_length_width() {
+        // Bodies whose lengths sit on each side of the one-, two- and three-byte varints.
+        for payload in [0, 1, 124, 125, 126, 127, 200, 16_378, 16_379, 16_380, 20_000, 2_097_149, 2_097_150] {
+            let value: Result<Vec<u8>, String> = Ok(vec![7; payload]);
+            let mut body = BytesMut::new();
+            value.proto_body(&mut body);
+            let mut expected = BytesMut::new();
+            prost::encoding::encode_varint(body.len() as u64, &mut expected);
+            expected.extend_from_slice(&body);
+
+            let mut written = BytesMut::from(&b"prefix"[..]);
+            struct_value(&value, &mut written);
+            assert_eq!(&written[..6], b"prefix");
+            assert!(written[6..] == expected[..], "a {payload}-byte payload was written differently");
+            assert_eq!(struct_value_len(&value), expected.len());
+            let read: Result<Vec<u8>, String> =
+                struct_read(WireType::LengthDelimited, &mut &written[6..], 0).expect("reads back");
+            assert_eq!(read, value);
+        }
+    }
+}
