@@ -17,7 +17,10 @@ impl ByteStr {
 
     /// Wraps `bytes` after checking that they are UTF-8.
     pub fn from_utf8(bytes: Bytes) -> Result<ByteStr, std::str::Utf8Error> {
-        std::str::from_utf8(&bytes)?;
+        // Names are nearly always ASCII, which is quicker to check than UTF-8 in general.
+        if !bytes.is_ascii() {
+            std::str::from_utf8(&bytes)?;
+        }
         Ok(ByteStr(bytes))
     }
 

@@ -572,7 +572,6 @@ where
         self.budget.check()?;
         let codec = Codec::from_id(call.codec).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let (deadline, context) = self.accept(&call);
-        let svc_method = (call.service.clone(), call.method.clone());
         let request = ServerRequest {
             service: call.service,
             method: call.method,
@@ -585,16 +584,24 @@ where
             stream: None,
         };
         std::future::poll_fn(|cx| self.service.poll_ready(cx)).await?;
-        // Layers and dispatchers may read the context while building the call's future.
-        let call_future = context.sync_scope(|| self.service.call(request));
         let mut slot = self.slot.take().unwrap_or_else(|| Box::pin(None));
-        slot.set(Some(CatchUnwind::new(call_future)));
+        let mut request = Some(request);
         // Most handlers finish when first polled: then no task, no timer, and the box is kept.
-        let first = std::future::poll_fn(|cx| Poll::Ready(context.sync_scope(|| poll_slot(slot.as_mut(), cx)))).await;
+        // Layers and dispatchers may read the context while building the call's future, in
+        // the scope of that first poll.
+        let first = std::future::poll_fn(|cx| {
+            Poll::Ready(context.sync_scope(|| {
+                if let Some(request) = request.take() {
+                    slot.set(Some(CatchUnwind::new(self.service.call(request))));
+                }
+                poll_slot(slot.as_mut(), cx)
+            }))
+        })
+        .await;
         if let Poll::Ready(outcome) = first {
             slot.set(None);
             self.slot = Some(slot);
-            return Ok(Some(finish(outcome, &svc_method, &context)));
+            return Ok(Some(finish(outcome, &context)));
         }
         let (id, oneway) = (call.id, call.oneway);
         let permit = self
@@ -610,7 +617,7 @@ where
         let mut handlers = self.in_flight.lock();
         // The task's own `finish` takes this lock, so it cannot run before the insert below.
         let task = tokio::spawn(async move {
-            let outcome = run_handler(slot, svc_method, context, deadline).await;
+            let outcome = run_handler(slot, context, deadline).await;
             drop(bytes);
             if !oneway {
                 let frame = answer_frame(id, codec.id(), outcome, max_frame_size);
@@ -761,7 +768,6 @@ fn poll_slot<F: Future>(
 /// Runs the rest of a handler that did not finish at its first poll, within its deadline.
 async fn run_handler<F>(
     mut slot: Slot<F>,
-    svc_method: (ByteStr, ByteStr),
     context: Context,
     deadline: Option<Instant>,
 ) -> Result<ServerResponse, Status>
@@ -772,20 +778,19 @@ where
     let outcome = match deadline {
         None => work.await,
         Some(deadline) => tokio::time::timeout_at(deadline, work).await.map_err(|_| {
-            let (svc, method) = &svc_method;
+            let (svc, method) = (context.service(), context.method());
             Status::deadline_exceeded(format!(
                 "{svc}.{method} did not finish before the caller's deadline; the handler was cancelled"
             ))
         })?,
     };
-    finish(outcome, &svc_method, &context)
+    finish(outcome, &context)
 }
 
 /// What a finished handler's caller gets: its reply with the metadata it set on the context,
 /// its error, or INTERNAL for a panic.
 fn finish(
     outcome: Option<Result<Result<ServerResponse, Status>, String>>,
-    (svc, method): &(ByteStr, ByteStr),
     context: &Context,
 ) -> Result<ServerResponse, Status> {
     match outcome {
@@ -797,7 +802,7 @@ fn finish(
             Ok(response)
         }
         Some(Ok(Err(status))) => Err(status),
-        Some(Err(panic)) => Err(panicked(svc, method, &panic)),
+        Some(Err(panic)) => Err(panicked(context.service(), context.method(), &panic)),
         None => Err(Status::internal("a handler was polled after it finished; this is a bug in the connection task")),
     }
 }
