@@ -165,7 +165,7 @@ impl<'a> Reader<'a> {
             k => return Err(DecodeError::UnknownEntryKind(k)),
         };
         let data = self.bytes()?;
-        Ok(Entry { term, index, kind, data })
+        Ok(Entry { term, index, kind, data: data.into() })
     }
     fn ids(&mut self) -> Result<Vec<u64>, DecodeError> {
         let n = self.u32()? as usize;
@@ -343,7 +343,7 @@ mod tests {
             term: 2,
             index: i,
             kind: if i % 2 == 0 { EntryKind::Normal } else { EntryKind::ConfChange },
-            data: vec![i as u8; i as usize],
+            data: vec![i as u8; i as usize].into(),
         };
         let bodies = vec![
             MessageBody::PreVote { last_index: 3, last_term: 2 },

@@ -49,7 +49,7 @@
 //!                 transport.send(m).unwrap();
 //!             }
 //!             if node.id() == 1 {
-//!                 applied.extend(rd.committed_entries.into_iter().map(|e| e.data));
+//!                 applied.extend(rd.committed_entries.into_iter().map(|e| e.data.to_vec()));
 //!             }
 //!             node.advance();
 //!         }

@@ -238,7 +238,7 @@ mod tests {
     use crate::storage::MemStorage;
 
     fn ent(index: u64, term: u64) -> Entry {
-        Entry { term, index, kind: EntryKind::Normal, data: Vec::new() }
+        Entry { term, index, kind: EntryKind::Normal, data: Default::default() }
     }
 
     fn log_with(terms: &[u64]) -> RaftLog<MemStorage> {

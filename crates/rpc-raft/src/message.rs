@@ -4,6 +4,8 @@
 //! messages. It does not own their wire encoding (see [`crate::codec`]) nor any
 //! behaviour: the protocol lives in [`crate::raft`].
 
+use bytes::Bytes;
+
 /// Identifier of a Raft peer. `0` is never a valid id.
 pub type NodeId = u64;
 
@@ -26,8 +28,9 @@ pub struct Entry {
     pub index: u64,
     /// Kind of payload.
     pub kind: EntryKind,
-    /// Payload bytes, opaque to Raft for [`EntryKind::Normal`].
-    pub data: Vec<u8>,
+    /// Payload bytes, opaque to Raft for [`EntryKind::Normal`]. Cloning an entry (into a
+    /// follower's message, into storage) shares them.
+    pub data: Bytes,
 }
 
 impl Entry {

@@ -123,8 +123,9 @@ impl<S: Storage> RawNode<S> {
 
     /// Appends `data` to the log if this node is the leader; returns its index.
     /// Many proposals between two `ready()` calls go out in one append per follower.
-    pub fn propose(&mut self, data: Vec<u8>) -> Result<u64, ProposeError> {
-        self.raft.propose(data)
+    /// `data` may be a `Vec<u8>` or [`Bytes`](bytes::Bytes); either way it is not copied.
+    pub fn propose(&mut self, data: impl Into<bytes::Bytes>) -> Result<u64, ProposeError> {
+        self.raft.propose(data.into())
     }
 
     /// Proposes a single-server membership change; returns the entry's index.

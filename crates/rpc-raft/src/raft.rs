@@ -10,6 +10,7 @@
 //! uncommitted at a time, and a leader proposes a change only after committing an
 //! entry of its own term (the fix for the single-server-change bug).
 
+use bytes::Bytes;
 use std::mem;
 
 use crate::codec::{decode_conf_entry, encode_conf_entry};
@@ -240,7 +241,7 @@ impl<S: Storage> Raft<S> {
             }
         }
         // The no-op lets the leader commit (and so learn the commit index) in its term.
-        self.append_entry(EntryKind::Normal, Vec::new(), None);
+        self.append_entry(EntryKind::Normal, Bytes::new(), None);
         self.bcast_append();
     }
 
@@ -846,7 +847,7 @@ impl<S: Storage> Raft<S> {
         }
     }
 
-    fn append_entry(&mut self, kind: EntryKind, data: Vec<u8>, conf: Option<ConfState>) -> u64 {
+    fn append_entry(&mut self, kind: EntryKind, data: Bytes, conf: Option<ConfState>) -> u64 {
         let index = self.log.last_index() + 1;
         self.log.append(&[Entry { term: self.term, index, kind, data }]);
         if let Some(conf) = conf {
@@ -875,7 +876,7 @@ impl<S: Storage> Raft<S> {
         Ok(())
     }
 
-    pub(crate) fn propose(&mut self, data: Vec<u8>) -> Result<u64, ProposeError> {
+    pub(crate) fn propose(&mut self, data: Bytes) -> Result<u64, ProposeError> {
         self.check_leader()?;
         Ok(self.append_entry(EntryKind::Normal, data, None))
     }
@@ -925,7 +926,7 @@ impl<S: Storage> Raft<S> {
             }
         }
         let data = encode_conf_entry(&conf, context);
-        Ok(self.append_entry(EntryKind::ConfChange, data, Some(conf)))
+        Ok(self.append_entry(EntryKind::ConfChange, data.into(), Some(conf)))
     }
 
     pub(crate) fn read_index(&mut self, ctx: Vec<u8>, lease: bool) -> Result<(), ProposeError> {

@@ -16,7 +16,7 @@ fn config(id: NodeId) -> Config {
 }
 
 fn ent(index: u64, term: u64) -> Entry {
-    Entry { term, index, kind: EntryKind::Normal, data: vec![index as u8] }
+    Entry { term, index, kind: EntryKind::Normal, data: vec![index as u8].into() }
 }
 
 /// A storage holding `terms` as the log (entry i+1 has term terms[i]) and `hs`.
@@ -544,7 +544,7 @@ fn lagging_follower_catches_up_through_chunked_snapshot() {
     assert_eq!(c.node(3).status().commit, c.node(1).status().commit);
     c.node(1).propose(b"after".to_vec()).unwrap();
     c.stabilize();
-    assert_eq!(c.applied[&3].last().unwrap().data, b"after", "replication resumed");
+    assert_eq!(c.applied[&3].last().unwrap().data[..], b"after"[..], "replication resumed");
 }
 
 #[test]
@@ -610,7 +610,7 @@ fn follower_crash_before_fsync_does_not_lose_a_committed_write() {
     fs.power_loss(8);
     let follower = open(&fs);
     let got = follower.storage().entries(index, index + 1, u64::MAX).unwrap();
-    assert_eq!(got[0].data, b"precious", "acknowledged entry survives power loss");
+    assert_eq!(got[0].data[..], b"precious"[..], "acknowledged entry survives power loss");
 }
 
 #[test]

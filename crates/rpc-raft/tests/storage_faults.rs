@@ -25,7 +25,12 @@ fn opts() -> DurableOptions {
 
 fn entry(index: u64, term: u64, rng: &mut Rng) -> Entry {
     let len = rng.range(0, 40) as usize;
-    Entry { term, index, kind: EntryKind::Normal, data: (0..len).map(|_| rng.next_u64() as u8).collect() }
+    Entry {
+        term,
+        index,
+        kind: EntryKind::Normal,
+        data: (0..len).map(|_| rng.next_u64() as u8).collect::<Vec<u8>>().into(),
+    }
 }
 
 /// A workload driven by a reference model so every operation is legal.
@@ -193,7 +198,7 @@ fn crash_at_every_write_and_fsync_point_loses_nothing_acknowledged() {
 }
 
 fn sample(index: u64) -> Entry {
-    Entry { term: 1, index, kind: EntryKind::Normal, data: vec![index as u8; 16] }
+    Entry { term: 1, index, kind: EntryKind::Normal, data: vec![index as u8; 16].into() }
 }
 
 fn segments(fs: &FaultFs) -> Vec<String> {

@@ -254,26 +254,40 @@ mod harness {
         let mut writers = Vec::new();
         for _ in 0..proposers {
             let (leader, done, stop) = (leader.clone(), done.clone(), stop.clone());
+            // True when the writer's proposal was dropped while the run went on.
             writers.push(tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
                     let (tx, rx) = oneshot::channel();
                     if leader.send(Input::Propose(vec![0xAB; payload], tx)).is_err() || rx.await.is_err() {
-                        return;
+                        return !stop.load(Ordering::Relaxed);
                     }
                     done.fetch_add(1, Ordering::Relaxed);
                 }
+                false
             }));
         }
         tokio::time::sleep(warmup).await;
         let (before, started) = (done.load(Ordering::Relaxed), tokio::time::Instant::now());
         tokio::time::sleep(measure).await;
-        let rate = (done.load(Ordering::Relaxed) - before) as f64 / started.elapsed().as_secs_f64();
+        let completed = done.load(Ordering::Relaxed) - before;
+        let rate = completed as f64 / started.elapsed().as_secs_f64();
         stop.store(true, Ordering::Relaxed);
         for task in tasks {
             task.abort();
         }
+        let mut dropped = 0;
         for writer in writers {
-            let _ = writer.await;
+            dropped += usize::from(writer.await.unwrap_or(true));
+        }
+        // A figure from a run that lost its leader or stalled would measure nothing.
+        if dropped > 0 {
+            return Err(format!(
+                "node 1 dropped the proposals of {dropped} of {proposers} writers: it stopped leading during the run"
+            )
+            .into());
+        }
+        if completed == 0 {
+            return Err(format!("no proposal was applied in the {measure:?} measured").into());
         }
         Ok(rate)
     }
@@ -288,6 +302,10 @@ mod harness {
     ) {
         let mut waiting: VecDeque<(u64, oneshot::Sender<()>)> = VecDeque::new();
         let mut ticks = tokio::time::interval(Duration::from_millis(node_tick_ms()));
+        // As the registry's member loop: a node that fell behind ticks once, not once per tick
+        // it missed. A burst would time out elections that heartbeats waiting in the queue keep
+        // alive, and move leadership away from the node the writers propose to.
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 input = inputs.recv() => {

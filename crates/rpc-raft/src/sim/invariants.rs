@@ -239,7 +239,7 @@ mod tests {
     use crate::message::EntryKind;
 
     fn e(index: u64, term: u64, d: u8) -> Entry {
-        Entry { term, index, kind: EntryKind::Normal, data: vec![d] }
+        Entry { term, index, kind: EntryKind::Normal, data: vec![d].into() }
     }
 
     #[test]

@@ -158,7 +158,7 @@ mod tests {
     use crate::message::EntryKind;
 
     fn ent(index: u64, term: u64) -> Entry {
-        Entry { term, index, kind: EntryKind::Normal, data: vec![0; 10] }
+        Entry { term, index, kind: EntryKind::Normal, data: vec![0; 10].into() }
     }
 
     #[test]
