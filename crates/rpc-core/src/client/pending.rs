@@ -176,20 +176,29 @@ impl PendingCalls {
             replies.clear();
             return;
         }
-        let mut waiters = Vec::with_capacity(replies.len());
-        for s in 0..SHARDS {
-            if !replies.iter().any(|(id, _)| *id as usize % SHARDS == s) {
-                continue;
-            }
-            let mut shard = self.shards[s].lock().unwrap_or_else(|e| e.into_inner());
-            for (id, _) in replies.iter().filter(|(id, _)| *id as usize % SHARDS == s) {
-                waiters.push((*id, shard.remove(id).map(|e| e.waiter)));
-            }
+        // Visited in shard order, so each shard is locked once; waiters line up with their
+        // replies by position.
+        let shard_of = |id: u32| id as usize % SHARDS;
+        let mut order: Vec<usize> = (0..replies.len()).collect();
+        order.sort_unstable_by_key(|&i| shard_of(replies[i].0));
+        let mut waiters: Vec<Option<Waiter>> = Vec::with_capacity(replies.len());
+        waiters.resize_with(replies.len(), || None);
+        let mut held: Option<(usize, MutexGuard<'_, IdMap<Entry>>)> = None;
+        for i in order {
+            let id = replies[i].0;
+            let shard = match &mut held {
+                Some((s, shard)) if *s == shard_of(id) => shard,
+                _ => {
+                    held = None;
+                    &mut held.insert((shard_of(id), self.shard(id))).1
+                }
+            };
+            waiters[i] = shard.remove(&id).map(|e| e.waiter);
         }
-        let delivered = waiters.iter().filter(|(_, w)| w.is_some()).count();
+        drop(held);
+        let delivered = waiters.iter().filter(|w| w.is_some()).count();
         self.finished.fetch_add(delivered as u64, Ordering::Relaxed);
-        for (id, reply) in replies.drain(..) {
-            let waiter = waiters.iter_mut().find(|(w, _)| *w == id).and_then(|(_, w)| w.take());
+        for ((_, reply), waiter) in replies.drain(..).zip(waiters) {
             if let Some(waiter) = waiter {
                 let _ = waiter.send(reply);
             }
