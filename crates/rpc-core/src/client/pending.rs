@@ -183,19 +183,12 @@ impl PendingCalls {
         order.sort_unstable_by_key(|&i| shard_of(replies[i].0));
         let mut waiters: Vec<Option<Waiter>> = Vec::with_capacity(replies.len());
         waiters.resize_with(replies.len(), || None);
-        let mut held: Option<(usize, MutexGuard<'_, IdMap<Entry>>)> = None;
-        for i in order {
-            let id = replies[i].0;
-            let shard = match &mut held {
-                Some((s, shard)) if *s == shard_of(id) => shard,
-                _ => {
-                    held = None;
-                    &mut held.insert((shard_of(id), self.shard(id))).1
-                }
-            };
-            waiters[i] = shard.remove(&id).map(|e| e.waiter);
+        for group in order.chunk_by(|&a, &b| shard_of(replies[a].0) == shard_of(replies[b].0)) {
+            let mut shard = self.shard(replies[group[0]].0);
+            for &i in group {
+                waiters[i] = shard.remove(&replies[i].0).map(|e| e.waiter);
+            }
         }
-        drop(held);
         let delivered = waiters.iter().filter(|w| w.is_some()).count();
         self.finished.fetch_add(delivered as u64, Ordering::Relaxed);
         for ((_, reply), waiter) in replies.drain(..).zip(waiters) {
