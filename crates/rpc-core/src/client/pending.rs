@@ -26,6 +26,11 @@ const SHARDS: usize = 8;
 /// `next_deadline` when no waiting call has a deadline.
 const NO_DEADLINE: u64 = u64::MAX;
 
+/// The shard that keeps call `id`.
+fn shard_of(id: u32) -> usize {
+    id as usize % SHARDS
+}
+
 struct Entry {
     waiter: Waiter,
     /// Nanoseconds after `PendingCalls::epoch`, or [`NO_DEADLINE`].
@@ -69,7 +74,7 @@ impl PendingCalls {
 
     fn shard(&self, id: u32) -> MutexGuard<'_, IdMap<Entry>> {
         // Every update is a single insert or remove, so a panic cannot leave a shard torn.
-        self.shards[id as usize % SHARDS].lock().unwrap_or_else(|e| e.into_inner())
+        self.shards[shard_of(id)].lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Registers call `id`, to fail with [`PendingCalls::expire`] once `deadline` passes; fails
@@ -178,7 +183,6 @@ impl PendingCalls {
         }
         // Visited in shard order, so each shard is locked once; waiters line up with their
         // replies by position.
-        let shard_of = |id: u32| id as usize % SHARDS;
         let mut order: Vec<usize> = (0..replies.len()).collect();
         order.sort_unstable_by_key(|&i| shard_of(replies[i].0));
         let mut waiters: Vec<Option<Waiter>> = Vec::with_capacity(replies.len());
