@@ -145,6 +145,26 @@ async fn thrift_errors_name_the_service_method_and_argument_as_written() {
 }
 
 #[tokio::test]
+async fn server_layers_see_a_plain_thrift_call_under_the_service_that_has_its_method() {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let server = Server::builder()
+        .layer(tower::util::MapRequestLayer::new(move |request: rpc_core::ServerRequest| {
+            record.lock().unwrap().push(format!("{}.{}", request.service(), request.method()));
+            request
+        }))
+        .add_service(EchoServer::new(MyEcho))
+        .start("127.0.0.1:0")
+        .await
+        .unwrap();
+    let mut stream = tokio::net::TcpStream::connect(server.local_addr()).await.unwrap();
+    call_without_arguments(&mut stream, "boom").await;
+    call_without_arguments(&mut stream, "nope").await;
+    assert_eq!(*seen.lock().unwrap(), ["Echo.boom", ".nope"], "a method no service has keeps no service name");
+    server.shutdown(Duration::from_secs(1)).await.unwrap();
+}
+
+#[tokio::test]
 async fn a_thrift_client_that_trickles_a_frame_is_cut_after_the_frame_timeout() {
     let server = Server::builder()
         .add_service(EchoServer::new(MyEcho))

@@ -547,9 +547,9 @@ fn generate(item: &ItemTrait, name: &str, methods: &[Method]) -> TokenStream {
             }
 
             fn dispatch(&self, __rpc_request: #rpc::ServerRequest) -> #private::DispatchFuture {
-                match __rpc_request.method.as_bytes() {
+                match __rpc_request.method().as_bytes() {
                     #(#dispatch_arms)*
-                    _ => #private::unknown_method(&#info, __rpc_request.method.as_str()),
+                    _ => #private::unknown_method(&#info, __rpc_request.method().as_str()),
                 }
             }
         }

@@ -37,6 +37,48 @@ struct Inner {
     reply_metadata: Mutex<Metadata>,
 }
 
+/// Builds a [`Context`]; see [`Context::builder`].
+#[derive(Debug)]
+pub struct ContextBuilder {
+    service: ByteStr,
+    method: ByteStr,
+    deadline: Option<Instant>,
+    metadata: Metadata,
+    peer: Option<SocketAddr>,
+    identity: Option<Arc<PeerIdentity>>,
+}
+
+impl ContextBuilder {
+    /// When the caller stops waiting.
+    pub fn deadline(mut self, deadline: Instant) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// The request's metadata.
+    pub fn metadata(mut self, metadata: Metadata) -> Self {
+        self.metadata = metadata;
+        self
+    }
+
+    /// The caller's socket address.
+    pub fn peer(mut self, peer: SocketAddr) -> Self {
+        self.peer = Some(peer);
+        self
+    }
+
+    /// Who the caller is by its verified TLS client certificate.
+    pub fn peer_identity(mut self, identity: PeerIdentity) -> Self {
+        self.identity = Some(Arc::new(identity));
+        self
+    }
+
+    /// The context.
+    pub fn build(self) -> Context {
+        Context::new(self.service, self.method, self.deadline, self.metadata, self.peer, self.identity)
+    }
+}
+
 /// Who the caller proved to be with its TLS client certificate (mutual TLS).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PeerIdentity {
@@ -120,14 +162,35 @@ impl Context {
         self.inner.trace.get().copied()
     }
 
-    /// Records the span serving the current task's call, if it serves one; the first wins.
-    pub(crate) fn set_current_trace(trace: TraceContext) {
-        let _ = CURRENT.try_with(|c| c.inner.trace.set(trace));
+    /// Records the span serving this call; the first wins.
+    pub(crate) fn set_trace(&self, trace: TraceContext) {
+        let _ = self.inner.trace.set(trace);
+    }
+
+    /// A context built piece by piece, for a call to `service`.`method`: what a test of a
+    /// server layer makes its [`ServerRequest`](crate::ServerRequest) from.
+    pub fn builder(service: impl Into<ByteStr>, method: impl Into<ByteStr>) -> ContextBuilder {
+        ContextBuilder {
+            service: service.into(),
+            method: method.into(),
+            deadline: None,
+            metadata: Metadata::new(),
+            peer: None,
+            identity: None,
+        }
     }
 
     /// The service being called.
     pub fn service(&self) -> &str {
         &self.inner.service
+    }
+
+    pub(crate) fn service_name(&self) -> &ByteStr {
+        &self.inner.service
+    }
+
+    pub(crate) fn method_name(&self) -> &ByteStr {
+        &self.inner.method
     }
 
     /// The method being called.

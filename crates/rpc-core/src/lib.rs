@@ -55,7 +55,7 @@ pub mod transport;
 
 pub use bytestr::ByteStr;
 pub use client::{Call, Channel, ChannelBuilder, Request, Response, ThriftChannel};
-pub use context::{Context, PeerIdentity};
+pub use context::{Context, ContextBuilder, PeerIdentity};
 pub use metadata::{Metadata, CALLER, NOT_STARTED, TRACEPARENT};
 pub use rpc_codecs::{Codec, CodecError, CodecErrorKind, Idl, Message};
 pub use rpc_codegen::{message, service};

@@ -453,20 +453,19 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let inner = this.inner;
+        let Some(record) = this.record else {
+            return inner.poll(cx);
+        };
         // A handler that panics is answered with INTERNAL further out; record it so here.
         let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx)));
         let outcome = match polled {
             Ok(polled) => std::task::ready!(polled),
             Err(panic) => {
-                if let Some(record) = this.record {
-                    record.finish(Err(Code::Internal));
-                }
+                record.finish(Err(Code::Internal));
                 std::panic::resume_unwind(panic)
             }
         };
-        if let Some(record) = this.record {
-            record.finish(outcome.as_ref().map(ReplySize::reply_size).map_err(Status::code));
-        }
+        record.finish(outcome.as_ref().map(ReplySize::reply_size).map_err(Status::code));
         Poll::Ready(outcome)
     }
 }

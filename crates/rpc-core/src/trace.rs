@@ -221,17 +221,18 @@ where
     }
 
     fn call(&mut self, request: ServerRequest) -> Self::Future {
-        let parent = request.metadata.get(TRACEPARENT).and_then(TraceContext::parse);
-        let (span, trace) = open(Side::Server, &request.service, &request.method, parent);
+        let context = request.context();
+        let parent = context.metadata().get(TRACEPARENT).and_then(TraceContext::parse);
+        let (span, trace) = open(Side::Server, request.service(), request.method(), parent);
         if !span.is_disabled() {
             span.record("rpc.codec", tracing::field::display(request.codec));
             span.record("rpc.request.size", request.body.len());
-            if let Some(peer) = request.peer {
+            if let Some(peer) = context.peer() {
                 span.record("client.address", tracing::field::display(peer));
             }
         }
         // Calls the handler makes are this span's children.
-        crate::Context::set_current_trace(trace);
+        context.set_trace(trace);
         let inner = span.in_scope(|| self.inner.call(request));
         TracedFuture::new(inner, span)
     }

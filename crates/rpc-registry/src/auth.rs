@@ -247,8 +247,8 @@ const PEER: &str = "raft peer";
 
 impl<A: Authenticator> Authenticator for MemberAuthenticator<A> {
     fn authenticate(&self, request: &ServerRequest) -> Result<Principal, Status> {
-        if &*request.service == "RaftPeer" {
-            if self.peers_need_certificate && request.identity.is_none() {
+        if &**request.service() == "RaftPeer" {
+            if self.peers_need_certificate && request.context().peer_identity().is_none() {
                 return Err(Status::permission_denied(
                     "member traffic needs a TLS client certificate from the cluster's CA",
                 ));
@@ -297,17 +297,12 @@ mod tests {
     }
 
     fn request(service: &'static str, identity: Option<rpc_core::PeerIdentity>) -> ServerRequest {
-        ServerRequest {
-            service: service.into(),
-            method: "deliver".into(),
-            codec: rpc_core::Codec::default(),
-            body: Default::default(),
-            metadata: rpc_core::Metadata::new(),
-            deadline: None,
-            peer: None,
-            identity: identity.map(std::sync::Arc::new),
-            stream: None,
-        }
+        let context = rpc_core::Context::builder(service, "deliver");
+        let context = match identity {
+            Some(identity) => context.peer_identity(identity),
+            None => context,
+        };
+        ServerRequest::new(context.build(), rpc_core::Codec::default(), Default::default())
     }
 
     #[test]

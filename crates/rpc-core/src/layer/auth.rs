@@ -12,8 +12,8 @@
 //! The first layer added runs first, so add authentication before authorization (as above). Refusals are `UNAUTHENTICATED` or
 //! `PERMISSION_DENIED`, never naming the credentials they were given.
 
-use super::{CallInfo, PassOrRefuse};
-use crate::{server::ServerRequest, Context, Metadata, Status};
+use super::PassOrRefuse;
+use crate::{server::ServerRequest, Metadata, Status};
 use std::{
     collections::HashMap,
     fmt,
@@ -84,7 +84,7 @@ fn bearer(metadata: &Metadata) -> Option<&str> {
 
 impl Authenticator for BearerTokens {
     fn authenticate(&self, request: &ServerRequest) -> Result<Principal, Status> {
-        let token = bearer(&request.metadata).ok_or_else(|| {
+        let token = bearer(request.metadata()).ok_or_else(|| {
             Status::unauthenticated(format!("this server needs a bearer token in the {AUTHORIZATION:?} metadata"))
         })?;
         // Every candidate is compared in full, so the time taken says nothing about the token.
@@ -127,8 +127,8 @@ pub struct ClientCertificate;
 impl Authenticator for ClientCertificate {
     fn authenticate(&self, request: &ServerRequest) -> Result<Principal, Status> {
         let identity = request
-            .identity
-            .as_deref()
+            .context()
+            .peer_identity()
             .ok_or_else(|| Status::unauthenticated("this server needs a TLS client certificate (mutual TLS)"))?;
         let name = identity.uris.first().or(identity.dns_names.first()).or(identity.common_name.as_ref());
         name.map(|name| Principal { name: name.clone() })
@@ -215,9 +215,7 @@ where
     fn call(&mut self, request: ServerRequest) -> Self::Future {
         match self.authenticator.authenticate(&request) {
             Ok(principal) => {
-                if let Some(context) = Context::current() {
-                    context.set_principal(principal);
-                }
+                request.context().set_principal(principal);
                 PassOrRefuse::pass(self.inner.call(request))
             }
             Err(status) => PassOrRefuse::refuse(status.with_not_started()),
@@ -307,9 +305,8 @@ where
     }
 
     fn call(&mut self, request: ServerRequest) -> Self::Future {
-        let (service, method) = (CallInfo::service(&request), CallInfo::method(&request));
-        let principal = Context::current().and_then(|c| c.principal().cloned());
-        let refusal = match principal {
+        let (service, method) = (request.service(), request.method());
+        let refusal = match request.context().principal() {
             None => Some(Status::unauthenticated(format!(
                 "{service}.{method} needs an authenticated caller; add an AuthenticateLayer before this layer"
             ))),

@@ -163,15 +163,15 @@ impl CallInfo for ServerRequest {
     const DEADLINE_ENFORCED_BELOW: bool = false;
 
     fn service(&self) -> &ByteStr {
-        &self.service
+        ServerRequest::service(self)
     }
 
     fn method(&self) -> &ByteStr {
-        &self.method
+        ServerRequest::method(self)
     }
 
     fn metadata(&self) -> &Metadata {
-        &self.metadata
+        ServerRequest::metadata(self)
     }
 
     fn deadline(&self) -> Option<Instant> {

@@ -41,6 +41,8 @@ pub(crate) struct ServerConfig {
     pub(crate) streams: StreamConfig,
     #[cfg(feature = "tls")]
     pub(crate) tls: Option<crate::tls::ServerTls>,
+    /// The services served: where a plain Apache Thrift call, which names only its method, goes.
+    pub(crate) services: Router,
 }
 
 impl Default for ServerConfig {
@@ -60,6 +62,7 @@ impl Default for ServerConfig {
             streams: StreamConfig::default(),
             #[cfg(feature = "tls")]
             tls: None,
+            services: Router::default(),
         }
     }
 }
@@ -376,8 +379,9 @@ where
             }
             None => None,
         };
+        let mut config = self.config;
+        config.services = self.router.clone();
         let service = Metered::server(self.layer.layer(self.router), metrics.clone());
-        let config = self.config;
         let budget = Budget::new(config.max_handlers, config.max_request_bytes, config.max_reply_bytes);
         if let Some(metrics) = &metrics {
             budget.report_to(metrics);

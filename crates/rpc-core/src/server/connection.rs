@@ -458,13 +458,13 @@ where
             Head::Call { service, method, timeout, metadata, oneway } => {
                 let call =
                     IncomingCall { id: frame.id, codec: frame.codec, service, method, timeout, metadata, oneway };
-                let reply = match self.start(call, frame.body, bytes).await {
-                    Ok(Some(outcome)) => Some(answer_frame(frame.id, frame.codec, outcome, self.max_frame_size)),
-                    Err(status) => Some(error_frame(frame.id, &status)),
-                    Ok(None) => None,
+                let outcome = match self.start(call, frame.body, bytes).await {
+                    Ok(Some(outcome)) => outcome,
+                    Err(status) => Err(status),
+                    Ok(None) => return Ok(()),
                 };
-                if let Some(reply) = reply.filter(|_| !oneway) {
-                    self.writer.push(reply).await?;
+                if !oneway {
+                    self.answer(frame.id, frame.codec, outcome).await?;
                 }
             }
             Head::Cancel => {
@@ -525,26 +525,39 @@ where
         Ok(())
     }
 
-    /// Starts the handler of one call: returns its outcome if it finished at once, or `None`
-    /// once it runs in its own task.
+    /// Queues the answer to call `id` straight into the write buffer: its reply, or an error
+    /// frame for that call alone when the reply cannot be sent (see [`sendable`]).
+    async fn answer(&mut self, id: u32, codec: u8, outcome: Result<ServerResponse, Status>) -> Result<(), FrameError> {
+        let status = match outcome {
+            Ok(response) => {
+                let queued = check_reply_metadata(&response.metadata).and_then(|()| {
+                    self.writer.put_reply(id, codec, &response.metadata, &response.body).map_err(|e| match e {
+                        FrameError::TooLarge { len, max } => reply_too_large(len, max),
+                        other => Status::internal(other.to_string()),
+                    })
+                });
+                match queued {
+                    Ok(()) => return self.writer.flush_if_full().await,
+                    Err(status) => status,
+                }
+            }
+            Err(status) => status,
+        };
+        self.writer.push(error_frame(id, &status)).await
+    }
+
     /// Notes that `call` was accepted and makes its deadline and context.
-    fn accept(&mut self, call: &IncomingCall) -> (Option<Instant>, Context) {
+    fn accept(&mut self, call: IncomingCall) -> Context {
         // The highest id (in wrapping order), not the latest: a client may send ids out of order.
         if (call.id.wrapping_sub(self.last_id) as i32) > 0 {
             self.last_id = call.id;
         }
         let deadline = call.timeout.map(|t| Instant::now() + t);
-        let context = Context::new(
-            call.service.clone(),
-            call.method.clone(),
-            deadline,
-            call.metadata.clone(),
-            Some(self.peer),
-            self.identity.clone(),
-        );
-        (deadline, context)
+        Context::new(call.service, call.method, deadline, call.metadata, Some(self.peer), self.identity.clone())
     }
 
+    /// Starts the handler of one call: returns its outcome if it finished at once, or `None`
+    /// once it runs in its own task.
     async fn start(
         &mut self,
         call: IncomingCall,
@@ -571,18 +584,10 @@ where
         }
         self.budget.check()?;
         let codec = Codec::from_id(call.codec).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let (deadline, context) = self.accept(&call);
-        let request = ServerRequest {
-            service: call.service,
-            method: call.method,
-            codec,
-            body,
-            metadata: call.metadata,
-            deadline,
-            peer: Some(self.peer),
-            identity: self.identity.clone(),
-            stream: None,
-        };
+        let (id, oneway) = (call.id, call.oneway);
+        let context = self.accept(call);
+        let deadline = context.deadline();
+        let request = ServerRequest::new(context.clone(), codec, body);
         std::future::poll_fn(|cx| self.service.poll_ready(cx)).await?;
         let mut slot = self.slot.take().unwrap_or_else(|| Box::pin(None));
         let mut request = Some(request);
@@ -603,7 +608,6 @@ where
             self.slot = Some(slot);
             return Ok(Some(finish(outcome, &context)));
         }
-        let (id, oneway) = (call.id, call.oneway);
         let permit = self
             .in_flight
             .permits
@@ -668,7 +672,8 @@ where
         if self.in_flight.lock().contains_key(&id) {
             return Err(Status::invalid_argument(format!("request id {id} is already in flight on this connection")));
         }
-        let (deadline, context) = self.accept(&call);
+        let context = self.accept(call);
+        let deadline = context.deadline();
         let credit = Arc::new(SendCredit::new(window));
         let (grant_tx, accept_tx) = (self.tx.clone(), self.tx.clone());
         let (inbox_tx, inbox) = flow::inbox(
@@ -678,24 +683,13 @@ where
         );
         let accept = Box::new(move || send_control(&accept_tx, credit_frame(id, limits.window)));
         let incoming = IncomingStream::new(Opened { inbox, accept });
-        let request = ServerRequest {
-            service: call.service.clone(),
-            method: call.method.clone(),
-            codec,
-            body,
-            metadata: call.metadata,
-            deadline,
-            peer: Some(self.peer),
-            identity: self.identity.clone(),
-            stream: Some(incoming.clone()),
-        };
+        let mut request = ServerRequest::new(context.clone(), codec, body);
+        request.stream = Some(incoming.clone());
         std::future::poll_fn(|cx| self.service.poll_ready(cx)).await?;
         let call_future = context.sync_scope(|| self.service.call(request));
         let task = StreamTask {
             id,
             codec,
-            service: call.service,
-            method: call.method,
             context,
             deadline,
             incoming,
@@ -823,16 +817,25 @@ fn answer_frame(id: u32, codec: u8, outcome: Result<ServerResponse, Status>, max
 /// limits, its length within the frame limit); otherwise the error for that call alone.
 fn sendable(frame: Frame, max_frame_size: usize) -> Result<Frame, Status> {
     if let Head::Reply { metadata } | Head::End { metadata, .. } = &frame.head {
-        check_metadata(metadata)
-            .map_err(|e| Status::internal(format!("the handler's reply metadata cannot be sent: {e}")))?;
+        check_reply_metadata(metadata)?;
     }
     let len = frame.encoded_len() - 4;
     if len > max_frame_size {
-        return Err(Status::resource_exhausted(format!(
-            "the reply is {len} bytes, over the server's frame limit of {max_frame_size}; return less, or raise max_frame_size on server and client"
-        )));
+        return Err(reply_too_large(len, max_frame_size));
     }
     Ok(frame)
+}
+
+/// Whether the wire can carry the metadata a handler set on its reply.
+fn check_reply_metadata(metadata: &Metadata) -> Result<(), Status> {
+    check_metadata(metadata).map_err(|e| Status::internal(format!("the handler's reply metadata cannot be sent: {e}")))
+}
+
+/// What the caller of a handler whose reply is `len` bytes, over the frame limit, gets.
+fn reply_too_large(len: usize, max_frame_size: usize) -> Status {
+    Status::resource_exhausted(format!(
+        "the reply is {len} bytes, over the server's frame limit of {max_frame_size}; return less, or raise max_frame_size on server and client"
+    ))
 }
 
 fn error_frame(id: u32, status: &Status) -> Frame {

@@ -2,49 +2,69 @@
 
 use crate::{
     stream::{Inbound, Inbox},
-    ByteStr, Codec, Items, Metadata, PeerIdentity, RpcStream, Status,
+    ByteStr, Codec, Context, Items, Metadata, RpcStream, Status,
 };
 use bytes::{Bytes, BytesMut};
 use rpc_codecs::{Idl, Message};
 use std::{
     fmt,
     future::Future,
-    net::SocketAddr,
     pin::Pin,
     sync::{Arc, Mutex},
 };
 use tokio::time::Instant;
 
 /// A call as the server's layers and dispatchers see it: the body is still encoded.
+///
+/// Who is called and by whom (service, method, metadata, caller) is in its [`Context`], the
+/// same one the handler reads with [`Context::current`].
 #[derive(Clone, Debug)]
 pub struct ServerRequest {
-    /// Service name.
-    pub service: ByteStr,
-    /// Method name.
-    pub method: ByteStr,
+    context: Context,
     /// The codec of the body and of the reply.
     pub codec: Codec,
     /// The encoded arguments.
     pub body: Bytes,
-    /// Request metadata.
-    pub metadata: Metadata,
-    /// When the caller stops waiting.
+    /// When the caller stops waiting: the context's deadline, unless a server-side timeout
+    /// layer brought it forward.
     pub deadline: Option<Instant>,
-    /// The caller's address.
-    pub peer: Option<SocketAddr>,
-    /// Who the caller is by its verified TLS client certificate, if it presented one.
-    pub identity: Option<Arc<PeerIdentity>>,
     /// The stream this call opened, if the client opened one (see [`ServerRequest::accept_stream`]).
     pub stream: Option<IncomingStream>,
 }
 
 impl ServerRequest {
+    /// The call `context` describes, its arguments `body` encoded in `codec`.
+    pub fn new(context: Context, codec: Codec, body: Bytes) -> ServerRequest {
+        ServerRequest { deadline: context.deadline(), context, codec, body, stream: None }
+    }
+
+    /// The call's context.
+    pub fn context(&self) -> &Context {
+        &self.context
+    }
+
+    /// Service name.
+    pub fn service(&self) -> &ByteStr {
+        self.context.service_name()
+    }
+
+    /// Method name.
+    pub fn method(&self) -> &ByteStr {
+        self.context.method_name()
+    }
+
+    /// Request metadata.
+    pub fn metadata(&self) -> &Metadata {
+        self.context.metadata()
+    }
+
     /// Decodes the arguments, mapping failure to `InvalidArgument`.
     pub fn decode<T: Message>(&self) -> Result<T, Status> {
         self.codec.decode(&self.body).map_err(|e| {
             Status::invalid_argument(format!(
                 "arguments of {}.{} could not be decoded: {e}; check that client and server agree on the method",
-                self.service, self.method
+                self.service(),
+                self.method()
             ))
         })
     }
@@ -55,7 +75,7 @@ impl ServerRequest {
         let mut buf = BytesMut::with_capacity(self.body.len().max(64));
         self.codec
             .encode_reply(value, &mut buf)
-            .map_err(|e| Status::internal(format!("reply of {}.{}: {e}", self.service, self.method)))?;
+            .map_err(|e| Status::internal(format!("reply of {}.{}: {e}", self.service(), self.method())))?;
         Ok(ServerResponse { body: buf.freeze(), metadata: Metadata::new(), items: None })
     }
 
@@ -66,7 +86,8 @@ impl ServerRequest {
             Status::failed_precondition(format!(
                 "{}.{} is a streaming method and the call opened no stream (or it was already accepted); \
                  call it through a generated client",
-                self.service, self.method
+                self.service(),
+                self.method()
             ))
         })?;
         (opened.accept)();

@@ -1,7 +1,7 @@
 //! Routing calls to the services on one listener by service name.
 
 use super::{Dispatch, ServerRequest, ServerResponse, ServiceInfo};
-use crate::{ByteStr, Status};
+use crate::Status;
 use std::{
     fmt,
     future::Future,
@@ -22,6 +22,12 @@ impl Router {
         let services = Arc::make_mut(&mut self.services);
         services.retain(|s| s.info().name != service.info().name);
         services.push(Arc::new(service));
+    }
+
+    /// The name of the service that has a method `method`: where a plain Apache Thrift call,
+    /// which names no service, goes.
+    pub(crate) fn service_with(&self, method: &str) -> Option<&'static str> {
+        self.services().find(|s| s.method(method).is_some()).map(|s| s.name)
     }
 
     /// The services served, in the order they were added.
@@ -45,33 +51,24 @@ impl tower::Service<ServerRequest> for Router {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut request: ServerRequest) -> Self::Future {
+    fn call(&mut self, request: ServerRequest) -> Self::Future {
         // A handful of services per listener: a scan beats hashing.
-        // An empty service name (a plain Apache Thrift client) means the service with the method.
-        let by_method = request.service.is_empty();
-        let found = self.services.iter().find(|s| {
-            s.info().name.as_bytes() == request.service.as_bytes()
-                || (by_method && s.info().method(request.method.as_str()).is_some())
-        });
+        let (service, method) = (request.service(), request.method());
+        let found = self.services.iter().find(|s| s.info().name.as_bytes() == service.as_bytes());
         let served = || self.services().map(|s| s.name).collect::<Vec<_>>().join(", ");
         match found {
-            Some(service) => {
-                if by_method {
-                    // Errors, logs and metrics then name the service the call reached.
-                    request.service = ByteStr::from_static(service.info().name);
-                }
-                service.dispatch(request)
-            }
+            Some(found) => found.dispatch(request),
             None => {
-                let status = match by_method {
+                // No name: a plain Apache Thrift call whose method no service here has.
+                let status = match service.is_empty() {
                     true => Status::unimplemented(format!(
                         "no service here has a method {:?} (this server serves: {}); check the address and method name",
-                        request.method.as_str(),
+                        method.as_str(),
                         served()
                     )),
                     false => Status::unimplemented(format!(
                         "service {:?} is not served here (this server serves: {}); check the address and service name",
-                        request.service.as_str(),
+                        service.as_str(),
                         served()
                     )),
                 };

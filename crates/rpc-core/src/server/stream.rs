@@ -48,8 +48,6 @@ impl From<Frame> for Outbound {
 pub(super) struct StreamTask {
     pub(super) id: u32,
     pub(super) codec: Codec,
-    pub(super) service: ByteStr,
-    pub(super) method: ByteStr,
     pub(super) context: Context,
     pub(super) deadline: Option<Instant>,
     pub(super) incoming: IncomingStream,
@@ -73,7 +71,8 @@ impl StreamTask {
     where
         S: Service<ServerRequest, Response = ServerResponse, Error = Status>,
     {
-        let StreamTask { id, codec, service, method, context, deadline, incoming, credit, max_item, tx } = self;
+        let StreamTask { id, codec, context, deadline, incoming, credit, max_item, tx } = self;
+        let (service, method) = (context.service_name(), context.method_name());
         let work = async {
             let response = call.await?;
             let Some(mut items) = response.items else {
@@ -84,8 +83,7 @@ impl StreamTask {
                 }
                 return Ok(Finished::Reply(response));
             };
-            let sender =
-                ItemBatches { id, codec, credit: &credit, max_item, tx: &tx, service: &service, method: &method };
+            let sender = ItemBatches { id, codec, credit: &credit, max_item, tx: &tx, service, method };
             sender.send_all(&mut items).await?;
             Ok(Finished::End(response.metadata))
         };
@@ -98,7 +96,7 @@ impl StreamTask {
                 ))))
             }),
         };
-        let outcome = outcome.unwrap_or_else(|panic| Err(panicked(&service, &method, &panic)));
+        let outcome = outcome.unwrap_or_else(|panic| Err(panicked(service, method, &panic)));
         let extra = context.take_reply_metadata();
         match outcome {
             Ok(Finished::Reply(mut response)) => {

@@ -90,32 +90,19 @@ pub(crate) async fn serve<S>(
             }
         };
         let (service_name, method) = match head.name.split_once(':') {
-            Some((service_name, method)) => (service_name.to_owned(), method.to_owned()),
-            None => (String::new(), head.name.clone()),
+            Some((service_name, method)) => (ByteStr::from(service_name.to_owned()), method.to_owned()),
+            None => {
+                let method = rpc_codecs::idl::from_thrift_name(&head.name);
+                // Errors, logs and metrics then name the service the call reached.
+                let service_name = config.services.service_with(method).map(ByteStr::from_static);
+                (service_name.unwrap_or_default(), head.name.clone())
+            }
         };
-        let (service_name, method_name) =
-            (ByteStr::from(service_name), ByteStr::from(rpc_codecs::idl::from_thrift_name(&method).to_owned()));
+        let method_name = ByteStr::from(rpc_codecs::idl::from_thrift_name(&method).to_owned());
         // Thrift carries no metadata or deadline; the context still tells handlers and layers
         // who is calling.
-        let context = Context::new(
-            service_name.clone(),
-            method_name.clone(),
-            None,
-            Metadata::new(),
-            Some(peer),
-            identity.clone(),
-        );
-        let request = ServerRequest {
-            service: service_name,
-            method: method_name,
-            codec,
-            body: frame.slice(at..),
-            metadata: Metadata::new(),
-            deadline: None,
-            peer: Some(peer),
-            identity: identity.clone(),
-            stream: None,
-        };
+        let context = Context::new(service_name, method_name, None, Metadata::new(), Some(peer), identity.clone());
+        let request = ServerRequest::new(context.clone(), codec, frame.slice(at..));
         let result = match budget.check().map(|()| budget.take_handler()) {
             Ok(Some(_handler)) => match service.ready().await {
                 Ok(ready) => {

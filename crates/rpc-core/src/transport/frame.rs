@@ -19,6 +19,8 @@ pub const PREFACE: [u8; 8] = [0xF0, b'R', b'P', b'C', VERSION, 0, 0, 0];
 
 /// Bytes of the fixed header after the length prefix: kind, flags, codec, request id.
 const FIXED_HEADER: usize = 7;
+/// The kind byte of a reply frame.
+const KIND_REPLY: u8 = 2;
 
 /// Default largest frame: 16 MiB.
 pub const DEFAULT_MAX_FRAME_SIZE: usize = 16 * 1024 * 1024;
@@ -116,7 +118,7 @@ impl Head {
     fn kind(&self) -> u8 {
         match self {
             Head::Call { oneway: false, .. } => 1,
-            Head::Reply { .. } => 2,
+            Head::Reply { .. } => KIND_REPLY,
             Head::Error { .. } => 3,
             Head::Call { oneway: true, .. } => 4,
             Head::Cancel => 5,
@@ -213,6 +215,11 @@ impl FrameCodec {
     /// A codec that refuses frames longer than `max_frame_size` bytes (after the prefix).
     pub fn new(max_frame_size: usize) -> FrameCodec {
         FrameCodec { max_frame_size }
+    }
+
+    /// The largest frame this codec writes or reads, after the length prefix.
+    pub(crate) fn max_frame_size(&self) -> usize {
+        self.max_frame_size
     }
 }
 
@@ -480,11 +487,7 @@ impl Encoder<&Frame> for FrameCodec {
 
 /// Writes a length placeholder and the header; [`finish_frame`] fills the length in.
 fn put_head(dst: &mut BytesMut, id: u32, codec: u8, head: &Head) {
-    dst.put_u32(0);
-    dst.put_u8(head.kind());
-    dst.put_u8(0);
-    dst.put_u8(codec);
-    dst.put_u32(id);
+    put_prelude(dst, head.kind(), codec, id);
     match head {
         Head::Call { service, method, timeout, metadata, .. } => put_call(dst, service, method, *timeout, metadata),
         Head::Reply { metadata } => put_metadata(dst, metadata),
@@ -512,6 +515,15 @@ fn put_head(dst: &mut BytesMut, id: u32, codec: u8, head: &Head) {
     }
 }
 
+/// The length placeholder and the fixed header every frame starts with.
+fn put_prelude(dst: &mut BytesMut, kind: u8, codec: u8, id: u32) {
+    dst.put_u32(0);
+    dst.put_u8(kind);
+    dst.put_u8(0);
+    dst.put_u8(codec);
+    dst.put_u32(id);
+}
+
 /// The call header shared by `Call`, `Oneway` and `Open`.
 fn put_call(dst: &mut BytesMut, service: &ByteStr, method: &ByteStr, timeout: Option<Duration>, metadata: &Metadata) {
     // Round up so that a sub-microsecond timeout is not sent as "no deadline".
@@ -533,6 +545,24 @@ fn finish_frame(dst: &mut BytesMut, start: usize, max_frame_size: usize) -> Resu
     }
     dst[start..start + 4].copy_from_slice(&(len as u32).to_be_bytes());
     Ok(())
+}
+
+/// Appends a reply frame built from its parts, so that a reply is never assembled into a
+/// [`Frame`] first; if it is larger than `max_frame_size`, nothing is appended.
+pub(crate) fn put_reply(
+    dst: &mut BytesMut,
+    id: u32,
+    codec: u8,
+    metadata: &Metadata,
+    body: &[u8],
+    max_frame_size: usize,
+) -> Result<(), FrameError> {
+    let start = dst.len();
+    dst.reserve(4 + FIXED_HEADER + metadata_len(metadata) + body.len());
+    put_prelude(dst, KIND_REPLY, codec, id);
+    put_metadata(dst, metadata);
+    dst.put_slice(body);
+    finish_frame(dst, start, max_frame_size)
 }
 
 /// Appends the header of a frame to `dst` and returns where the frame starts; append the body,
@@ -731,6 +761,26 @@ mod tests {
         let mut builder = FrameBuilder::new(frame.codec, &frame.head, 0);
         builder.body_mut().put_slice(&[0; 100]);
         assert!(matches!(builder.finish(1, 50), Err(FrameError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn a_reply_put_from_its_parts_decodes_like_an_encoded_one_and_an_oversized_one_is_not_put() {
+        let mut metadata = Metadata::new();
+        metadata.insert("k", "v");
+        let frame = Frame {
+            id: 9,
+            codec: 3,
+            head: Head::Reply { metadata: metadata.clone() },
+            body: Bytes::from_static(b"body"),
+        };
+        let mut buf = BytesMut::from(&b"before"[..]);
+        put_reply(&mut buf, 9, 3, &metadata, b"body", DEFAULT_MAX_FRAME_SIZE).unwrap();
+        assert_eq!(buf.len(), 6 + frame.encoded_len());
+        buf.advance(6);
+        assert_eq!(FrameCodec::default().decode(&mut buf).unwrap().unwrap(), frame);
+        let mut buf = BytesMut::from(&b"before"[..]);
+        assert!(matches!(put_reply(&mut buf, 9, 3, &metadata, &[0; 100], 50), Err(FrameError::TooLarge { .. })));
+        assert_eq!(&buf[..], b"before", "nothing of the oversized reply stays");
     }
 
     #[test]

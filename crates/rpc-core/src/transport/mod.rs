@@ -11,5 +11,5 @@ pub use frame::{
     check_call_head, check_metadata, check_preface, Frame, FrameBuilder, FrameCodec, FrameError, Head,
     DEFAULT_MAX_FRAME_SIZE, PREFACE, VERSION,
 };
-pub(crate) use frame::{close_frame, open_frame};
+pub(crate) use frame::{close_frame, open_frame, put_reply};
 pub(crate) use writer::{FrameReader, FrameWriter, RequestBytes, BATCH, FLUSH_AT};

@@ -4,6 +4,7 @@
 //! under load makes one syscall for many frames.
 
 use super::{Frame, FrameCodec, FrameError};
+use crate::Metadata;
 use bytes::BytesMut;
 use std::sync::{
     atomic::{AtomicUsize, Ordering},
@@ -35,6 +36,17 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// Queues `frame`; writes right away only once the buffer is large.
     pub(crate) async fn push(&mut self, frame: Frame) -> Result<(), FrameError> {
         self.codec.encode(frame, &mut self.buf)?;
+        self.flush_if_full().await
+    }
+
+    /// Queues a reply frame made from its parts; if it is over the frame limit, nothing is
+    /// queued. Call [`FrameWriter::flush_if_full`] after.
+    pub(crate) fn put_reply(&mut self, id: u32, codec: u8, metadata: &Metadata, body: &[u8]) -> Result<(), FrameError> {
+        super::put_reply(&mut self.buf, id, codec, metadata, body, self.codec.max_frame_size())
+    }
+
+    /// Writes what is queued if the buffer is large.
+    pub(crate) async fn flush_if_full(&mut self) -> Result<(), FrameError> {
         if self.buf.len() >= FLUSH_AT {
             self.flush().await?;
         }
@@ -49,10 +61,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// Queues frames that are already encoded; writes right away only once the buffer is large.
     pub(crate) async fn push_encoded(&mut self, frames: &[u8]) -> Result<(), FrameError> {
         self.buf.extend_from_slice(frames);
-        if self.buf.len() >= FLUSH_AT {
-            self.flush().await?;
-        }
-        Ok(())
+        self.flush_if_full().await
     }
 
     /// Writes everything queued.
