@@ -517,19 +517,17 @@ fn put_head(dst: &mut BytesMut, id: u32, codec: u8, head: &Head) {
 
 /// The length placeholder and the fixed header every frame starts with.
 fn put_prelude(dst: &mut BytesMut, kind: u8, codec: u8, id: u32) {
-    dst.put_u32(0);
-    dst.put_u8(kind);
-    dst.put_u8(0);
-    dst.put_u8(codec);
-    dst.put_u32(id);
+    // One fixed-size copy rather than five growing writes: this runs for every frame.
+    let [a, b, c, d] = id.to_be_bytes();
+    dst.put_slice(&[0, 0, 0, 0, kind, 0, codec, a, b, c, d]);
 }
 
 /// The call header shared by `Call`, `Oneway` and `Open`.
 fn put_call(dst: &mut BytesMut, service: &ByteStr, method: &ByteStr, timeout: Option<Duration>, metadata: &Metadata) {
     // Round up so that a sub-microsecond timeout is not sent as "no deadline".
     let us = timeout.map_or(0, |t| u64::try_from(t.as_micros()).unwrap_or(u64::MAX).max(1));
-    dst.put_u64(us);
-    dst.put_u8(service.len() as u8);
+    let [a, b, c, d, e, f, g, h] = us.to_be_bytes();
+    dst.put_slice(&[a, b, c, d, e, f, g, h, service.len() as u8]);
     dst.put_slice(service.as_bytes());
     dst.put_u8(method.len() as u8);
     dst.put_slice(method.as_bytes());
