@@ -16,6 +16,7 @@ impl ByteStr {
     }
 
     /// Wraps `bytes` after checking that they are UTF-8.
+    #[inline]
     pub fn from_utf8(bytes: Bytes) -> Result<ByteStr, std::str::Utf8Error> {
         // Names are nearly always ASCII, which is quicker to check than UTF-8 in general.
         if !bytes.is_ascii() {

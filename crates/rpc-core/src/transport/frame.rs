@@ -325,6 +325,7 @@ fn parse(mut buf: Bytes) -> Result<Frame, FrameError> {
     Ok(Frame { id, codec, head, body: buf })
 }
 
+#[inline]
 fn need(buf: &Bytes, n: usize, what: &str) -> Result<(), FrameError> {
     if buf.remaining() < n {
         return Err(FrameError::Malformed(format!(
@@ -350,15 +351,18 @@ fn take_u64(buf: &mut Bytes, what: &str) -> Result<u64, FrameError> {
     Ok(buf.get_u64())
 }
 
+#[inline]
 fn take_bytes(buf: &mut Bytes, len: usize, what: &str) -> Result<Bytes, FrameError> {
     need(buf, len, what)?;
     Ok(buf.split_to(len))
 }
 
+#[inline]
 fn utf8(bytes: Bytes, what: &str) -> Result<ByteStr, FrameError> {
     ByteStr::from_utf8(bytes).map_err(|e| FrameError::Malformed(format!("{what} is not UTF-8: {e}")))
 }
 
+#[inline]
 fn take_str8(buf: &mut Bytes, what: &str) -> Result<ByteStr, FrameError> {
     need(buf, 1, what)?;
     let len = buf.get_u8() as usize;
