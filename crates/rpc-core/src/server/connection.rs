@@ -464,7 +464,10 @@ where
                     Ok(None) => return Ok(()),
                 };
                 if !oneway {
-                    self.answer(frame.id, frame.codec, outcome).await?;
+                    self.answer(frame.id, frame.codec, outcome)?;
+                    if self.writer.is_full() {
+                        self.writer.flush().await?;
+                    }
                 }
             }
             Head::Cancel => {
@@ -526,8 +529,9 @@ where
     }
 
     /// Queues the answer to call `id` straight into the write buffer: its reply, or an error
-    /// frame for that call alone when the reply cannot be sent (see [`sendable`]).
-    async fn answer(&mut self, id: u32, codec: u8, outcome: Result<ServerResponse, Status>) -> Result<(), FrameError> {
+    /// frame for that call alone when the reply cannot be sent (see [`sendable`]). Check
+    /// [`FrameWriter::is_full`] after.
+    fn answer(&mut self, id: u32, codec: u8, outcome: Result<ServerResponse, Status>) -> Result<(), FrameError> {
         let status = match outcome {
             Ok(response) => {
                 let queued = check_reply_metadata(&response.metadata).and_then(|()| {
@@ -537,13 +541,13 @@ where
                     })
                 });
                 match queued {
-                    Ok(()) => return self.writer.flush_if_full().await,
+                    Ok(()) => return Ok(()),
                     Err(status) => status,
                 }
             }
             Err(status) => status,
         };
-        self.writer.push(error_frame(id, &status)).await
+        self.writer.queue(&error_frame(id, &status))
     }
 
     /// Notes that `call` was accepted and makes its deadline and context.

@@ -35,22 +35,27 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
 
     /// Queues `frame`; writes right away only once the buffer is large.
     pub(crate) async fn push(&mut self, frame: Frame) -> Result<(), FrameError> {
-        self.codec.encode(frame, &mut self.buf)?;
-        self.flush_if_full().await
+        self.queue(&frame)?;
+        if self.is_full() {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Queues `frame` without writing; check [`FrameWriter::is_full`] after.
+    pub(crate) fn queue(&mut self, frame: &Frame) -> Result<(), FrameError> {
+        self.codec.encode(frame, &mut self.buf)
     }
 
     /// Queues a reply frame made from its parts; if it is over the frame limit, nothing is
-    /// queued. Call [`FrameWriter::flush_if_full`] after.
+    /// queued. Check [`FrameWriter::is_full`] after.
     pub(crate) fn put_reply(&mut self, id: u32, codec: u8, metadata: &Metadata, body: &[u8]) -> Result<(), FrameError> {
         super::put_reply(&mut self.buf, id, codec, metadata, body, self.codec.max_frame_size())
     }
 
-    /// Writes what is queued if the buffer is large.
-    pub(crate) async fn flush_if_full(&mut self) -> Result<(), FrameError> {
-        if self.buf.len() >= FLUSH_AT {
-            self.flush().await?;
-        }
-        Ok(())
+    /// Whether enough is queued that it should be written before more is added.
+    pub(crate) fn is_full(&self) -> bool {
+        self.buf.len() >= FLUSH_AT
     }
 
     /// Queues bytes that are already an encoded frame.
@@ -61,7 +66,10 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// Queues frames that are already encoded; writes right away only once the buffer is large.
     pub(crate) async fn push_encoded(&mut self, frames: &[u8]) -> Result<(), FrameError> {
         self.buf.extend_from_slice(frames);
-        self.flush_if_full().await
+        if self.is_full() {
+            self.flush().await?;
+        }
+        Ok(())
     }
 
     /// Writes everything queued.
