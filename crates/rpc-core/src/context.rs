@@ -23,7 +23,7 @@ pub struct Context {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Inner {
     service: ByteStr,
     method: ByteStr,
@@ -40,42 +40,37 @@ struct Inner {
 /// Builds a [`Context`]; see [`Context::builder`].
 #[derive(Debug)]
 pub struct ContextBuilder {
-    service: ByteStr,
-    method: ByteStr,
-    deadline: Option<Instant>,
-    metadata: Metadata,
-    peer: Option<SocketAddr>,
-    identity: Option<Arc<PeerIdentity>>,
+    inner: Inner,
 }
 
 impl ContextBuilder {
     /// When the caller stops waiting.
     pub fn deadline(mut self, deadline: Instant) -> Self {
-        self.deadline = Some(deadline);
+        self.inner.deadline = Some(deadline);
         self
     }
 
     /// The request's metadata.
     pub fn metadata(mut self, metadata: Metadata) -> Self {
-        self.metadata = metadata;
+        self.inner.metadata = metadata;
         self
     }
 
     /// The caller's socket address.
     pub fn peer(mut self, peer: SocketAddr) -> Self {
-        self.peer = Some(peer);
+        self.inner.peer = Some(peer);
         self
     }
 
     /// Who the caller is by its verified TLS client certificate.
     pub fn peer_identity(mut self, identity: PeerIdentity) -> Self {
-        self.identity = Some(Arc::new(identity));
+        self.inner.identity = Some(Arc::new(identity));
         self
     }
 
     /// The context.
     pub fn build(self) -> Context {
-        Context::new(self.service, self.method, self.deadline, self.metadata, self.peer, self.identity)
+        Context { inner: Arc::new(self.inner) }
     }
 }
 
@@ -99,19 +94,7 @@ impl Context {
         peer: Option<SocketAddr>,
         identity: Option<Arc<PeerIdentity>>,
     ) -> Context {
-        Context {
-            inner: Arc::new(Inner {
-                service,
-                method,
-                deadline,
-                metadata,
-                peer,
-                identity,
-                principal: OnceLock::new(),
-                trace: OnceLock::new(),
-                reply_metadata: Mutex::new(Metadata::new()),
-            }),
-        }
+        Context { inner: Arc::new(Inner { service, method, deadline, metadata, peer, identity, ..Inner::default() }) }
     }
 
     /// The context of the call being served by the current task, if any.
@@ -170,14 +153,7 @@ impl Context {
     /// A context built piece by piece, for a call to `service`.`method`: what a test of a
     /// server layer makes its [`ServerRequest`](crate::ServerRequest) from.
     pub fn builder(service: impl Into<ByteStr>, method: impl Into<ByteStr>) -> ContextBuilder {
-        ContextBuilder {
-            service: service.into(),
-            method: method.into(),
-            deadline: None,
-            metadata: Metadata::new(),
-            peer: None,
-            identity: None,
-        }
+        ContextBuilder { inner: Inner { service: service.into(), method: method.into(), ..Inner::default() } }
     }
 
     /// The service being called.

@@ -26,7 +26,7 @@ use tower::{Layer, Service};
 pub const AUTHORIZATION: &str = "authorization";
 
 /// The caller, as an [`Authenticator`] established it. Handlers read it with
-/// [`Context::principal`].
+/// [`Context::principal`](crate::Context::principal).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Principal {
     /// The name rules match against.
@@ -160,7 +160,7 @@ impl<A: Authenticator, B: Authenticator> Authenticator for Either<A, B> {
 }
 
 /// Refuses calls whose caller the authenticator does not establish; records the principal of
-/// the others in the call's [`Context`].
+/// the others in the call's [`Context`](crate::Context).
 #[derive(Clone)]
 pub struct AuthenticateLayer {
     authenticator: Arc<dyn Authenticator>,
