@@ -13,7 +13,9 @@ fn demo_narrates_calls_errors_and_a_cascading_deadline() {
     assert!(ok, "demo failed: {err}");
     assert!(out.contains("order #1 confirmed"), "{out}");
     assert!(out.contains("only 1 × keyboard available"), "{out}");
-    assert!(out.contains("audit cancelled"), "the deadline reached the inventory service: {out}");
+    let deadline_seen = out.split("audit keyboard: caller's deadline in ").nth(1).and_then(|rest| rest.chars().next());
+    assert!(deadline_seen.is_some_and(|c| c.is_ascii_digit()), "the deadline reached the inventory service: {out}");
+    assert!(out.contains("audit cancelled"), "the inventory service stopped the audit: {out}");
     assert!(out.contains("(found by name)"), "instances were discovered through the registry: {out}");
     assert!(out.contains("(20% off) (the new value arrived"), "the config change reached the service: {out}");
     assert!(out.contains("is the new leader after"), "the registry elected a new leader: {out}");

@@ -73,8 +73,9 @@ impl Inventory for Warehouse {
     }
 
     async fn audit(&self, sku: String) -> u32 {
-        /// Says so when the audit is dropped before it finished, and whether the caller's
-        /// deadline is why.
+        /// Says so when the audit is dropped before it finished: at the caller's deadline, or
+        /// a moment before it when the caller's cancellation, sent at its own deadline, wins
+        /// the race with this server's timer.
         struct Narrate {
             finished: bool,
             deadline: Option<tokio::time::Instant>,
@@ -86,7 +87,7 @@ impl Inventory for Warehouse {
                     (false, Some(deadline)) if deadline <= tokio::time::Instant::now() => {
                         say("inventory", "audit cancelled: the caller's deadline passed, work stopped")
                     }
-                    (false, _) => say("inventory", "audit stopped before the caller's deadline"),
+                    (false, _) => say("inventory", "audit cancelled by the caller, who stopped waiting; work stopped"),
                 }
             }
         }
