@@ -6,7 +6,7 @@
 
 use super::{
     report::{print_rpc_rows, RoundArgs},
-    rpc::{drive, spawn_server, BenchClient, BenchRequest, Rounds},
+    rpc::{drive, spawn_server, BenchClient, BenchRequest, Rounds, Shape},
 };
 use crate::CliResult;
 use rpc_core::{
@@ -54,8 +54,9 @@ pub(crate) async fn run(args: LbBenchArgs) -> CliResult {
             for (subject, rounds) in [(&bare, &mut channel), (&deadline, &mut with_deadline), (&full, &mut stack)] {
                 let expected = request.clone();
                 let client = BenchClient::new(subject.clone());
+                let shape = Shape { per_client: in_flight, warmup, measured };
                 rounds.add(
-                    drive(vec![client], in_flight, warmup, measured, move |c| {
+                    drive(vec![client], shape, child.id(), move |c| {
                         let expected = expected.clone();
                         async move { c.echo(BenchRequest::clone(&expected)).await.is_ok_and(|echo| echo == *expected) }
                     })
@@ -63,10 +64,10 @@ pub(crate) async fn run(args: LbBenchArgs) -> CliResult {
                 );
             }
         }
-        let baseline = ("channel", channel.median_qps());
-        rows.push(channel.row(scenario, "channel", baseline));
-        rows.push(with_deadline.row(scenario, "deadline", baseline));
-        rows.push(stack.row(scenario, "lb-stack", baseline));
+        let baseline = channel.baseline("channel");
+        rows.push(channel.row(scenario, "channel", &baseline));
+        rows.push(with_deadline.row(scenario, "deadline", &baseline));
+        rows.push(stack.row(scenario, "lb-stack", &baseline));
     }
     print_rpc_rows(&rows, args.run.json);
     let _ = child.kill().await;

@@ -2,6 +2,7 @@
 //! report ratios, since absolute figures on a shared machine mean little.
 
 mod codecs;
+mod cpu;
 mod lb;
 mod raft;
 mod raw;

@@ -62,6 +62,13 @@ pub(crate) struct RpcRow {
     pub(crate) p99_us: u32,
     /// `qps` over the qps of the subject named by `vs`, measured in the same run.
     pub(crate) ratio_qps: f64,
+    /// The server process's CPU time per call, in microseconds (`null` where it cannot be read).
+    pub(crate) server_cpu_us: Option<f64>,
+    /// The client process's CPU time per call, in microseconds.
+    pub(crate) client_cpu_us: Option<f64>,
+    /// Client and server CPU time per call over the same of the subject named by `vs`: what a
+    /// call costs, which holds where calls/s move with other work on the machine.
+    pub(crate) ratio_cpu: Option<f64>,
     pub(crate) vs: &'static str,
 }
 
@@ -73,13 +80,23 @@ pub(crate) fn print_rpc_rows(rows: &[RpcRow], json: bool) {
         return;
     }
     println!(
-        "{:<10} {:<12} {:>12} {:>8} {:>8} {:>7} {:<8}",
-        "scenario", "subject", "calls/s", "p50 µs", "p99 µs", "ratio", "vs"
+        "{:<10} {:<12} {:>10} {:>7} {:>7} {:>6} {:>7} {:>7} {:>6} {:<8}",
+        "scenario", "subject", "calls/s", "p50 µs", "p99 µs", "ratio", "srv µs", "cli µs", "cpu", "vs"
     );
+    let figure = |value: Option<f64>, decimals: usize| value.map_or("-".to_owned(), |v| format!("{v:.decimals$}"));
     for r in rows {
         println!(
-            "{:<10} {:<12} {:>12.0} {:>8} {:>8} {:>7.2} {:<8}",
-            r.scenario, r.subject, r.qps, r.p50_us, r.p99_us, r.ratio_qps, r.vs
+            "{:<10} {:<12} {:>10.0} {:>7} {:>7} {:>6.2} {:>7} {:>7} {:>6} {:<8}",
+            r.scenario,
+            r.subject,
+            r.qps,
+            r.p50_us,
+            r.p99_us,
+            r.ratio_qps,
+            figure(r.server_cpu_us, 1),
+            figure(r.client_cpu_us, 1),
+            figure(r.ratio_cpu, 2),
+            r.vs
         );
     }
 }

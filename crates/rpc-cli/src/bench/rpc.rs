@@ -1,6 +1,7 @@
 //! `rpc bench rpc`: unary calls over loopback between two processes, beside the raw baseline.
 
 use super::{
+    cpu::CpuUse,
     raw::{self, RawClient},
     report::{print_rpc_rows, Latencies, RoundArgs, RpcRow},
 };
@@ -82,17 +83,50 @@ struct Variant {
     tls: Option<ClientTls>,
 }
 
+impl Variant {
+    fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+}
+
+/// What one measured stretch of calls gave: calls per second, their latencies, and the CPU
+/// time client and server used meanwhile (where it can be read).
+pub(super) struct Round {
+    qps: f64,
+    latencies: Latencies,
+    cpu: Option<CpuUse>,
+}
+
 /// Results of the rounds of one subject.
 #[derive(Default)]
 pub(super) struct Rounds {
     qps: Vec<f64>,
     latencies: Latencies,
+    /// CPU time over every round, `None` once a round could not read it.
+    cpu: Option<CpuUse>,
+    rounds: usize,
+}
+
+/// The subject the others are compared with.
+pub(super) struct Baseline {
+    name: &'static str,
+    qps: f64,
+    cpu_per_call: Option<f64>,
 }
 
 impl Rounds {
-    pub(super) fn add(&mut self, (qps, latencies): (f64, Latencies)) {
-        self.qps.push(qps);
-        self.latencies.merge(latencies);
+    pub(super) fn add(&mut self, round: Round) {
+        self.cpu = match (self.rounds, self.cpu, round.cpu) {
+            (0, _, cpu) => cpu,
+            (_, Some(mut sum), Some(cpu)) => {
+                sum.add(cpu);
+                Some(sum)
+            }
+            _ => None,
+        };
+        self.rounds += 1;
+        self.qps.push(round.qps);
+        self.latencies.merge(round.latencies);
     }
 
     pub(super) fn median_qps(&self) -> f64 {
@@ -101,23 +135,37 @@ impl Rounds {
         qps.get(qps.len() / 2).copied().unwrap_or(0.0)
     }
 
-    /// The report line of these rounds, compared with `baseline` (its name and calls/s).
-    pub(super) fn row(
-        mut self,
-        scenario: &'static str,
-        subject: &'static str,
-        baseline: (&'static str, f64),
-    ) -> RpcRow {
+    /// Client and server CPU time per call, in microseconds, over all rounds.
+    fn cpu_per_call(&self) -> Option<(f64, f64)> {
+        let calls = self.latencies.len() as f64;
+        let cpu = self.cpu.filter(|_| calls > 0.0)?;
+        Some((cpu.client.as_secs_f64() * 1e6 / calls, cpu.server.as_secs_f64() * 1e6 / calls))
+    }
+
+    /// These rounds as the baseline named `name`.
+    pub(super) fn baseline(&self, name: &'static str) -> Baseline {
+        Baseline { name, qps: self.median_qps(), cpu_per_call: self.cpu_per_call().map(|(c, s)| c + s) }
+    }
+
+    /// The report line of these rounds, compared with `baseline`.
+    pub(super) fn row(mut self, scenario: &'static str, subject: &'static str, baseline: &Baseline) -> RpcRow {
         let qps = self.median_qps();
-        let (vs, baseline_qps) = baseline;
+        let cpu = self.cpu_per_call();
+        let ratio_cpu = match (cpu, baseline.cpu_per_call) {
+            (Some((client, server)), Some(base)) if base > 0.0 => Some((client + server) / base),
+            _ => None,
+        };
         RpcRow {
             scenario,
             subject,
             qps,
             p50_us: self.latencies.quantile(0.5),
             p99_us: self.latencies.quantile(0.99),
-            ratio_qps: if baseline_qps > 0.0 { qps / baseline_qps } else { 0.0 },
-            vs,
+            ratio_qps: if baseline.qps > 0.0 { qps / baseline.qps } else { 0.0 },
+            server_cpu_us: cpu.map(|(_, server)| server),
+            client_cpu_us: cpu.map(|(client, _)| client),
+            ratio_cpu,
+            vs: baseline.name,
         }
     }
 }
@@ -186,8 +234,9 @@ pub(crate) async fn run(args: RpcBenchArgs) -> CliResult {
         for _ in 0..args.run.rounds.max(1) {
             // Each call builds its request, as a caller would (and as the rpc subject does below).
             let expected = std::sync::Arc::new(request.clone());
+            let shape = Shape { per_client: scenario.in_flight_per_connection, warmup, measured };
             raw.add(
-                drive(raw_clients.clone(), scenario.in_flight_per_connection, warmup, measured, move |c| {
+                drive(raw_clients.clone(), shape, raw_child.id(), move |c| {
                     let expected = expected.clone();
                     async move {
                         let request = BenchRequest::clone(&expected);
@@ -196,12 +245,13 @@ pub(crate) async fn run(args: RpcBenchArgs) -> CliResult {
                 })
                 .await,
             );
-            let subjects =
-                std::iter::once((&rpc_clients, &mut rpc)).chain(variant_clients.iter().zip(&mut variant_rounds));
-            for (clients, rounds) in subjects {
+            let subjects = std::iter::once((&rpc_clients, &mut rpc, rpc_child.id())).chain(
+                variant_clients.iter().zip(&mut variant_rounds).zip(&variants).map(|((c, r), v)| (c, r, v.pid())),
+            );
+            for (clients, rounds, server) in subjects {
                 let expected = std::sync::Arc::new(request.clone());
                 rounds.add(
-                    drive(clients.clone(), scenario.in_flight_per_connection, warmup, measured, move |c| {
+                    drive(clients.clone(), shape, server, move |c| {
                         let expected = expected.clone();
                         async move { c.echo(BenchRequest::clone(&expected)).await.is_ok_and(|echo| echo == *expected) }
                     })
@@ -209,11 +259,11 @@ pub(crate) async fn run(args: RpcBenchArgs) -> CliResult {
                 );
             }
         }
-        let (raw_qps, rpc_qps) = (raw.median_qps(), rpc.median_qps());
-        rows.push(raw.row(scenario.name, "raw", ("raw", raw_qps)));
-        rows.push(rpc.row(scenario.name, "rpc", ("raw", raw_qps)));
+        let (raw_base, rpc_base) = (raw.baseline("raw"), rpc.baseline("rpc"));
+        rows.push(raw.row(scenario.name, "raw", &raw_base));
+        rows.push(rpc.row(scenario.name, "rpc", &raw_base));
         for (variant, rounds) in variants.iter().zip(variant_rounds) {
-            rows.push(rounds.row(scenario.name, variant.subject, ("rpc", rpc_qps)));
+            rows.push(rounds.row(scenario.name, variant.subject, &rpc_base));
         }
     }
     print_rpc_rows(&rows, args.run.json);
@@ -226,21 +276,25 @@ pub(crate) async fn run(args: RpcBenchArgs) -> CliResult {
     Ok(())
 }
 
-/// Runs `per_client` concurrent callers on each client for `warmup + measured`, and returns calls
-/// per second and latencies of the calls started after the warm-up. A failed call is an error:
-/// a benchmark that counts failures as throughput measures nothing.
-pub(super) async fn drive<C, F, Fut>(
-    clients: Vec<C>,
-    per_client: usize,
-    warmup: Duration,
-    measured: Duration,
-    call: F,
-) -> (f64, Latencies)
+/// How a subject is driven: concurrent callers per client, warm-up and measured time.
+#[derive(Clone, Copy)]
+pub(super) struct Shape {
+    pub(super) per_client: usize,
+    pub(super) warmup: Duration,
+    pub(super) measured: Duration,
+}
+
+/// Runs `shape.per_client` concurrent callers on each client for the warm-up and the measured
+/// time, and returns calls per second and latencies of the calls started after the warm-up,
+/// with the CPU time this process and process `server` used over the measured time. A failed
+/// call is an error: a benchmark that counts failures as throughput measures nothing.
+pub(super) async fn drive<C, F, Fut>(clients: Vec<C>, shape: Shape, server: Option<u32>, call: F) -> Round
 where
     C: Clone + Send + 'static,
     F: Fn(C) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = bool> + Send,
 {
+    let Shape { per_client, warmup, measured } = shape;
     let from = Instant::now() + warmup;
     let until = from + measured;
     let mut tasks = Vec::new();
@@ -268,6 +322,10 @@ where
             }));
         }
     }
+    tokio::time::sleep_until(from).await;
+    let cpu_from = server.and_then(CpuUse::now);
+    tokio::time::sleep_until(until).await;
+    let cpu = cpu_from.zip(server.and_then(CpuUse::now)).map(|(from, to)| CpuUse::between(from, to));
     let mut all = Latencies::default();
     let mut failed = 0;
     for task in tasks {
@@ -279,7 +337,7 @@ where
     if failed > 0 {
         eprintln!("warning: {failed} calls failed and were not counted");
     }
-    (all.len() as f64 / measured.as_secs_f64(), all)
+    Round { qps: all.len() as f64 / measured.as_secs_f64(), latencies: all, cpu }
 }
 
 /// Starts `rpc __bench-server KIND` and reads the address it listens on.
