@@ -83,12 +83,6 @@ struct Variant {
     tls: Option<ClientTls>,
 }
 
-impl Variant {
-    fn pid(&self) -> Option<u32> {
-        self.child.id()
-    }
-}
-
 /// What one measured stretch of calls gave: calls per second, their latencies, and the CPU
 /// time client and server used meanwhile (where it can be read).
 pub(super) struct Round {
@@ -104,7 +98,6 @@ pub(super) struct Rounds {
     latencies: Latencies,
     /// CPU time over every round, `None` once a round could not read it.
     cpu: Option<CpuUse>,
-    rounds: usize,
 }
 
 /// The subject the others are compared with.
@@ -116,15 +109,14 @@ pub(super) struct Baseline {
 
 impl Rounds {
     pub(super) fn add(&mut self, round: Round) {
-        self.cpu = match (self.rounds, self.cpu, round.cpu) {
-            (0, _, cpu) => cpu,
-            (_, Some(mut sum), Some(cpu)) => {
+        self.cpu = match (self.qps.is_empty(), self.cpu, round.cpu) {
+            (true, _, cpu) => cpu,
+            (false, Some(mut sum), Some(cpu)) => {
                 sum.add(cpu);
                 Some(sum)
             }
-            _ => None,
+            (false, _, _) => None,
         };
-        self.rounds += 1;
         self.qps.push(round.qps);
         self.latencies.merge(round.latencies);
     }
@@ -246,7 +238,7 @@ pub(crate) async fn run(args: RpcBenchArgs) -> CliResult {
                 .await,
             );
             let subjects = std::iter::once((&rpc_clients, &mut rpc, rpc_child.id())).chain(
-                variant_clients.iter().zip(&mut variant_rounds).zip(&variants).map(|((c, r), v)| (c, r, v.pid())),
+                variant_clients.iter().zip(&mut variant_rounds).zip(&variants).map(|((c, r), v)| (c, r, v.child.id())),
             );
             for (clients, rounds, server) in subjects {
                 let expected = std::sync::Arc::new(request.clone());
