@@ -37,7 +37,7 @@ fn bench_rpc_prints_one_json_object_per_scenario_and_subject() {
         assert!(row["qps"].as_f64().unwrap() > 0.0, "{row}");
         // Each subject's processes did work over its calls: CPU time per call, both ends.
         for field in ["server_cpu_us", "client_cpu_us", "ratio_cpu"] {
-            assert!(row[field].as_f64().is_some_and(|v| v > 0.0), "{field} missing in {row}");
+            assert!(row[field].as_f64().is_some_and(|v| v > 0.0), "{field} missing or zero in {row}");
         }
     }
     let subjects = |subject: &str, vs: &str| rows.iter().filter(|r| r["subject"] == subject && r["vs"] == vs).count();
