@@ -1,5 +1,8 @@
 //! Apache Thrift framing on our port, without Python: detection, limits and hostile frames.
 
+mod common;
+
+use common::wait_for_series;
 use rpc_core::{Codec, Server, ThriftChannel};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -161,6 +164,62 @@ async fn server_layers_see_a_plain_thrift_call_under_the_service_that_has_its_me
     call_without_arguments(&mut stream, "boom").await;
     call_without_arguments(&mut stream, "nope").await;
     assert_eq!(*seen.lock().unwrap(), ["Echo.boom", ".nope"], "a method no service has keeps no service name");
+    server.shutdown(Duration::from_secs(1)).await.unwrap();
+}
+
+/// A framed Thrift binary call of `echo` whose text is `len` bytes.
+fn echo_frame(len: usize) -> Vec<u8> {
+    let mut message = vec![0x80, 0x01, 0x00, 0x01];
+    message.extend_from_slice(&4u32.to_be_bytes());
+    message.extend_from_slice(b"echo");
+    message.extend_from_slice(&1u32.to_be_bytes());
+    message.push(11); // a string field
+    message.extend_from_slice(&1i16.to_be_bytes());
+    message.extend_from_slice(&(len as u32).to_be_bytes());
+    message.resize(message.len() + len, b'x');
+    message.push(0); // the arguments struct's stop field
+    let mut frame = (message.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&message);
+    frame
+}
+
+/// Reads one framed Thrift message and returns its message type (2: reply, 3: exception).
+async fn read_message_type(stream: &mut tokio::net::TcpStream) -> u8 {
+    let len = tokio::time::timeout(Duration::from_secs(10), stream.read_u32()).await.expect("an answer").unwrap();
+    let mut reply = vec![0; len as usize];
+    stream.read_exact(&mut reply).await.unwrap();
+    reply[3]
+}
+
+#[tokio::test]
+async fn large_thrift_frames_wait_for_the_servers_request_byte_budget() {
+    let metrics = rpc_core::metrics::Metrics::new();
+    let server = Server::builder()
+        .add_service(EchoServer::new(MyEcho))
+        .max_request_bytes(1 << 20)
+        .metrics(metrics.clone())
+        .start("127.0.0.1:0")
+        .await
+        .unwrap();
+    let addr = server.local_addr();
+    let (mut a, mut b) =
+        (tokio::net::TcpStream::connect(addr).await.unwrap(), tokio::net::TcpStream::connect(addr).await.unwrap());
+    // A's frame declares about 900 KiB and arrives in part: the server takes its bytes from the budget.
+    let a_frame = echo_frame(900 * 1024);
+    a.write_all(&a_frame[..100 * 1024]).await.unwrap();
+    wait_for_series(&metrics, "rpc_server_request_bytes", |bytes| bytes >= 900.0 * 1024.0).await;
+    // B's whole 600 KiB frame does not fit beside it: B is not read until A's call is answered.
+    b.write_all(&echo_frame(600 * 1024)).await.unwrap();
+    wait_for_series(&metrics, "rpc_server_reads_paused", |paused| paused == 1.0).await;
+    assert!(
+        matches!(b.try_read(&mut [0; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "B's call was not answered while it waited"
+    );
+
+    a.write_all(&a_frame[100 * 1024..]).await.unwrap();
+    assert_eq!(read_message_type(&mut a).await, 2, "A's call is answered");
+    assert_eq!(read_message_type(&mut b).await, 2, "then B's");
+    wait_for_series(&metrics, "rpc_server_request_bytes", |bytes| bytes == 0.0).await;
     server.shutdown(Duration::from_secs(1)).await.unwrap();
 }
 

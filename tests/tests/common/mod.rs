@@ -262,3 +262,19 @@ where
     };
     tokio::time::timeout(Duration::from_secs(10), picked).await.unwrap_or_else(|_| panic!("{what}: not within 10 s"))
 }
+
+/// Waits until the unlabelled series `name` in `metrics` satisfies `ok`.
+pub async fn wait_for_series(metrics: &rpc_core::metrics::Metrics, name: &str, ok: impl Fn(f64) -> bool) {
+    let read = || {
+        let text = metrics.render();
+        let line = text.lines().find(|line| line.split(' ').next() == Some(name)).map(str::to_owned);
+        line.and_then(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+    };
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !read().is_some_and(&ok) {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{name} never reached the expected value; last {:?}", read()));
+}

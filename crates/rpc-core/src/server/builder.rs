@@ -160,10 +160,11 @@ impl<L> ServerBuilder<L> {
         self
     }
 
-    /// Bytes of large requests (frames over 64 KiB) the server holds at once across its
-    /// connections, from the moment their length is read until their call is done (default
-    /// 256 MiB). Past it, connections wait to read their next large frame until bytes are
-    /// freed; calls already read run on. One frame may always take the whole budget.
+    /// Bytes of large requests (frames over 64 KiB, ours or Apache Thrift's) the server holds
+    /// at once across its connections, from the moment their length is read until their call
+    /// is done (default 256 MiB). Past it, connections wait to read their next large frame
+    /// until bytes are freed; calls already read run on. One frame may always take the whole
+    /// budget.
     pub fn max_request_bytes(mut self, bytes: usize) -> Self {
         self.config.max_request_bytes = bytes;
         self

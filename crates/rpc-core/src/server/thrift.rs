@@ -10,7 +10,7 @@ use super::{budget::Budget, builder::ServerConfig, catch_unwind::CatchUnwind, Se
 use crate::transport::thrift::{self as wire, MessageHead};
 use crate::transport::{
     io::{ReadIo, WriteIo},
-    FrameWriter,
+    FrameWriter, LARGE_FRAME,
 };
 use crate::{ByteStr, Codec, Context, Metadata, PeerIdentity, Status};
 use bytes::BytesMut;
@@ -24,7 +24,9 @@ use tower::{Service, ServiceExt};
 /// the frame timeout to send a frame, or the server shuts down.
 ///
 /// Each handler counts against the server's handler budget while it runs, and one still running
-/// when the shutdown's grace period ends is answered with an exception.
+/// when the shutdown's grace period ends is answered with an exception. A frame over 64 KiB
+/// takes its length from the server's request byte budget before its body is read, and holds
+/// it until its call is answered.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn serve<S>(
     mut read: ReadIo,
@@ -59,9 +61,38 @@ pub(crate) async fn serve<S>(
                 return;
             }
         }
-        // From its first byte, a frame has the frame timeout to arrive whole.
+        // From its first byte, a frame has the frame timeout to arrive whole; a wait for the
+        // request byte budget is the server's, not the client's, and does not count.
+        let mut deadline = Instant::now() + config.frame_timeout;
+        let len = tokio::select! {
+            len = tokio::time::timeout_at(deadline, wire::read_len(&mut read, &mut buffered)) => match len {
+                Ok(Ok(true)) => wire::declared_len(&buffered),
+                Ok(Ok(false)) => return,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "Thrift connection failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, timeout = ?config.frame_timeout, "Thrift frame length still incomplete after the frame timeout; connection closed");
+                    return;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let _bytes = match len.filter(|&len| len > LARGE_FRAME && len <= config.max_frame_size) {
+            Some(len) => {
+                let waiting_since = Instant::now();
+                let bytes = tokio::select! {
+                    bytes = budget.requests.take(len) => bytes,
+                    _ = shutdown.changed() => return,
+                };
+                deadline += waiting_since.elapsed();
+                bytes
+            }
+            None => None,
+        };
         let frame = tokio::select! {
-            frame = tokio::time::timeout(config.frame_timeout, wire::read_frame(&mut read, &mut buffered, config.max_frame_size)) => match frame {
+            frame = tokio::time::timeout_at(deadline, wire::read_frame(&mut read, &mut buffered, config.max_frame_size)) => match frame {
                 Ok(frame) => frame,
                 Err(_) => {
                     tracing::debug!(%peer, timeout = ?config.frame_timeout, "Thrift frame still incomplete after the frame timeout; connection closed");

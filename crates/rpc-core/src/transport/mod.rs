@@ -12,4 +12,4 @@ pub use frame::{
     DEFAULT_MAX_FRAME_SIZE, PREFACE, VERSION,
 };
 pub(crate) use frame::{close_frame, open_frame, put_reply};
-pub(crate) use writer::{FrameReader, FrameWriter, RequestBytes, BATCH, FLUSH_AT};
+pub(crate) use writer::{FrameReader, FrameWriter, RequestBytes, BATCH, FLUSH_AT, LARGE_FRAME};

@@ -130,6 +130,30 @@ pub(crate) fn frame(codec: Codec, head: &MessageHead, body: &[u8]) -> BytesMut {
     buf
 }
 
+/// Reads until the length of the next frame is buffered; false on a clean end of stream
+/// before it.
+pub(crate) async fn read_len<R: AsyncRead + Unpin>(io: &mut R, buf: &mut BytesMut) -> std::io::Result<bool> {
+    while buf.len() < 4 {
+        buf.reserve(64);
+        if io.read_buf(buf).await? == 0 {
+            return match buf.len() {
+                0 => Ok(false),
+                n => Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("connection closed inside a Thrift frame's length ({n} of 4 bytes)"),
+                )),
+            };
+        }
+    }
+    Ok(true)
+}
+
+/// The length the frame at the front of `buf` declares, once its four bytes are buffered
+/// (`None` for a negative one, which [`read_frame`] refuses).
+pub(crate) fn declared_len(buf: &[u8]) -> Option<usize> {
+    usize::try_from(i32::from_be_bytes(buf.get(..4)?.try_into().ok()?)).ok()
+}
+
 /// Reads one frame; its length is checked against `max` before anything is allocated for it.
 /// `None` on a clean end of stream between frames.
 pub(crate) async fn read_frame<R: AsyncRead + Unpin>(

@@ -122,7 +122,7 @@ impl RequestBytes {
 
     /// Takes `len` bytes (at most the whole budget, so one frame can always be read), waiting
     /// until they are free.
-    async fn take(&self, len: usize) -> Option<OwnedSemaphorePermit> {
+    pub(crate) async fn take(&self, len: usize) -> Option<OwnedSemaphorePermit> {
         let n = u32::try_from(len.min(self.max)).unwrap_or(u32::MAX);
         if let Ok(permit) = self.permits.clone().try_acquire_many_owned(n) {
             return Some(permit);
