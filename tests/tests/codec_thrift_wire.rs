@@ -24,6 +24,8 @@ pub trait Echo {
     async fn boom(&self) -> u32;
     /// Answers after `millis`.
     async fn slow(&self, millis: u64) -> u64;
+    /// Returns `text` `times` times over.
+    async fn repeat(&self, text: String, times: u32) -> String;
 }
 
 struct MyEcho;
@@ -41,6 +43,9 @@ impl Echo for MyEcho {
     async fn slow(&self, millis: u64) -> u64 {
         tokio::time::sleep(Duration::from_millis(millis)).await;
         millis
+    }
+    async fn repeat(&self, text: String, times: u32) -> String {
+        text.repeat(times as usize)
     }
 }
 
@@ -164,6 +169,22 @@ async fn server_layers_see_a_plain_thrift_call_under_the_service_that_has_its_me
     call_without_arguments(&mut stream, "boom").await;
     call_without_arguments(&mut stream, "nope").await;
     assert_eq!(*seen.lock().unwrap(), ["Echo.boom", ".nope"], "a method no service has keeps no service name");
+    server.shutdown(Duration::from_secs(1)).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_thrift_reply_over_the_frame_limit_fails_only_its_call() {
+    let server =
+        Server::builder().add_service(EchoServer::new(MyEcho)).max_frame_size(4096).start("127.0.0.1:0").await.unwrap();
+    for codec in [Codec::ThriftBinary, Codec::ThriftCompact] {
+        let client = EchoClient::new(ThriftChannel::connect(server.local_addr(), codec).await.unwrap());
+        let err = match client.repeat("abcd".into(), 2000).await {
+            Ok(text) => panic!("{codec}: a {}-byte reply over the 4096-byte frame limit was sent", text.len()),
+            Err(err) => err,
+        };
+        assert!(err.message().contains("over the server's frame limit of 4096"), "{codec}: {err}");
+        assert_eq!(client.repeat("ab".into(), 3).await.unwrap(), "ababab", "{codec}: the connection carries on");
+    }
     server.shutdown(Duration::from_secs(1)).await.unwrap();
 }
 

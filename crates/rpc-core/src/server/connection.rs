@@ -838,7 +838,7 @@ fn check_reply_metadata(metadata: &Metadata) -> Result<(), Status> {
 }
 
 /// What the caller of a handler whose reply is `len` bytes, over the frame limit, gets.
-fn reply_too_large(len: usize, max_frame_size: usize) -> Status {
+pub(super) fn reply_too_large(len: usize, max_frame_size: usize) -> Status {
     Status::resource_exhausted(format!(
         "the reply is {len} bytes, over the server's frame limit of {max_frame_size}; return less, or raise max_frame_size on server and client"
     ))

@@ -6,7 +6,10 @@
 //! `Service:method` (Thrift's multiplexed protocol) names the service; a plain name goes to the
 //! service that has that method.
 
-use super::{budget::Budget, builder::ServerConfig, catch_unwind::CatchUnwind, ServerRequest, ServerResponse};
+use super::{
+    budget::Budget, builder::ServerConfig, catch_unwind::CatchUnwind, connection::reply_too_large, ServerRequest,
+    ServerResponse,
+};
 use crate::transport::thrift::{self as wire, MessageHead};
 use crate::transport::{
     io::{ReadIo, WriteIo},
@@ -153,13 +156,20 @@ pub(crate) async fn serve<S>(
         }
         // A multiplexed call ("Service:method") is answered with the bare method name, as
         // Apache Thrift's multiplexed processors do; clients check the name they called.
-        let head = MessageHead { name: method, ..head };
+        let mut head = MessageHead { name: method, kind: wire::REPLY, ..head };
+        let exception = |head: &mut MessageHead, status: &Status| {
+            head.kind = wire::EXCEPTION;
+            wire::frame(codec, head, &wire::exception_body(codec, status))
+        };
         let reply = match result {
-            Ok(response) => wire::frame(codec, &MessageHead { kind: wire::REPLY, ..head }, &response.body),
-            Err(status) => {
-                let body = wire::exception_body(codec, &status);
-                wire::frame(codec, &MessageHead { kind: wire::EXCEPTION, ..head }, &body)
-            }
+            Ok(response) => wire::frame(codec, &head, &response.body),
+            Err(status) => exception(&mut head, &status),
+        };
+        // Too large for the frame limit: that call fails, and the connection carries on, where
+        // a stock client would drop it over a frame longer than it takes.
+        let reply = match reply.len() - 4 > config.max_frame_size {
+            true => exception(&mut head, &reply_too_large(reply.len() - 4, config.max_frame_size)),
+            false => reply,
         };
         writer.push_raw(&reply);
         if let Err(e) = writer.flush().await {
