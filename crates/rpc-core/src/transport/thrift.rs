@@ -138,10 +138,7 @@ pub(crate) async fn read_len<R: AsyncRead + Unpin>(io: &mut R, buf: &mut BytesMu
         if io.read_buf(buf).await? == 0 {
             return match buf.len() {
                 0 => Ok(false),
-                n => Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    format!("connection closed inside a Thrift frame's length ({n} of 4 bytes)"),
-                )),
+                n => Err(closed_inside(n)),
             };
         }
     }
@@ -161,32 +158,30 @@ pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
     buf: &mut BytesMut,
     max: usize,
 ) -> std::io::Result<Option<Bytes>> {
-    loop {
-        if buf.len() >= 4 {
-            let len = i32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
-            let len = usize::try_from(len)
-                .ok()
-                .filter(|&len| len <= max)
-                .ok_or_else(|| invalid_data(format!("Thrift frame length {len} is negative or over {max}")))?;
-            if buf.len() >= 4 + len {
-                buf.advance(4);
-                return Ok(Some(buf.split_to(len).freeze()));
-            }
-            // Grow with the bytes that arrive, not with the declared length.
-            buf.reserve((4 + len - buf.len()).min(64 * 1024));
-        } else {
-            buf.reserve(64);
-        }
+    if !read_len(io, buf).await? {
+        return Ok(None);
+    }
+    let len = declared_len(buf).filter(|&len| len <= max).ok_or_else(|| {
+        let declared = i32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+        invalid_data(format!("Thrift frame length {declared} is negative or over {max}"))
+    })?;
+    while buf.len() < 4 + len {
+        // Grow with the bytes that arrive, not with the declared length.
+        buf.reserve((4 + len - buf.len()).min(64 * 1024));
         if io.read_buf(buf).await? == 0 {
-            return match buf.len() {
-                0 => Ok(None),
-                n => Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    format!("connection closed inside a Thrift frame ({n} bytes pending)"),
-                )),
-            };
+            return Err(closed_inside(buf.len()));
         }
     }
+    buf.advance(4);
+    Ok(Some(buf.split_to(len).freeze()))
+}
+
+/// The error of a connection that closed with `pending` bytes of a frame read.
+fn closed_inside(pending: usize) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::UnexpectedEof,
+        format!("connection closed inside a Thrift frame ({pending} bytes pending)"),
+    )
 }
 
 fn invalid_data(message: String) -> std::io::Error {
