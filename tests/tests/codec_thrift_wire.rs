@@ -182,6 +182,7 @@ async fn a_thrift_reply_over_the_frame_limit_fails_only_its_call() {
             Ok(text) => panic!("{codec}: a {}-byte reply over the 4096-byte frame limit was sent", text.len()),
             Err(err) => err,
         };
+        assert_eq!(err.code(), rpc_core::Code::ResourceExhausted, "{codec}: {err}");
         assert!(err.message().contains("over the server's frame limit of 4096"), "{codec}: {err}");
         assert_eq!(client.repeat("ab".into(), 3).await.unwrap(), "ababab", "{codec}: the connection carries on");
     }
