@@ -168,8 +168,8 @@ impl Connection {
         take_id(&self.next_id, |id| shared.pending.contains(id) || shared.streams.contains(id))
     }
 
-    /// Sends the call in `frame` (itself if no other call is in flight, else through the writer
-    /// task's queue), registered to fail with `DeadlineExceeded` once `deadline` passes. Never
+    /// Sends the call in `frame` (itself if the caller is alone on the connection, else through
+    /// the writer task's queue), registered to fail with `DeadlineExceeded` once `deadline` passes. Never
     /// waits: a full queue hands the frame back.
     pub(crate) fn start(
         self: &Arc<Self>,
@@ -191,7 +191,7 @@ impl Connection {
         };
         let mut frame = frame;
         // Alone on the connection: no batch to join.
-        if self.shared.pending.in_flight() <= u64::from(reply.is_some()) {
+        if self.shared.pending.alone(u64::from(reply.is_some())) {
             match self.queue.side().try_write(frame) {
                 Ok(Direct::Written { whole }) => {
                     if !whole {

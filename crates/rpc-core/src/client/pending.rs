@@ -54,6 +54,9 @@ pub(crate) struct PendingCalls {
     inserted: AtomicU64,
     /// Calls removed from the table so far, by reply, cancellation or failure.
     finished: AtomicU64,
+    /// Callers the last batch of replies woke. Past one, they are about to send their next
+    /// calls together, which should then share a write rather than race to the socket.
+    woken: AtomicU64,
     /// Origin of the deadlines kept as integers.
     epoch: Instant,
     /// No waiting call's deadline is earlier than this (nanoseconds after `epoch`).
@@ -71,6 +74,7 @@ impl PendingCalls {
             closed: OnceLock::new(),
             inserted: AtomicU64::new(0),
             finished: AtomicU64::new(0),
+            woken: AtomicU64::new(0),
             epoch: Instant::now(),
             next_deadline: AtomicU64::new(NO_DEADLINE),
             deadline_changed: Notify::new(),
@@ -172,6 +176,12 @@ impl PendingCalls {
         self.inserted.load(Ordering::Relaxed).saturating_sub(self.finished.load(Ordering::Relaxed))
     }
 
+    /// Whether a caller with `own` calls in the table is alone on the connection: no other call
+    /// waits, and no other caller was just woken by a reply and may be about to send.
+    pub(crate) fn alone(&self, own: u64) -> bool {
+        self.in_flight() <= own && self.woken.load(Ordering::Relaxed) <= 1
+    }
+
     /// Delivers a batch of replies to their waiters; replies nobody waits for are dropped.
     pub(crate) fn complete(&self, replies: &mut Vec<(u32, Reply)>) {
         // A lock per reply: uncontended, it costs less than grouping the batch by shard.
@@ -184,6 +194,9 @@ impl PendingCalls {
             }
         }
         self.finished.fetch_add(delivered, Ordering::Relaxed);
+        if delivered > 0 {
+            self.woken.store(delivered, Ordering::Relaxed);
+        }
     }
 
     /// Fails every waiting call with `status` and refuses new ones.
@@ -248,6 +261,24 @@ mod tests {
         }
         assert!(table.shards.iter().all(|s| s.lock().unwrap().is_empty()));
         assert_eq!(table.in_flight(), 0, "every delivered call counts as finished");
+    }
+
+    #[test]
+    fn a_caller_is_alone_only_when_no_other_caller_was_just_woken() {
+        let table = PendingCalls::new(100);
+        let call = |id| {
+            let (tx, rx) = oneshot::channel();
+            table.insert(id, tx, None).unwrap();
+            rx
+        };
+        let (_a, _b) = (call(1), call(2));
+        assert!(!table.alone(1), "another call waits");
+        table.complete(&mut vec![(1, ok()), (2, ok())]);
+        let _c = call(3);
+        assert!(!table.alone(1), "the caller of 2 was woken with this one and is about to send too");
+        table.complete(&mut vec![(3, ok())]);
+        let _d = call(4);
+        assert!(table.alone(1), "the last batch woke only this caller and nothing else waits");
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! The write side of a client connection, shared by the callers and a writer task.
 //!
 //! A caller alone on its connection writes its frame to the socket itself: no queue, no task
-//! wake-up, one syscall. When other calls are in flight, callers queue their frames and the writer
-//! task coalesces them: it yields once before writing, so the callers woken by the last batch of
+//! wake-up, one syscall. When other calls are in flight, or the last replies woke other callers
+//! too, callers queue their frames and the writer task coalesces them: it yields once before writing, so the callers woken by the last batch of
 //! replies add their next calls to the same write (one syscall and one wake-up of the server per
 //! batch instead of per call).
 //!
