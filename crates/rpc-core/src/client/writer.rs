@@ -244,8 +244,9 @@ pub(crate) async fn write_loop(
     side.flush().await?;
     let mut batch = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
-        // Calls in flight beyond this batch: their replies wake callers that will send more.
-        let gather = pending.in_flight() > batch.len() as u64 || batch.len() > 1;
+        // Other calls in flight, or other callers woken by the replies that woke this batch's:
+        // they are about to send more.
+        let gather = batch.len() > 1 || !pending.alone(batch.len() as u64);
         // Into `tail` before yielding, so no direct write can overtake these frames.
         side.append(&mut batch);
         if gather {
@@ -264,6 +265,7 @@ pub(crate) async fn write_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
     use tokio::{
         io::AsyncReadExt,
         net::{TcpListener, TcpStream},
@@ -303,5 +305,57 @@ mod tests {
         assert!(matches!(side.try_write(frame(b"C")), Ok(Direct::Written { whole: true })));
         drop(queue);
         writer.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_first_caller_woken_by_a_batch_of_replies_waits_for_the_others() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let server = server.into_std().unwrap();
+        let (_read, write) = client.into_split();
+        let side = Arc::new(WriteSide::new(WriteIo::Tcp(write), b""));
+        let (queue, rx) = Queue::new(side.clone(), 8);
+        let pending = Arc::new(PendingCalls::new(8));
+        let ok = || {
+            Ok(super::super::Response {
+                codec: crate::Codec::Json,
+                body: Default::default(),
+                metadata: Default::default(),
+            })
+        };
+        let mut waiters = Vec::new();
+        for id in [1, 2] {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            pending.insert(id, tx, None).unwrap();
+            waiters.push(rx);
+        }
+        // One read delivers both replies; the caller of 1 sends its next call first.
+        pending.complete(&mut vec![(1, ok()), (2, ok())]);
+        let (tx, _three) = tokio::sync::oneshot::channel();
+        pending.insert(3, tx, None).unwrap();
+        queue.try_send(frame(b"A")).unwrap();
+        let writer = tokio::spawn({
+            let (side, pending) = (side.clone(), pending.clone());
+            async move { write_loop(&side, rx, &pending).await }
+        });
+        // The writer task takes A and yields; this task runs before it resumes.
+        tokio::task::yield_now().await;
+        let mut buf = [0; 8];
+        let early = (&server).read(&mut buf);
+        assert!(
+            matches!(&early, Err(e) if e.kind() == io::ErrorKind::WouldBlock),
+            "A went out alone while the caller of 2 was about to send: {early:?}"
+        );
+        queue.try_send(frame(b"B")).unwrap();
+        drop(queue);
+        writer.await.unwrap().unwrap();
+        let mut got = Vec::new();
+        server.set_nonblocking(false).unwrap();
+        while got.len() < 2 {
+            let n = (&server).read(&mut buf).unwrap();
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, b"AB");
     }
 }
