@@ -169,8 +169,8 @@ impl Connection {
     }
 
     /// Sends the call in `frame` (itself if the caller is alone on the connection, else through
-    /// the writer task's queue), registered to fail with `DeadlineExceeded` once `deadline` passes. Never
-    /// waits: a full queue hands the frame back.
+    /// the writer task's queue), registered to fail with `DeadlineExceeded` once `deadline`
+    /// passes. Never waits: a full queue hands the frame back.
     pub(crate) fn start(
         self: &Arc<Self>,
         frame: FrameBuilder,

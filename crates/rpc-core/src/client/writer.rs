@@ -2,9 +2,9 @@
 //!
 //! A caller alone on its connection writes its frame to the socket itself: no queue, no task
 //! wake-up, one syscall. When other calls are in flight, or the last replies woke other callers
-//! too, callers queue their frames and the writer task coalesces them: it yields once before writing, so the callers woken by the last batch of
-//! replies add their next calls to the same write (one syscall and one wake-up of the server per
-//! batch instead of per call).
+//! too, callers queue their frames and the writer task coalesces them: it yields once before
+//! writing, so the callers woken by the last batch of replies add their next calls to the same
+//! write (one syscall and one wake-up of the server per batch instead of per call).
 //!
 //! Frames leave in the order they were handed over. Every write happens under one lock, and a
 //! caller writes directly only when `tail` (bytes that must go out first: the preface, a frame a
@@ -317,23 +317,13 @@ mod tests {
         let side = Arc::new(WriteSide::new(WriteIo::Tcp(write), b""));
         let (queue, rx) = Queue::new(side.clone(), 8);
         let pending = Arc::new(PendingCalls::new(8));
-        let ok = || {
-            Ok(super::super::Response {
-                codec: crate::Codec::Json,
-                body: Default::default(),
-                metadata: Default::default(),
-            })
-        };
-        let mut waiters = Vec::new();
-        for id in [1, 2] {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            pending.insert(id, tx, None).unwrap();
-            waiters.push(rx);
-        }
+        let call = |id| pending.insert(id, tokio::sync::oneshot::channel().0, None).unwrap();
+        let reply = || Err(crate::Status::internal("a reply"));
+        call(1);
+        call(2);
         // One read delivers both replies; the caller of 1 sends its next call first.
-        pending.complete(&mut vec![(1, ok()), (2, ok())]);
-        let (tx, _three) = tokio::sync::oneshot::channel();
-        pending.insert(3, tx, None).unwrap();
+        pending.complete(&mut vec![(1, reply()), (2, reply())]);
+        call(3);
         queue.try_send(frame(b"A")).unwrap();
         let writer = tokio::spawn({
             let (side, pending) = (side.clone(), pending.clone());
