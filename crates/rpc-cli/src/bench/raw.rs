@@ -46,10 +46,11 @@ impl RawClient {
             let mut batch = Vec::with_capacity(256);
             let mut buf = BytesMut::with_capacity(16 * 1024);
             while rx.recv_many(&mut batch, 256).await > 0 {
-                // The framework's gathering: with other calls in flight, yield once so the
-                // callers their replies woke add their next frames to this write.
+                // The framework's gathering: with other calls in flight, give the callers their
+                // replies woke two scheduler passes to add their next frames to this write.
                 let in_flight = writer_waiting.lock().unwrap_or_else(|e| e.into_inner()).len();
                 if in_flight > batch.len() || batch.len() > 1 {
+                    tokio::task::yield_now().await;
                     tokio::task::yield_now().await;
                     while batch.len() < 256 {
                         let Ok(frame) = rx.try_recv() else { break };

@@ -2,9 +2,9 @@
 //!
 //! A caller alone on its connection writes its frame to the socket itself: no queue, no task
 //! wake-up, one syscall. When other calls are in flight, or the last replies woke other callers
-//! too, callers queue their frames and the writer task coalesces them: it yields once before
-//! writing, so the callers woken by the last batch of replies add their next calls to the same
-//! write (one syscall and one wake-up of the server per batch instead of per call).
+//! too, callers queue their frames and the writer task coalesces them: it yields before writing,
+//! so the callers woken by the last batch of replies add their next calls to the same write (one
+//! syscall and one wake-up of the server per batch instead of per call).
 //!
 //! Frames leave in the order they were handed over. Every write happens under one lock, and a
 //! caller writes directly only when `tail` (bytes that must go out first: the preface, a frame a
@@ -31,6 +31,10 @@ use tokio::{
 
 /// Longest wait to write the last frames of a dropped connection.
 const FINAL_FLUSH: std::time::Duration = std::time::Duration::from_secs(5);
+/// Scheduler passes the writer task waits for more frames before a gathered write. A second pass
+/// lets callers woken on the runtime's other workers join too: with 64 calls in flight it cut
+/// client and server CPU per call by about a sixth (`rpc bench rpc`, 16 interleaved runs).
+const GATHER_PASSES: usize = 2;
 
 pub(crate) struct WriteSide {
     io: Sink,
@@ -250,7 +254,9 @@ pub(crate) async fn write_loop(
         // Into `tail` before yielding, so no direct write can overtake these frames.
         side.append(&mut batch);
         if gather {
-            tokio::task::yield_now().await;
+            for _ in 0..GATHER_PASSES {
+                tokio::task::yield_now().await;
+            }
             while batch.len() < BATCH {
                 let Ok(frame) = rx.try_recv() else { break };
                 batch.push(frame);
@@ -329,14 +335,16 @@ mod tests {
             let (side, pending) = (side.clone(), pending.clone());
             async move { write_loop(&side, rx, &pending).await }
         });
-        // The writer task takes A and yields; this task runs before it resumes.
-        tokio::task::yield_now().await;
+        // The writer task takes A and yields; this task runs before it resumes, each pass.
         let mut buf = [0; 8];
-        let early = (&server).read(&mut buf);
-        assert!(
-            matches!(&early, Err(e) if e.kind() == io::ErrorKind::WouldBlock),
-            "A went out alone while the caller of 2 was about to send: {early:?}"
-        );
+        for pass in 1..=GATHER_PASSES {
+            tokio::task::yield_now().await;
+            let early = (&server).read(&mut buf);
+            assert!(
+                matches!(&early, Err(e) if e.kind() == io::ErrorKind::WouldBlock),
+                "A went out alone after {pass} scheduler passes while the caller of 2 was about to send: {early:?}"
+            );
+        }
         queue.try_send(frame(b"B")).unwrap();
         drop(queue);
         writer.await.unwrap().unwrap();
