@@ -50,8 +50,13 @@ pub(crate) async fn run(args: LbBenchArgs) -> CliResult {
     let mut rows = Vec::new();
     for (scenario, in_flight) in SCENARIOS {
         let (mut channel, mut with_deadline, mut stack) = (Rounds::default(), Rounds::default(), Rounds::default());
-        for _ in 0..args.run.rounds.max(1) {
-            for (subject, rounds) in [(&bare, &mut channel), (&deadline, &mut with_deadline), (&full, &mut stack)] {
+        for round in 0..args.run.rounds.max(1) {
+            let mut subjects = [(&bare, &mut channel), (&deadline, &mut with_deadline), (&full, &mut stack)];
+            // In reverse every other round, so no subject always runs first.
+            if round % 2 == 1 {
+                subjects.reverse();
+            }
+            for (subject, rounds) in subjects {
                 let expected = request.clone();
                 let client = BenchClient::new(subject.clone());
                 let shape = Shape { per_client: in_flight, warmup, measured };

@@ -43,8 +43,9 @@ pub(crate) struct RoundArgs {
     /// Seconds measured per scenario, subject and round.
     #[arg(long, default_value_t = 1.0)]
     pub(crate) seconds: f64,
-    /// Rounds per scenario; subjects alternate in each, and the median round is reported, so a
-    /// burst of load from elsewhere on the machine skews one round, not the result.
+    /// Rounds per scenario. A round runs every subject back to back, in reverse order every
+    /// other round; a ratio is the median of the rounds' ratios and calls/s the median round,
+    /// so a burst of load from elsewhere on the machine skews one round, not the result.
     #[arg(long, default_value_t = 5)]
     pub(crate) rounds: usize,
     /// Seconds of warm-up before each measurement.
@@ -60,7 +61,8 @@ pub(crate) struct RpcRow {
     pub(crate) qps: f64,
     pub(crate) p50_us: u32,
     pub(crate) p99_us: u32,
-    /// `qps` over the qps of the subject named by `vs`, measured in the same run.
+    /// Calls/s over those of the subject named by `vs` in the same round: the median of the
+    /// rounds' ratios.
     pub(crate) ratio_qps: f64,
     /// The server process's CPU time per call, in microseconds (`null` where it cannot be read).
     pub(crate) server_cpu_us: Option<f64>,

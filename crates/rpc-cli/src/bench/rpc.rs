@@ -3,14 +3,14 @@
 use super::{
     cpu::CpuUse,
     raw::{self, RawClient},
-    report::{print_rpc_rows, Latencies, RoundArgs, RpcRow},
+    report::{print_rpc_rows, quantile, Latencies, RoundArgs, RpcRow},
 };
 use crate::CliResult;
 use rpc_core::{
     tls::{ClientTls, ServerTls},
     Channel, Codec, Server,
 };
-use std::{future::Future, net::SocketAddr, process::Stdio, time::Duration};
+use std::{future::Future, net::SocketAddr, pin::Pin, process::Stdio, sync::Arc, time::Duration};
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, BufReader},
     net::TcpListener,
@@ -75,6 +75,9 @@ pub(crate) struct RpcBenchArgs {
     metrics: bool,
 }
 
+/// One subject's measurement of a round.
+type Measure = Box<dyn Fn() -> Pin<Box<dyn Future<Output = Round>>>>;
+
 /// A variant of the rpc server measured beside it.
 struct Variant {
     subject: &'static str,
@@ -103,7 +106,8 @@ pub(super) struct Rounds {
 /// The subject the others are compared with.
 pub(super) struct Baseline {
     name: &'static str,
-    qps: f64,
+    /// Calls per second of each round, in order.
+    qps: Vec<f64>,
     cpu_per_call: Option<f64>,
 }
 
@@ -122,9 +126,15 @@ impl Rounds {
     }
 
     pub(super) fn median_qps(&self) -> f64 {
-        let mut qps = self.qps.clone();
-        qps.sort_by(f64::total_cmp);
-        qps.get(qps.len() / 2).copied().unwrap_or(0.0)
+        quantile(&mut self.qps.clone(), 0.5)
+    }
+
+    /// The median over rounds of these calls/s over the baseline's in the same round. Subjects
+    /// of a round run back to back, so a round's ratio sees one state of a shared machine;
+    /// medians taken apart would compare rounds minutes apart.
+    fn ratio_qps(&self, baseline: &Baseline) -> f64 {
+        let ratios = self.qps.iter().zip(&baseline.qps).filter(|(_, base)| **base > 0.0).map(|(qps, base)| qps / base);
+        quantile(&mut ratios.collect::<Vec<_>>(), 0.5)
     }
 
     /// Client and server CPU time per call, in microseconds, over all rounds.
@@ -136,12 +146,13 @@ impl Rounds {
 
     /// These rounds as the baseline named `name`.
     pub(super) fn baseline(&self, name: &'static str) -> Baseline {
-        Baseline { name, qps: self.median_qps(), cpu_per_call: self.cpu_per_call().map(|(c, s)| c + s) }
+        Baseline { name, qps: self.qps.clone(), cpu_per_call: self.cpu_per_call().map(|(c, s)| c + s) }
     }
 
     /// The report line of these rounds, compared with `baseline`.
     pub(super) fn row(mut self, scenario: &'static str, subject: &'static str, baseline: &Baseline) -> RpcRow {
         let qps = self.median_qps();
+        let ratio_qps = self.ratio_qps(baseline);
         let cpu = self.cpu_per_call();
         let ratio_cpu = match (cpu, baseline.cpu_per_call) {
             (Some((client, server)), Some(base)) if base > 0.0 => Some((client + server) / base),
@@ -153,7 +164,7 @@ impl Rounds {
             qps,
             p50_us: self.latencies.quantile(0.5),
             p99_us: self.latencies.quantile(0.99),
-            ratio_qps: if baseline.qps > 0.0 { qps / baseline.qps } else { 0.0 },
+            ratio_qps,
             server_cpu_us: cpu.map(|(_, server)| server),
             client_cpu_us: cpu.map(|(client, _)| client),
             ratio_cpu,
@@ -209,7 +220,7 @@ pub(crate) async fn run(args: RpcBenchArgs) -> CliResult {
         let mut rpc_clients = Vec::new();
         let mut variant_clients: Vec<Vec<BenchClient<Channel>>> = variants.iter().map(|_| Vec::new()).collect();
         for _ in 0..scenario.connections {
-            raw_clients.push(std::sync::Arc::new(RawClient::connect(raw_addr, args.codec).await?));
+            raw_clients.push(Arc::new(RawClient::connect(raw_addr, args.codec).await?));
             let channel = Channel::builder(rpc_addr).codec(args.codec).connect().await?;
             rpc_clients.push(BenchClient::new(channel));
             for (variant, clients) in variants.iter().zip(&mut variant_clients) {
@@ -221,40 +232,50 @@ pub(crate) async fn run(args: RpcBenchArgs) -> CliResult {
                 clients.push(BenchClient::new(builder.connect().await?));
             }
         }
-        let (mut raw, mut rpc) = (Rounds::default(), Rounds::default());
-        let mut variant_rounds: Vec<Rounds> = variants.iter().map(|_| Rounds::default()).collect();
-        for _ in 0..args.run.rounds.max(1) {
-            // Each call builds its request, as a caller would (and as the rpc subject does below).
-            let expected = std::sync::Arc::new(request.clone());
-            let shape = Shape { per_client: scenario.in_flight_per_connection, warmup, measured };
-            raw.add(
-                drive(raw_clients.clone(), shape, raw_child.id(), move |c| {
+        let shape = Shape { per_client: scenario.in_flight_per_connection, warmup, measured };
+        // Raw first, then rpc, then its variants; each measured the same way.
+        let (raw_server, sample) = (raw_child.id(), request.clone());
+        let mut subjects: Vec<(Measure, Rounds)> = vec![(
+            Box::new(move || {
+                // Each call builds its request, as a caller would (and as the rpc subjects do).
+                let expected = Arc::new(sample.clone());
+                Box::pin(drive(raw_clients.clone(), shape, raw_server, move |c| {
                     let expected = expected.clone();
                     async move {
                         let request = BenchRequest::clone(&expected);
                         c.call(&request).await.is_some_and(|echo| echo == *expected)
                     }
-                })
-                .await,
-            );
-            let subjects = std::iter::once((&rpc_clients, &mut rpc, rpc_child.id())).chain(
-                variant_clients.iter().zip(&mut variant_rounds).zip(&variants).map(|((c, r), v)| (c, r, v.child.id())),
-            );
-            for (clients, rounds, server) in subjects {
-                let expected = std::sync::Arc::new(request.clone());
-                rounds.add(
-                    drive(clients.clone(), shape, server, move |c| {
-                        let expected = expected.clone();
-                        async move { c.echo(BenchRequest::clone(&expected)).await.is_ok_and(|echo| echo == *expected) }
-                    })
-                    .await,
-                );
+                }))
+            }),
+            Rounds::default(),
+        )];
+        let servers = std::iter::once(rpc_child.id()).chain(variants.iter().map(|v| v.child.id()));
+        for (clients, server) in std::iter::once(rpc_clients).chain(variant_clients).zip(servers) {
+            let sample = request.clone();
+            let measure: Measure = Box::new(move || {
+                let expected = Arc::new(sample.clone());
+                Box::pin(drive(clients.clone(), shape, server, move |c| {
+                    let expected = expected.clone();
+                    async move { c.echo(BenchRequest::clone(&expected)).await.is_ok_and(|echo| echo == *expected) }
+                }))
+            });
+            subjects.push((measure, Rounds::default()));
+        }
+        // Subjects run back to back, and in reverse order every other round, so neither side
+        // of a ratio is always the one that runs second.
+        let count = subjects.len();
+        for round in 0..args.run.rounds.max(1) {
+            for i in 0..count {
+                let (measure, rounds) = &mut subjects[if round % 2 == 0 { i } else { count - 1 - i }];
+                rounds.add(measure().await);
             }
         }
+        let mut rounds = subjects.into_iter().map(|(_, rounds)| rounds);
+        let (raw, rpc) = (rounds.next().unwrap_or_default(), rounds.next().unwrap_or_default());
         let (raw_base, rpc_base) = (raw.baseline("raw"), rpc.baseline("rpc"));
         rows.push(raw.row(scenario.name, "raw", &raw_base));
         rows.push(rpc.row(scenario.name, "rpc", &raw_base));
-        for (variant, rounds) in variants.iter().zip(variant_rounds) {
+        for (variant, rounds) in variants.iter().zip(rounds) {
             rows.push(rounds.row(scenario.name, variant.subject, &rpc_base));
         }
     }
@@ -376,4 +397,27 @@ pub(crate) async fn serve_child(kind: &str) -> CliResult {
     let _ = tokio::io::stdin().read_to_end(&mut sink).await;
     drop(server);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rounds(qps: &[f64]) -> Rounds {
+        let mut rounds = Rounds::default();
+        for &qps in qps {
+            rounds.add(Round { qps, latencies: Latencies::default(), cpu: None });
+        }
+        rounds
+    }
+
+    #[test]
+    fn a_burst_of_load_in_one_round_moves_that_rounds_ratio_not_the_result() {
+        // The machine ran at three speeds over three rounds; the subject kept 0.95 of the
+        // baseline in two and was hit by load from elsewhere in the third.
+        let baseline = rounds(&[200.0, 100.0, 300.0]).baseline("raw");
+        let row = rounds(&[190.0, 95.0, 120.0]).row("pipelined", "rpc", &baseline);
+        assert!((row.ratio_qps - 0.95).abs() < 1e-9, "ratio {} is not the rounds' median ratio 0.95", row.ratio_qps);
+        assert_eq!(row.qps, 120.0, "calls/s is the median round");
+    }
 }

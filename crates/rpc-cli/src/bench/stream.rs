@@ -7,7 +7,7 @@
 //! them with tokio-util's length-delimited codec. So the ratio is what the framework adds:
 //! frames, flow control, the hops between tasks.
 
-use super::rpc::BenchRequest;
+use super::{report::quantile, rpc::BenchRequest};
 use crate::CliResult;
 use bytes::{BufMut, BytesMut};
 use futures_util::StreamExt;
@@ -43,7 +43,8 @@ pub(crate) struct StreamBenchArgs {
     /// Items per stream and round.
     #[arg(long, default_value_t = 200_000)]
     items: u64,
-    /// Rounds; subjects alternate in each and the median round is reported.
+    /// Rounds; each runs both subjects back to back (alternating which goes first). The median
+    /// round is reported, and the median of the rounds' ratios.
     #[arg(long, default_value_t = 5)]
     rounds: usize,
     /// Codec of the RPC subject.
@@ -84,17 +85,19 @@ pub(crate) async fn run(args: StreamBenchArgs) -> CliResult {
             raw.push(raw_round(raw_addr, args.codec, args.items).await?);
         }
     }
-    let (raw, rpc) = (median(raw), median(rpc));
-    let row = |subject, rate: f64| Row {
+    let mut ratios: Vec<f64> = rpc.iter().zip(&raw).map(|(rpc, raw)| rpc / raw).collect();
+    let ratio = quantile(&mut ratios, 0.5);
+    let (raw, rpc) = (quantile(&mut raw, 0.5), quantile(&mut rpc, 0.5));
+    let row = |subject, rate: f64, ratio_to_raw| Row {
         subject,
         codec: args.codec.to_string(),
         items: args.items,
         item_bytes,
         items_per_sec: rate,
         mb_per_sec: rate * item_bytes as f64 / 1e6,
-        ratio_to_raw: rate / raw,
+        ratio_to_raw,
     };
-    let rows = [row("raw", raw), row("rpc", rpc)];
+    let rows = [row("raw", raw, 1.0), row("rpc", rpc, ratio)];
     if args.json {
         for r in &rows {
             println!("{}", serde_json::to_string(r)?);
@@ -110,11 +113,6 @@ pub(crate) async fn run(args: StreamBenchArgs) -> CliResult {
     }
     server.shutdown(std::time::Duration::from_secs(1)).await?;
     Ok(())
-}
-
-fn median(mut rates: Vec<f64>) -> f64 {
-    rates.sort_by(f64::total_cmp);
-    rates[rates.len() / 2]
 }
 
 /// Items per second of one stream of `count` items.
